@@ -1,0 +1,125 @@
+/* The one record layout shared by bpf/trace.bpf.c and the Python decoder.
+ *
+ * tracer/layout.py parses this file (the #defines and the structs below), so keep to the subset it
+ * understands: `#define NAME <integer>` and structs of __u8/__s8/__u16/__s16/__u32/__s32/__u64/__s64/
+ * char fields and fixed arrays, naturally aligned with explicit padding (layout.py refuses implicit
+ * padding; tests/test_layout.py checks every offset against the C compiler's).
+ */
+#ifndef TRACER_RECORD_H
+#define TRACER_RECORD_H
+
+#define MAX_ARGS 6
+#define MAX_READS 4
+#define TASK_COMM_LEN 16
+
+/* Bytes read from user memory. A string read takes up to STR_CAP bytes including its NUL; a longer
+ * string is stored cut and flagged truncated. Structs are read whole (one helper call), so a struct
+ * is either complete or unknown, never a mixture of real bytes and zeros. */
+#define STR_CAP 512
+#define HOW_CAP 256
+#define SOCKADDR_CAP 128
+#define READ_CAP 512
+#define DATA_CAP 2048
+
+/* Record types (first field of every record). */
+#define REC_SYSCALL 1
+
+/* What to read for one pointer argument (struct sc_conf.rd_kind). */
+#define RK_NONE 0
+#define RK_STR 1          /* NUL-terminated string */
+#define RK_OPEN_HOW 2     /* struct open_how, size from the argument rd_lenarg (usize) */
+#define RK_SOCKADDR 3     /* struct sockaddr, size from the argument rd_lenarg */
+#define RK_SOCKADDR_OUT 4 /* sockaddr filled by the kernel: read at exit, size from *(int *)rd_lenarg */
+#define RK_BUF 5          /* fixed-size buffer of rd_size bytes */
+#define RK_BUF_LEN 6      /* buffer, size from the argument rd_lenarg, at most rd_size */
+
+/* Outcome of one read (struct read_slot.enter_status / exit_status). */
+#define RS_NONE 0     /* not attempted */
+#define RS_OK 1       /* all requested bytes read */
+#define RS_FAULT 2    /* the helper failed: errno in *_err, no bytes kept */
+#define RS_TRUNC 3    /* string longer than STR_CAP (or struct larger than its cap): prefix kept */
+#define RS_NULL 4     /* the pointer was NULL: nothing to read, and that is the value */
+#define RS_NOROOM 5   /* the record's data area was full: not read */
+#define RS_SKIPPED 6  /* deliberately not read (e.g. at exit of a successful execve: new memory) */
+
+/* struct sys_record.flags */
+#define RF_NORETURN 1 /* emitted at entry: the syscall does not return (exit, exit_group) */
+#define RF_ACTIVE 2   /* in-flight state, between sys_enter and sys_exit */
+#define RF_EXIT_READS 4 /* exit re-reads were attempted (recovery on) */
+
+/* struct sc_conf.flags */
+#define SC_TRACED 1
+#define SC_NORETURN 2
+#define SC_EXEC 4 /* replaces the address space on success: no exit re-read when ret == 0 */
+
+/* struct tracer_conf.flags: filters applied in the kernel */
+#define CF_PID 1
+#define CF_TID 2
+#define CF_UID 4
+#define CF_COMM 8
+#define CF_FOLLOW 16  /* add children of traced processes to the pid set */
+#define CF_RECOVER 32 /* re-read pointer arguments at sys_exit */
+
+/* per-CPU counters (stats map index) */
+#define ST_EMITTED 0
+#define ST_NO_STATE 1    /* sys_exit without our sys_enter state (started mid-syscall or evicted) */
+#define ST_STATE_FULL 2  /* could not store the in-flight state */
+#define ST_SUBMIT_FAIL 3 /* perf output failed (ring full): the kernel also counts these as lost */
+#define NSTATS 4
+
+struct read_slot {
+	__u8 arg;          /* argument index 0..5 */
+	__u8 kind;         /* RK_* */
+	__u8 enter_status; /* RS_* */
+	__u8 exit_status;  /* RS_*; RS_NONE when no exit read was made */
+	__s16 enter_err;   /* negative errno from the helper, or 0 */
+	__s16 exit_err;
+	__u16 enter_off;   /* offset of the bytes in data[] */
+	__u16 enter_len;   /* bytes kept (strings: without the NUL) */
+	__u16 exit_off;
+	__u16 exit_len;
+	__u8 exit_same;    /* exit read equals the entry read: its bytes are not repeated */
+	__u8 pad0;
+	__u16 pad1;
+	__u32 want;        /* bytes the argument asked for (struct size, usize, addrlen) */
+};
+
+struct sys_record {
+	__u16 type;   /* REC_SYSCALL */
+	__u16 size;   /* bytes of this record that were sent: header and used data */
+	__u16 nr;     /* syscall number */
+	__u8 nreads;
+	__u8 flags;   /* RF_* */
+	__u32 pid;    /* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u32 pad0;
+	__u64 ts_enter; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 ts_exit;
+	__s64 ret;
+	__u64 args[MAX_ARGS];
+	char comm[TASK_COMM_LEN];
+	struct read_slot reads[MAX_READS];
+	__u8 data[DATA_CAP];
+};
+
+struct sc_conf {
+	__u8 flags;  /* SC_* */
+	__u8 nargs;
+	__u8 nreads;
+	__u8 pad0;
+	__u8 rd_arg[MAX_READS];
+	__u8 rd_kind[MAX_READS];
+	__u8 rd_lenarg[MAX_READS];
+	__u16 rd_size[MAX_READS]; /* cap (or fixed size) in bytes */
+};
+
+struct tracer_conf {
+	__u32 flags; /* CF_* */
+	__u32 self_pid; /* never trace the tracer itself */
+	__u32 uid;
+	__u32 pad0;
+	char comm[TASK_COMM_LEN];
+};
+
+#endif

@@ -1,0 +1,223 @@
+"""Records from bpf/trace.bpf.c decoded into events (JSON-ready dicts).
+
+Every pointer argument that was read carries its read outcome in `reads`: a value that could not
+be read is None (JSON null) with status "missing", never a zero or an empty string. The layout comes
+from bpf/record.h through tracer/layout.py.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .layout import const, packer
+from .openat2 import decode_open_how, mode_str, open_flags_str
+from .sockaddr import decode_sockaddr
+from .syscalls import Arg, Syscall
+
+_HDR = packer("sys_record", "reads")
+_SLOT = packer("read_slot")
+_SLOTS_OFF = _HDR.size
+_DATA_OFF = _SLOTS_OFF + _SLOT.size * const("MAX_READS")
+
+RK_STR, RK_OPEN_HOW, RK_SOCKADDR, RK_SOCKADDR_OUT = (
+    const("RK_STR"), const("RK_OPEN_HOW"), const("RK_SOCKADDR"), const("RK_SOCKADDR_OUT"))
+RS_NONE, RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM, RS_SKIPPED = (
+    const(n) for n in ("RS_NONE", "RS_OK", "RS_FAULT", "RS_TRUNC", "RS_NULL", "RS_NOROOM", "RS_SKIPPED"))
+RF_NORETURN = const("RF_NORETURN")
+RF_EXIT_READS = const("RF_EXIT_READS")
+_READ_OK = (RS_OK, RS_TRUNC)
+
+AT_FDCWD = -100
+_AT_FLAGS = {0x100: "AT_SYMLINK_NOFOLLOW", 0x200: "AT_REMOVEDIR", 0x400: "AT_SYMLINK_FOLLOW",
+             0x800: "AT_NO_AUTOMOUNT", 0x1000: "AT_EMPTY_PATH", 0x2000: "AT_STATX_FORCE_SYNC",
+             0x4000: "AT_STATX_DONT_SYNC", 0x8000: "AT_RECURSIVE"}
+_AT_FLAG_SYSCALLS = {"unlinkat", "newfstatat", "statx", "linkat", "fchownat", "utimensat", "faccessat2",
+                     "fchmodat2", "execveat", "name_to_handle_at", "open_tree", "mount_setattr"}
+# Argument C types and how to read the 64-bit slot the tracepoint stores them in.
+_SIGNED32 = {"int", "pid_t", "key_serial_t", "clockid_t", "mqd_t", "rwf_t", "timer_t", "__s32", "s32"}
+_UNSIGNED32 = {"unsigned int", "uid_t", "gid_t", "u32", "__u32", "qid_t", "unsigned"}
+_SIGNED64 = {"long", "off_t", "loff_t", "ssize_t", "__s64", "s64", "time_t"}
+_UNSIGNED16 = {"umode_t", "unsigned short"}
+
+
+def int_value(ctype: str, raw: int) -> int:
+    if ctype in _SIGNED32:
+        v = raw & 0xFFFFFFFF
+        return v - (1 << 32) if v & 0x80000000 else v
+    if ctype in _UNSIGNED32:
+        return raw & 0xFFFFFFFF
+    if ctype in _UNSIGNED16:
+        return raw & 0xFFFF
+    if ctype in _SIGNED64:
+        return raw - (1 << 64) if raw & (1 << 63) else raw
+    return raw
+
+
+def errno_str(err: int) -> str:
+    return errno_mod.errorcode.get(err, f"E{err}")
+
+
+def ret_str(ret: int) -> str:
+    if -4095 <= ret < 0:
+        return f"{ret} {errno_str(-ret)}"
+    return str(ret)
+
+
+def at_flags_str(v: int) -> str:
+    parts = [n for b, n in _AT_FLAGS.items() if v & b]
+    rest = v & ~sum(_AT_FLAGS)
+    if rest:
+        parts.append(f"{rest:#x}")
+    return "|".join(parts) or "0"
+
+
+def arg_symbol(sc: str, arg: Arg, v: int) -> str | None:
+    """A symbolic rendering of an integer argument where one is known."""
+    n = arg.name
+    if n.endswith("dfd") and v == AT_FDCWD:
+        return "AT_FDCWD"
+    if n == "flags" and sc in ("open", "openat"):
+        return open_flags_str(v)
+    if n == "mode" and arg.ctype == "umode_t":
+        return mode_str(v)
+    if n in ("flag", "flags") and sc in _AT_FLAG_SYSCALLS:
+        return at_flags_str(v)
+    return None
+
+
+def text(b: bytes) -> str:
+    """Bytes as str; bytes that are not UTF-8 survive as surrogates (see escape.escape_bytes)."""
+    return b.decode("utf-8", "surrogateescape")
+
+
+@dataclass
+class Decoder:
+    syscalls: dict[int, Syscall]
+    # Called with (pid, addr) for reads that failed or were recovered; returns where addr lives.
+    explain: Callable[[int, int], dict] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def value(self, kind: int, raw: bytes, want: int) -> object:
+        if kind == RK_STR:
+            return text(raw)
+        if kind == RK_OPEN_HOW:
+            return decode_open_how(raw, want)
+        if kind in (RK_SOCKADDR, RK_SOCKADDR_OUT):
+            return decode_sockaddr(raw)
+        return raw.hex()
+
+    def read(self, rec: bytes, slot: tuple, sc: Syscall, args: list[int], pid: int,
+             ret: int | None) -> tuple[object, dict | None]:
+        (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, _p0, _p1, want) = slot
+        addr = args[argi]
+        base = {"status": "ok", "source": "enter", "errno": None, "addr": addr}
+
+        def data(off: int, n: int) -> bytes:
+            return rec[_DATA_OFF + off: _DATA_OFF + off + n]
+
+        def fill(info: dict, raw: bytes) -> None:
+            info["len"] = len(raw)
+            if kind == RK_STR:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    info["hex"] = raw.hex()
+            elif kind != RK_STR and want:
+                info["size"] = want
+
+        if kind == RK_SOCKADDR_OUT:
+            if ret is None or ret < 0 or xs == RS_NONE:
+                return addr, None  # the kernel filled nothing: the call failed
+            es, eerr, eoff, elen, xs = xs, xerr, xoff, xlen, RS_NONE
+            base["source"] = "exit"
+        if es == RS_NULL:
+            return None, {**base, "status": "null", "len": 0}
+        if es == RS_NONE:
+            return addr, None
+        if es == RS_NOROOM:
+            return None, {**base, "status": "missing", "note": "record data area full"}
+        if es in _READ_OK:
+            raw = data(eoff, elen)
+            info = {**base}
+            fill(info, raw)
+            val = self.value(kind, raw, want)
+            if es == RS_TRUNC:
+                info["status"] = "truncated"
+                info["truncated"] = True
+            if xs in _READ_OK and not same:
+                info["status"] = "changed"
+                info["value_at_exit"] = self.value(kind, data(xoff, xlen), want)
+                info["len_at_exit"] = xlen
+            elif xs == RS_FAULT:
+                info["exit_errno"] = -xerr
+            elif xs == RS_SKIPPED:
+                info["exit"] = "skipped: the address space was replaced"
+            if xs in _READ_OK and same:
+                info["verified_at_exit"] = True
+            return val, info
+        # es == RS_FAULT: the entry read failed.
+        info = {**base, "errno": -eerr}
+        if xs in _READ_OK:
+            raw = data(xoff, xlen)
+            info.update(status="recovered", source="exit")
+            fill(info, raw)
+            if xs == RS_TRUNC:
+                info["truncated"] = True
+            val: object = self.value(kind, raw, want)
+        else:
+            info["status"] = "missing"
+            if xs == RS_FAULT:
+                info["exit_errno"] = -xerr
+            elif xs == RS_SKIPPED:
+                info["exit"] = "skipped: the address space was replaced"
+            val = None
+        if self.explain is not None:
+            info["region"] = self.explain(pid, addr)
+        return val, info
+
+    def decode(self, rec: bytes, cpu: int) -> dict:
+        h = _HDR.unpack_from(rec)
+        (_type, _size, nr, nreads, flags, pid, tid, uid, _pad, ts_enter, ts_exit, ret) = h[:12]
+        args = list(h[12:18])
+        comm = text(h[18].split(b"\0", 1)[0])
+        sc = self.syscalls.get(nr)
+        name = sc.name if sc else f"syscall_{nr}"
+        noreturn = bool(flags & RF_NORETURN)
+        ev: dict = {"kind": "syscall", "syscall": name, "event": f"syscalls:sys_enter_{name}",
+                    "ts": ts_enter, "cpu": cpu, "pid": pid, "tid": tid, "comm": comm, "uid": uid}
+        if not noreturn:
+            ev["ts_exit"] = ts_exit
+            ev["duration_ns"] = ts_exit - ts_enter
+        out_args: dict = {}
+        syms: dict = {}
+        reads: dict = {}
+        missing: list[str] = []
+        the_ret = None if noreturn else ret
+        slots = [_SLOT.unpack_from(rec, _SLOTS_OFF + i * _SLOT.size) for i in range(nreads)]
+        by_arg = {s[0]: s for s in slots}
+        for i, a in enumerate(sc.args if sc else ()):
+            if i in by_arg:
+                val, info = self.read(rec, by_arg[i], sc, args, pid, the_ret)
+                out_args[a.name] = val
+                if info is not None:
+                    reads[a.name] = info
+                    if info["status"] == "missing":
+                        missing.append(a.name)
+                continue
+            v = args[i] if a.is_pointer else int_value(a.ctype, args[i])
+            out_args[a.name] = v
+            sym = None if a.is_pointer else arg_symbol(name, a, v)
+            if sym is not None:
+                syms[a.name] = sym
+        ev["args"] = out_args
+        if syms:
+            ev["args_str"] = syms
+        ev["ret"] = the_ret
+        ev["ret_str"] = None if noreturn else ret_str(ret)
+        ev["reads"] = reads
+        ev["missing"] = missing
+        if flags & RF_EXIT_READS:
+            ev["recovery"] = True
+        return ev
