@@ -33,8 +33,11 @@ def tracefs_root(mount: bool = True) -> Path:
             raise EnvironmentProblem(f"{TRACEFS_ENV}={env} has no events/ directory; point it at a tracefs root")
         return root
     for root in TRACEFS_CANDIDATES:
-        if (root / "events").is_dir():
-            return root
+        try:
+            if (root / "events").is_dir():
+                return root
+        except PermissionError as e:  # tracefs is mode 0700
+            raise EnvironmentProblem(f"no access to {root}: run as root (or with CAP_BPF and CAP_PERFMON)") from e
     if mount:
         target = TRACEFS_CANDIDATES[0]
         proc = subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True)

@@ -1,0 +1,202 @@
+"""Kernel capability probes: what this machine offers tracer, each as a Check that doctor can show.
+
+Probes look, they do not change the machine (tracefs is mounted only when asked); the sleepable probes
+load and attach tiny programs, and their results are cached per boot (see tracer.sleepable).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer import btf, kenv, sleepable
+
+CAP_PERFMON, CAP_BPF = 38, 39
+LOCKDOWN = Path("/sys/kernel/security/lockdown")
+TRACEFS_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
+SECURITYFS_FIX = "mount -t securityfs none /sys/kernel/security"
+# What syscall tracing cannot do without; everything else is reported, not required.
+REQUIRED = ("privileges", "tracefs", "headers", "syscall_tracepoints", "bcc")
+SLEEPABLE_FIX = {
+    "tp.s": "needs a newer kernel whose verifier accepts sleepable programs on syscall tracepoints",
+    "fentry.s": "needs a kernel that loads fentry programs and has CONFIG_FUNCTION_ERROR_INJECTION=y",
+    "uprobe.s": "needs Linux 6.x with CONFIG_UPROBE_EVENTS",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str
+    title: str
+    ok: bool | None  # None: not applicable or could not be determined
+    verdict: str
+    detail: str
+    fix: str | None = None
+
+
+def _cap_eff() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def is_privileged() -> bool:
+    """Root, or CAP_BPF and CAP_PERFMON effective (enough for tracing programs since 5.8)."""
+    caps = _cap_eff()
+    return os.geteuid() == 0 or bool(caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1)
+
+
+def check_privileges() -> Check:
+    title = "privileges"
+    if os.geteuid() == 0:
+        return Check("privileges", title, True, "ok", "running as root (euid 0)")
+    caps = _cap_eff()
+    have = [name for name, bit in (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON)) if caps >> bit & 1]
+    if len(have) == 2:
+        return Check("privileges", title, True, "ok", "CAP_BPF and CAP_PERFMON are effective")
+    have_text = ", ".join(have) or "neither CAP_BPF nor CAP_PERFMON"
+    return Check("privileges", title, False, "missing", f"euid {os.geteuid()}, effective: {have_text}",
+                 "run as root (sudo), or grant CAP_BPF and CAP_PERFMON")
+
+
+def _tracefs() -> Path | None:
+    try:
+        return kenv.tracefs_root(mount=False)
+    except (kenv.EnvironmentProblem, OSError):
+        return None
+
+
+def check_tracefs(mount: bool = False) -> Check:
+    try:
+        root = kenv.tracefs_root(mount=mount)
+    except PermissionError as e:
+        # tracefs is mode 0700: an unprivileged user cannot even tell whether it is mounted.
+        return Check("tracefs", "tracefs", False, "no access", f"{e.filename}: permission denied",
+                     "run as root (sudo)")
+    except kenv.EnvironmentProblem as e:
+        fake = os.environ.get(kenv.TRACEFS_ENV)
+        return Check("tracefs", "tracefs", False, "missing", str(e),
+                     f"fix or unset {kenv.TRACEFS_ENV}" if fake else TRACEFS_FIX)
+    how = f" (from ${kenv.TRACEFS_ENV})" if os.environ.get(kenv.TRACEFS_ENV) else ""
+    return Check("tracefs", "tracefs", True, "ok", f"mounted at {root}{how}")
+
+
+def check_btf() -> Check:
+    if not btf.VMLINUX.exists():
+        return Check("btf", "kernel BTF", False, "missing", f"{btf.VMLINUX} does not exist",
+                     "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    try:
+        n = len(btf.vmlinux())
+    except (OSError, btf.BtfError) as e:
+        return Check("btf", "kernel BTF", False, "unreadable", f"{btf.VMLINUX}: {e}")
+    return Check("btf", "kernel BTF", True, "ok", f"{btf.VMLINUX}: {n} types")
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc
+    except Exception as e:  # a broken libbcc raises OSError etc. from the import, not only ImportError
+        return Check("bcc", "bcc", False, "missing", f"import bcc failed: {e}",
+                     "apt-get install python3-bpfcc, then re-run ./bootstrap")
+    version = getattr(bcc, "__version__", "?")
+    return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
+
+
+def check_headers() -> Check:
+    headers = kenv.kernel_headers()
+    if headers.path is None:
+        return Check("headers", "kernel headers", False, "missing", f"no header tree ({headers.how})",
+                     "run ./bootstrap, or set BCC_KERNEL_SOURCE to a kernel header tree")
+    return Check("headers", "kernel headers", True, "ok", f"{headers.path} ({headers.how})")
+
+
+def check_syscall_tracepoints() -> Check:
+    title = "syscall tracepoints"
+    root = _tracefs()
+    if root is None:
+        return Check("syscall_tracepoints", title, None, "unknown", "tracefs is not available", "see tracefs")
+    event = root / "events" / "syscalls" / "sys_enter_openat2"
+    if event.is_dir():
+        return Check("syscall_tracepoints", title, True, "ok", f"{event} present")
+    if not event.parent.is_dir():
+        return Check("syscall_tracepoints", title, False, "missing", f"{event.parent} does not exist",
+                     "needs a kernel built with CONFIG_FTRACE_SYSCALLS=y")
+    return Check("syscall_tracepoints", title, False, "missing",
+                 f"{event} does not exist (kernel before 5.6?)", "needs Linux 5.6+ for openat2")
+
+
+def _release() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def check_user_events() -> Check:
+    title = "user_events"
+    root = _tracefs()
+    if root is None:
+        return Check("user_events", title, None, "unknown", "tracefs is not available", "see tracefs")
+    data = root / "user_events_data"
+    if data.exists():
+        return Check("user_events", title, True, "ok", f"{data} present")
+    config = sleepable.kernel_config("CONFIG_USER_EVENTS")
+    if _release() < (6, 4):
+        reason = f"needs Linux 6.4+; this kernel is {os.uname().release}"
+    elif config in ("y", "m"):
+        reason = f"CONFIG_USER_EVENTS={config} but {data} is missing"
+    else:
+        reason = "kernel built without CONFIG_USER_EVENTS (Linux 6.4+)"
+    return Check("user_events", title, False, "absent", reason,
+                 "needs a kernel built with CONFIG_USER_EVENTS=y")
+
+
+def _securityfs_mounted() -> bool:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    return any(line.split()[1:3] == ["/sys/kernel/security", "securityfs"] for line in mounts)
+
+
+def check_lockdown() -> Check:
+    title = "kernel lockdown"
+    if LOCKDOWN.exists():
+        m = re.search(r"\[(\w+)\]", LOCKDOWN.read_text())
+        mode = m[1] if m else "unknown"
+        if mode == "confidentiality":
+            return Check("lockdown", title, False, mode,
+                         "confidentiality mode blocks tracefs, perf and bpf_probe_read_kernel",
+                         "boot with lockdown=integrity or lockdown=none (it cannot be lowered at runtime)")
+        what = {"integrity": "bpf_probe_write_user is blocked; tracing is unaffected",
+                "none": "not locked down"}
+        return Check("lockdown", title, mode in what, mode, what.get(mode, LOCKDOWN.read_text().strip()))
+    if _securityfs_mounted():
+        return Check("lockdown", title, True, "none", "no lockdown LSM in this kernel")
+    return Check("lockdown", title, None, "unknown", "securityfs is not mounted, so the mode cannot be read",
+                 SECURITYFS_FIX)
+
+
+def sleepable_kinds(refresh: bool = False) -> dict[str, dict]:
+    """{"tp.s": {"ok": False, "errno": 22, "reason": "...", "log_tail": [...]}, ...}, cached per boot."""
+    return sleepable.sleepable_kinds(refresh=refresh, privileged=is_privileged())
+
+
+def sleepable_checks(kinds: dict[str, dict]) -> list[Check]:
+    """One Check per sleepable kind, from sleepable_kinds()' results."""
+    checks = []
+    for kind, res in kinds.items():
+        verdict = {True: "accepted", False: "refused", None: "not probed"}[res["ok"]]
+        checks.append(Check(f"sleepable.{kind}", f"sleepable {kind}", res["ok"], verdict, res["reason"],
+                            None if res["ok"] else SLEEPABLE_FIX.get(kind)))
+    return checks
+
+
+def base_checks(mount: bool = False) -> list[Check]:
+    """Every check but the sleepable probes; tracefs comes first so `mount` helps the checks that read it."""
+    return [
+        check_privileges(), check_tracefs(mount), check_bcc(), check_headers(), check_syscall_tracepoints(),
+        check_btf(), check_lockdown(), check_user_events(),
+    ]
+
+
+def all_checks(refresh: bool = False, mount: bool = False) -> list[Check]:
+    return base_checks(mount) + sleepable_checks(sleepable_kinds(refresh))

@@ -1,0 +1,162 @@
+"""Outputs: the rich console view and JSON Lines. Process-controlled text is escaped (tracer.escape)
+and placed in rich Text objects, never interpreted as markup."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .escape import escape_text
+from .openat2 import mode_str
+
+STATUS_STYLE = {"missing": "bold red", "recovered": "yellow", "changed": "bold magenta",
+                "truncated": "cyan", "null": "dim"}
+
+
+def _describe_region(region: dict | None) -> str:
+    if not region:
+        return ""
+    from .regions import describe
+
+    return describe(region)
+
+
+class JsonOutput:
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, obj: dict) -> None:
+        # ensure_ascii: every control or non-ASCII character becomes a \u escape, one record per line.
+        self.stream.write(json.dumps(obj) + "\n")
+        self.stream.flush()
+
+    event = lost = summary = notice = write
+
+
+class ConsoleOutput:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.mono_to_wall = time.time_ns() - time.monotonic_ns()
+
+    def _time(self, ts: int) -> str:
+        wall = (ts + self.mono_to_wall) / 1e9
+        return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
+
+    def value(self, val: object, kind_hint: str = "") -> str:
+        if val is None:
+            return "NULL"
+        if isinstance(val, str):
+            return f'"{escape_text(val)}"'
+        if isinstance(val, dict):
+            return self.struct(val)
+        return str(val)
+
+    def struct(self, d: dict) -> str:
+        if "flags_str" in d:  # open_how
+            s = f"{{flags={d['flags_str']}, mode={mode_str(d['mode'])}, resolve={d['resolve_str']}"
+            if "ext" in d:
+                s += f", ext=0x{d['ext']}" + ("…" if d.get("ext_truncated") else "")
+            return s + "}"
+        if "family" in d:  # sockaddr
+            fam = d["family"]
+            if "port" in d:
+                return f"{{{fam}, {escape_text(d['addr'])}, port={d['port']}}}"
+            if "path" in d:
+                at = "@" if d.get("abstract") else ""
+                return f'{{{fam}, "{at}{escape_text(d["path"])}"}}'
+            return f"{{{fam}, {d.get('raw', '')}}}"
+        return "{" + ", ".join(f"{k}={escape_text(str(v))}" for k, v in d.items()) + "}"
+
+    def event(self, ev: dict) -> None:
+        t = Text()
+        t.append(self._time(ev["ts"]), "dim")
+        t.append(" ")
+        t.append(escape_text(ev["comm"]), "bold")
+        t.append(f"[{ev['pid']}/{ev['tid']}] ", "dim")
+        t.append(ev["syscall"], "bold cyan")
+        t.append("(")
+        reads = ev.get("reads", {})
+        syms = ev.get("args_str", {})
+        first = True
+        for name, val in ev["args"].items():
+            if not first:
+                t.append(", ")
+            first = False
+            t.append(f"{name}=", "dim")
+            info = reads.get(name)
+            if info is None:
+                if name in syms:
+                    t.append(syms[name])
+                elif isinstance(val, int) and val > 0xFFFF and name not in syms:
+                    t.append(hex(val))
+                else:
+                    t.append(self.value(val))
+                continue
+            st = info["status"]
+            if st == "missing":
+                err = info.get("errno")
+                what = f"<missing: errno {err}" if err else "<missing"
+                t.append(f"{what} at {info['addr']:#x}", STATUS_STYLE[st])
+                where = _describe_region(info.get("region"))
+                if where:
+                    t.append(f" in {escape_text(where)}", STATUS_STYLE[st])
+                t.append(">", STATUS_STYLE[st])
+                continue
+            t.append(self.value(val))
+            if st == "recovered":
+                where = _describe_region(info.get("region"))
+                t.append(f" [recovered at exit; entry read failed errno {info['errno']}"
+                         + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st])
+            elif st == "changed":
+                t.append(f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'))}]",
+                         STATUS_STYLE[st])
+            elif st == "truncated":
+                t.append(" [truncated]", STATUS_STYLE[st])
+        t.append(")")
+        if ev["ret"] is None:
+            t.append(" = ?", "dim")
+        else:
+            ret = ev["ret"]
+            err = -4095 <= ret < 0
+            shown = ev["ret_str"] if err or abs(ret) < 1 << 32 else hex(ret)
+            t.append(" = ")
+            t.append(shown, "red" if err else "green")
+        if ev.get("missing"):
+            t.append("  ! unreadable: " + ", ".join(ev["missing"]), "bold red")
+        self.console.print(t)
+
+    def lost(self, ev: dict) -> None:
+        self.console.print(Text(f"!! {ev['count']} records lost on CPU {ev['cpu']} (ring full)", "bold red"))
+
+    def notice(self, obj: dict) -> None:
+        self.console.print(Text(str(obj.get("message", "")), "dim"))
+
+    def summary(self, s: dict) -> None:
+        c = self.console
+        head = Text(f"{s['events']} events, {s['lost']} lost")
+        if s["lost"]:
+            head.append(" (per CPU: " + ", ".join(f"{k}: {v}" for k, v in s["lost_per_cpu"].items()) + ")")
+        k = s.get("kernel") or {}
+        if k.get("no_state") or k.get("state_full"):
+            head.append(f"; {k.get('no_state', 0)} exits without entry state, "
+                        f"{k.get('state_full', 0)} entries not stored")
+        c.print(head)
+        if not s["by_arg"]:
+            return
+        table = Table(title="user-memory reads", title_justify="left")
+        table.add_column("syscall.arg")
+        cols = ("ok", "recovered", "changed", "missing", "truncated", "null")
+        for col in cols:
+            table.add_column(col, justify="right", style=STATUS_STYLE.get(col, ""))
+        for key, counts in s["by_arg"].items():
+            table.add_row(Text(key), *(str(counts.get(col, 0)) for col in cols))
+        c.print(table)
+        share = s["wrong_without_recovery_share"] * 100
+        c.print(Text(f"{s['wrong_without_recovery']} of {s['events_with_reads']} events ({share:.1f}%) "
+                     "would have shown a wrong or empty value without exit re-reads."))
