@@ -18,7 +18,7 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"tracer: {message}", markup=False, highlight=False)
+    sys.stderr.write(f"tracer: {message}\n")  # one line, never wrapped
     sys.exit(code)
 
 
@@ -29,6 +29,11 @@ def cli() -> None:
 
     Every argument read from user memory carries its status (ok, recovered, changed, missing,
     truncated) with errno, address and where that address lives.
+
+    \b
+    Start with:  tracer trace openat2
+                 tracer trace %file -- CMD ARGS...   (trace CMD and its children)
+                 tracer doctor
     """
 
 

@@ -32,8 +32,10 @@ GROUPS: dict[str, frozenset[str]] = {
                          "tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_open pidfd_send_signal "
                          "unshare setns".split()),
 }
-_PATH_ARG = re.compile(r"^(filename|pathname|path|oldname|newname|specialfile|new_root|put_old|"
+_PATH_ARG = re.compile(r"^(\w*filename|\w*pathname|path|oldname|newname|specialfile|new_root|put_old|"
                        r"dev_name|dir_name|library|special)$")
+# Arguments named `name` that are paths (elsewhere `name` is an xattr, key or module name).
+_PATH_NAMED_NAME = {"umount", "acct"}
 # `const char *` arguments that are not NUL-terminated strings.
 _NOT_STRING = {"buf", "u_msg_ptr"}
 _NORETURN = {"exit", "exit_group"}
@@ -80,7 +82,11 @@ class Syscall:
 
     @property
     def takes_path(self) -> bool:
-        return any(r.kind == const("RK_STR") and _PATH_ARG.match(self.args[r.arg].name) for r in self.reads)
+        return any(r.kind == const("RK_STR") and is_path_arg(self.name, self.args[r.arg].name) for r in self.reads)
+
+
+def is_path_arg(syscall: str, arg: str) -> bool:
+    return bool(_PATH_ARG.match(arg)) or (arg == "name" and syscall in _PATH_NAMED_NAME)
 
 
 _FIELD = re.compile(r"field:(.+?)\s*(\w+);\s*offset:(\d+);\s*size:(\d+);")
@@ -103,8 +109,7 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
     names = [a.name for a in args]
     for i, a in enumerate(args):
         t = a.ctype
-        if (t == "const char *" and a.name not in _NOT_STRING) or (t == "char *" and _PATH_ARG.match(a.name)
-                                                                   and name == "mount"):
+        if (t == "const char *" and a.name not in _NOT_STRING) or (t == "char *" and is_path_arg(name, a.name)):
             reads.append(Read(i, const("RK_STR"), size=const("STR_CAP")))
         elif t == "struct open_how *" and "usize" in names:
             reads.append(Read(i, const("RK_OPEN_HOW"), names.index("usize"), const("HOW_CAP")))
