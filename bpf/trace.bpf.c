@@ -195,8 +195,14 @@ static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc,
 	s->enter_err = 0;
 	s->want = 0;
 	s->enter_status = RS_NONE;
-	if (a >= MAX_ARGS || kind == RK_SOCKADDR_OUT)
+	if (a >= MAX_ARGS)
 		return;
+	if (kind == RK_SOCKADDR_OUT) {
+		/* The caller's buffer size: the kernel copies at most this much but reports the full
+		 * address length, so the exit read must not go past it. */
+		s->want = want_size(sc, k, args);
+		return;
+	}
 	s->want = kind == RK_STR ? 0 : want_size(sc, k, args);
 	s->enter_status = read_arg(r, pos, kind, args[a], s->want, sc->rd_size[k], &s->enter_err,
 				   &s->enter_len);
@@ -293,11 +299,14 @@ static __always_inline void exit_slot(struct sys_record *r, struct sc_conf *sc, 
 	}
 	__u32 pos = data_end(r);
 	__u32 want = s->kind == RK_STR ? 0 : want_size(sc, k, r->args);
-	if (s->kind == RK_SOCKADDR_OUT)
+	__u32 cap = sc->rd_size[k];
+	if (s->kind == RK_SOCKADDR_OUT) {
+		if (s->want < cap)
+			cap = s->want; /* what the kernel could write: shorter than `want` means truncated */
 		s->want = want;
+	}
 	s->exit_off = pos;
-	s->exit_status = read_arg(r, pos, s->kind, r->args[a], want, sc->rd_size[k], &s->exit_err,
-				  &s->exit_len);
+	s->exit_status = read_arg(r, pos, s->kind, r->args[a], want, cap, &s->exit_err, &s->exit_len);
 	if ((s->enter_status == RS_OK || s->enter_status == RS_TRUNC) &&
 	    (s->exit_status == RS_OK || s->exit_status == RS_TRUNC) && s->exit_len == s->enter_len &&
 	    same_bytes(r, s->enter_off, s->exit_off, s->exit_len))

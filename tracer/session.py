@@ -212,10 +212,9 @@ class Session:
         draining = 0  # polls left after the command ended, to collect its last records
         while not self._stop:
             rings.wait(POLL_MS)
-            for ev in self._drain():
-                yield ev
-                if self.count is not None and self.stats.events >= self.count:
-                    return
+            yield from self._drain()  # never more than --count events in all
+            if self._count_reached():
+                return
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if draining == 0 and self._child_exited():
@@ -224,10 +223,11 @@ class Session:
                 draining -= 1
                 if draining == 0:
                     break
-        for ev in self._drain():
-            yield ev
-            if self.count is not None and self.stats.events >= self.count:
-                return
+        if not self._count_reached():
+            yield from self._drain()
+
+    def _count_reached(self) -> bool:
+        return self.count is not None and self.stats.events >= self.count
 
     def _drain(self) -> list[Event]:
         out: list[Event] = []
@@ -245,7 +245,7 @@ class Session:
             ev = Event(data)
             if self.only_missing and not ev.has_missing_data:
                 continue
-            if self.count is not None and self.stats.events >= self.count:
+            if self._count_reached():
                 break
             self.stats.add(data)
             if self.callback is not None:
