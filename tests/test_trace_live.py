@@ -1,0 +1,775 @@
+"""Live BPF tests: the real programs from bpf/trace.bpf.c, loaded through the CLI (and the Session API),
+tracing real C workloads (tests/workloads/*.c) whose exact arguments, addresses and return values are
+known and asserted.
+
+Tracer starts cost a bcc compile each (~2-3 s), so each module-scoped fixture below starts a batch of
+tracer runs in parallel and the tests share their outputs. Needs root (or CAP_BPF + CAP_PERFMON),
+tracefs, bcc and kernel headers: skipped without them, failures when CI=true (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACER = [sys.executable, "-m", "tracer"]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TIMEOUT = 120
+PARALLEL = 4
+O_RDONLY_CLOEXEC = os.O_RDONLY | os.O_CLOEXEC
+HOW_24 = {"flags": O_RDONLY_CLOEXEC, "mode": 0, "resolve": 4, "flags_str": "O_RDONLY|O_CLOEXEC",
+          "resolve_str": "RESOLVE_NO_SYMLINKS"}
+NOBODY = 65534
+
+pytestmark = pytest.mark.usefixtures("bpf_env")
+
+
+# --- running the tracer ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+    lines: list[dict] = field(default_factory=list)  # every stdout line, parsed (JSON runs only)
+
+    @property
+    def workload(self) -> list[dict]:
+        return [x for x in self.lines if x.get("kind") == "workload"]
+
+    @property
+    def events(self) -> list[dict]:
+        return [x for x in self.lines if x.get("kind") == "syscall"]
+
+    @property
+    def lost(self) -> list[dict]:
+        return [x for x in self.lines if x.get("kind") == "lost"]
+
+    @property
+    def summary(self) -> dict:
+        found = [x for x in self.lines if x.get("kind") == "summary"]
+        assert len(found) == 1, f"expected one summary line:\n{self.describe()}"
+        return found[0]
+
+    def of(self, pid: int) -> list[dict]:
+        """The syscall events of one process, in the order the calls were made."""
+        return sorted((e for e in self.events if e["pid"] == pid), key=lambda e: e["ts"])
+
+    def describe(self) -> str:
+        return (f"$ {' '.join(self.argv)}\nexit {self.rc} after {self.seconds:.1f}s\n"
+                f"--- stdout (tail)\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}")
+
+
+def tracer_argv(*args: str | os.PathLike) -> list[str]:
+    return [*TRACER, *map(str, args)]
+
+
+def finish(proc: subprocess.Popen, argv: list[str], started: float, as_json: bool,
+           timeout: float = TIMEOUT, stdout_head: str = "") -> Run:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"tracer did not finish within {timeout}s: {' '.join(argv)}\n{err[-3000:]}")
+    run = Run(argv, proc.returncode, stdout_head + out, err, time.monotonic() - started)
+    if as_json:
+        try:
+            run.lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            pytest.fail(f"stdout is not JSON Lines ({e}):\n{run.describe()}")
+    return run
+
+
+def run_tracer(*args: str | os.PathLike, env: dict | None = None, timeout: float = TIMEOUT) -> Run:
+    argv = tracer_argv(*args)
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            errors="surrogateescape")
+    return finish(proc, argv, started, "--json" in argv, timeout)
+
+
+def run_parallel(jobs: dict[str, tuple[tuple, dict]]) -> dict[str, Run]:
+    """Several tracer runs at once: {name: (args, env)} -> {name: Run}."""
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {name: pool.submit(run_tracer, *args, env=env) for name, (args, env) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def expect_ok(run: Run, rc: int = 0) -> None:
+    assert run.rc == rc, run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+
+
+def workload_env(tmp: Path, **extra: str) -> dict:
+    return {"WORKLOAD_DIR": str(tmp), "LINGER_MS": "1000", **extra}
+
+
+def paired(run: Run, cases: list[str] | None = None) -> list[tuple[dict, dict]]:
+    """(workload report, tracer event) pairs, in call order; checks that every call was traced once."""
+    reports = run.workload
+    assert reports, run.describe()
+    pid = reports[0]["pid"]
+    events = run.of(pid)
+    assert len(events) == len(reports), (
+        f"{len(reports)} openat2 calls, {len(events)} events\n{run.describe()}")
+    if cases is not None:
+        assert [r["case"] for r in reports] == cases
+    for report, ev in zip(reports, events, strict=True):
+        assert ev["tid"] == report["tid"], (report, ev)
+        assert ev["args"]["usize"] == report["usize"], (report, ev)
+    return list(zip(reports, events, strict=True))
+
+
+# --- batch 1: openat2 cases, --no-recover, console escaping, net, -- CMD, lost records --------------
+
+ALL_CASES = ["ok", "badptr", "untouched", "cross_str", "cross_struct", "changed", "rodata", "ext_zero",
+             "ext_nonzero", *["escape"] * 5]
+NO_RECOVER_CASES = ["badptr", "untouched", "cross_str", "cross_struct", "changed"]
+BURST = 200_000
+
+
+@dataclass
+class Batch:
+    runs: dict[str, Run]
+    cases: Path
+    procs: Path
+    tcp_port: int
+    unix_path: str
+
+
+@pytest.fixture(scope="module")
+def batch(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Batch]:
+    cases = build_c("openat2_cases")
+    procs = build_c("procs")
+    net = build_c("net_cases")
+    tmp = tmp_path_factory.mktemp("live")
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(8)
+    unix_path = str(tmp / "listen.sock")
+    uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    uds.bind(unix_path)
+    uds.listen(8)
+    port = tcp.getsockname()[1]
+    try:
+        dirs = {name: tmp / name for name in ("all", "norecover", "console")}
+        for d in dirs.values():
+            d.mkdir()
+        console_env = {**workload_env(dirs["console"]), "TERM": "dumb", "COLUMNS": "300"}
+        console_env.pop("FORCE_COLOR", None)
+        runs = run_parallel({
+            "all": (("trace", "openat2", "--json", "--", cases, "all"), workload_env(dirs["all"])),
+            "norecover": (("trace", "openat2", "--json", "--no-recover", "--", cases, *NO_RECOVER_CASES),
+                          workload_env(dirs["norecover"])),
+            "console": (("trace", "openat2", "--", cases, "escape"), console_env),
+            "net": (("trace", "connect", "accept4", "--json", "--", net, port, unix_path), {}),
+            "fork": (("trace", "openat2", "--json", "--", procs, "fork", "7"), {}),
+            "lost": (("trace", "openat", "--json", "--buffer-pages", "1", "--", procs, "burst", BURST), {}),
+        })
+        yield Batch(runs, cases, procs, port, unix_path)
+    finally:
+        tcp.close()
+        uds.close()
+
+
+@pytest.fixture(scope="module")
+def all_cases(batch: Batch) -> dict[str, list[tuple[dict, dict]]]:
+    run = batch.runs["all"]
+    expect_ok(run)
+    by_case: dict[str, list[tuple[dict, dict]]] = {}
+    for report, ev in paired(run, ALL_CASES):
+        by_case.setdefault(report["case"], []).append((report, ev))
+    return by_case
+
+
+def one(all_cases: dict, case: str) -> tuple[dict, dict]:
+    (pair,) = all_cases[case]
+    return pair
+
+
+def test_openat2_ok(all_cases) -> None:
+    report, ev = one(all_cases, "ok")
+    assert report["ret"] >= 0
+    assert ev["kind"] == "syscall" and ev["syscall"] == "openat2" and ev["event"] == "syscalls:sys_enter_openat2"
+    assert ev["comm"] == "openat2_cases" and ev["uid"] == 0 and ev["pid"] == ev["tid"] == report["pid"]
+    assert ev["ts"] <= ev["ts_exit"] and ev["duration_ns"] == ev["ts_exit"] - ev["ts"]
+    assert ev["args"] == {"dfd": -100, "filename": "/etc/hostname", "how": HOW_24, "usize": 24}
+    assert ev["args_str"] == {"dfd": "AT_FDCWD"}
+    assert ev["ret"] == report["ret"] and ev["ret_str"] == str(report["ret"])
+    assert ev["reads"] == {
+        "filename": {"status": "ok", "source": "enter", "errno": None, "addr": report["filename"], "len": 13,
+                     "verified_at_exit": True},
+        "how": {"status": "ok", "source": "enter", "errno": None, "addr": report["how"], "len": 24, "size": 24,
+                "verified_at_exit": True},
+    }
+    assert ev["missing"] == []
+    assert ev["recovery"] is True
+
+
+def test_openat2_bad_pointer_is_missing_not_empty(all_cases) -> None:
+    report, ev = one(all_cases, "badptr")
+    assert report["ret"] == -14
+    assert ev["ret"] == -14 and ev["ret_str"] == "-14 EFAULT"
+    assert ev["args"]["filename"] is None
+    assert ev["args"]["how"] == HOW_24
+    assert ev["reads"]["filename"] == {
+        "status": "missing", "source": "enter", "errno": 14, "addr": 1, "exit_errno": 14,
+        "region": {"kind": "unmapped", "where": "NULL page"},
+    }
+    assert ev["reads"]["how"]["status"] == "ok"
+    assert ev["missing"] == ["filename"]
+
+
+def test_openat2_untouched_file_mapping_recovered_at_exit(all_cases) -> None:
+    report, ev = one(all_cases, "untouched")
+    assert report["mapped_before"] == [0], "precondition: the mapping was not resident before the call"
+    assert report["ret"] >= 0 and ev["ret"] == report["ret"]
+    assert ev["args"] == {"dfd": -100, "filename": "/etc/hostname", "how": HOW_24, "usize": 24}
+    start = report["filename"]
+    region = {"kind": "file", "start": start, "end": start + PAGE, "perms": "r--p", "path": report["file"]}
+    assert ev["reads"] == {
+        "filename": {"status": "recovered", "source": "exit", "errno": 14, "addr": start, "len": 13,
+                     "region": {**region, "file_offset": 0}},
+        "how": {"status": "recovered", "source": "exit", "errno": 14, "addr": report["how"], "len": 24,
+                "size": 24, "region": {**region, "file_offset": report["how_off"]}},
+    }
+    assert ev["missing"] == []
+
+
+def test_openat2_string_across_untouched_page_recovered_whole(all_cases) -> None:
+    report, ev = one(all_cases, "cross_str")
+    assert report["mapped_before"] == [1, 0], "precondition: first page resident, second not"
+    assert ev["ret"] == report["ret"] and report["ret"] >= 0
+    assert ev["args"]["filename"] == "/etc/hostname"
+    start = report["filename"] - report["filename_off"]
+    assert ev["reads"]["filename"] == {
+        "status": "recovered", "source": "exit", "errno": 14, "addr": report["filename"], "len": 13,
+        "region": {"kind": "file", "start": start, "end": start + 2 * PAGE, "perms": "rw-p",
+                   "path": report["file"], "file_offset": PAGE - 5},
+    }
+    assert ev["reads"]["how"]["status"] == "ok" and ev["args"]["how"] == HOW_24
+
+
+def test_openat2_struct_across_untouched_page_recovered_whole(all_cases) -> None:
+    report, ev = one(all_cases, "cross_struct")
+    assert report["mapped_before"] == [1, 0], "precondition: first page resident, second not"
+    assert ev["ret"] == report["ret"] and report["ret"] >= 0
+    # Whole struct, exact: a field-by-field read would have given resolve=0 (its page was absent).
+    assert ev["args"]["how"] == HOW_24
+    start = report["how"] - report["how_off"]
+    assert ev["reads"]["how"] == {
+        "status": "recovered", "source": "exit", "errno": 14, "addr": report["how"], "len": 24, "size": 24,
+        "region": {"kind": "file", "start": start, "end": start + 2 * PAGE, "perms": "rw-p",
+                   "path": report["file"], "file_offset": PAGE - 8},
+    }
+    assert ev["reads"]["filename"]["status"] == "ok"
+
+
+def test_openat2_path_changed_during_call(all_cases) -> None:
+    report, ev = one(all_cases, "changed")
+    assert ev["ret"] == report["ret"] and report["ret"] >= 0
+    assert ev["duration_ns"] >= 90_000_000, "the open blocked until the other thread opened the FIFO"
+    assert ev["args"]["filename"] == report["fifo"]
+    assert ev["args"]["how"] == {"flags": O_RDONLY_CLOEXEC, "mode": 0, "resolve": 0,
+                                 "flags_str": "O_RDONLY|O_CLOEXEC", "resolve_str": "0"}
+    assert ev["reads"]["filename"] == {
+        "status": "changed", "source": "enter", "errno": None, "addr": report["filename"],
+        "len": len(report["fifo"]), "value_at_exit": report["new"], "len_at_exit": len(report["new"]),
+    }
+    assert ev["reads"]["how"]["verified_at_exit"] is True
+
+
+def _symbol(exe: str, name: str) -> int:
+    out = subprocess.run(["nm", "--defined-only", exe], check=True, capture_output=True, text=True).stdout
+    (addr,) = [int(f.split()[0], 16) for f in out.splitlines() if f.split()[-1] == name]
+    return addr
+
+
+def _section(exe: str, name: str) -> tuple[int, int]:
+    """(vma, file offset) of a section, from objdump."""
+    out = subprocess.run(["objdump", "-h", "-w", exe], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) > 6 and f[1] == name:
+            return int(f[3], 16), int(f[5], 16)
+    raise AssertionError(f"no {name} in {exe}")
+
+
+def test_openat2_rodata_literal_recovered(all_cases) -> None:
+    report, ev = one(all_cases, "rodata")
+    assert report["mapped_before"] == [0], "precondition: the literal's page was not mapped before the call"
+    assert ev["ret"] == report["ret"] and report["ret"] >= 0
+    assert ev["args"]["filename"] == "/etc/hostname"
+    info = ev["reads"]["filename"]
+    assert {k: info[k] for k in ("status", "source", "errno", "addr", "len")} == {
+        "status": "recovered", "source": "exit", "errno": 14, "addr": report["filename"], "len": 13}
+    region = info["region"]
+    require(shutil.which("nm") is not None and shutil.which("objdump") is not None, "binutils (nm, objdump)")
+    exe = report["exe"]
+    vaddr = _symbol(exe, "rodata_blob") + 65536 + 128  # offsetof(path) in openat2_cases.c
+    sec_vma, sec_off = _section(exe, ".rodata")
+    assert region["kind"] == "file" and region["path"] == exe and region["perms"] == "r--p"
+    assert region["section"] == ".rodata"
+    assert region["elf_vaddr"] == vaddr
+    assert region["section_offset"] == vaddr - sec_vma
+    assert region["file_offset"] == vaddr - sec_vma + sec_off
+
+
+def test_openat2_extension_bytes(all_cases) -> None:
+    (zr, zev), (nr, nev) = one(all_cases, "ext_zero"), one(all_cases, "ext_nonzero")
+    base = {"flags": 0, "mode": 0, "resolve": 0, "flags_str": "O_RDONLY", "resolve_str": "0"}
+    assert zr["ret"] >= 0 and zev["ret"] == zr["ret"]
+    assert zev["args"]["usize"] == 32
+    assert zev["args"]["how"] == {**base, "ext": "0000000000000000", "ext_nonzero": False}
+    assert zev["reads"]["how"] == {"status": "ok", "source": "enter", "errno": None, "addr": zr["how"], "len": 32,
+                                   "size": 32, "verified_at_exit": True}
+    assert nr["ret"] == -7 and nev["ret"] == -7 and nev["ret_str"] == "-7 E2BIG"
+    assert nev["args"]["how"] == {**base, "ext": "000000ab00000000", "ext_nonzero": True}
+    assert nev["reads"]["how"]["len"] == 32
+
+
+def test_openat2_hostile_strings_exact_in_json(all_cases) -> None:
+    pairs = all_cases["escape"]
+    assert len(pairs) == 5
+    for report, ev in pairs:
+        raw = bytes.fromhex(report["path_hex"])
+        assert ev["ret"] == -2 == report["ret"]
+        assert ev["comm"] == "esc\x1b[7m\n"
+        assert ev["tid"] != ev["pid"]
+        assert ev["args"]["filename"] == raw.decode("utf-8", "surrogateescape")
+        info = ev["reads"]["filename"]
+        assert info["len"] == len(raw)
+        try:
+            raw.decode("utf-8")
+            assert "hex" not in info
+        except UnicodeDecodeError:
+            assert info["hex"] == raw.hex()
+
+
+def test_openat2_summary(batch: Batch, all_cases) -> None:
+    s = batch.runs["all"].summary
+    assert s["events"] == 14 and s["lost"] == 0 and s["exit_code"] == 0
+    assert s["reads"] == {"ok": 21, "recovered": 5, "changed": 1, "missing": 1, "truncated": 0, "null": 0}
+    assert s["by_arg"] == {"openat2.filename": {"ok": 9, "missing": 1, "recovered": 3, "changed": 1},
+                           "openat2.how": {"ok": 12, "recovered": 2}}
+    assert s["wrong_without_recovery"] == 5 and s["events_with_reads"] == 14
+    assert s["kernel"] == {"emitted": 14, "no_state": 0, "state_full": 0, "submit_fail": 0}
+
+
+def test_no_recover_shows_what_entry_reads_saw(batch: Batch) -> None:
+    run = batch.runs["norecover"]
+    expect_ok(run)
+    pairs = dict((r["case"], (r, e)) for r, e in paired(run, NO_RECOVER_CASES))
+    for _, ev in pairs.values():
+        assert "recovery" not in ev
+        for info in ev["reads"].values():
+            assert "exit_errno" not in info and "verified_at_exit" not in info and "value_at_exit" not in info
+
+    report, ev = pairs["badptr"]
+    assert ev["reads"]["filename"] == {"status": "missing", "source": "enter", "errno": 14, "addr": 1,
+                                       "region": {"kind": "unmapped", "where": "NULL page"}}
+
+    report, ev = pairs["untouched"]
+    assert report["mapped_before"] == [0]
+    assert ev["args"]["filename"] is None and ev["args"]["how"] is None
+    assert ev["missing"] == ["filename", "how"]
+    for arg, off in (("filename", 0), ("how", report["how_off"])):
+        info = ev["reads"][arg]
+        assert {k: v for k, v in info.items() if k != "region"} == {
+            "status": "missing", "source": "enter", "errno": 14, "addr": report[arg]}
+        assert info["region"]["path"] == report["file"] and info["region"]["file_offset"] == off
+
+    report, ev = pairs["cross_str"]
+    assert report["mapped_before"] == [1, 0]
+    assert ev["args"]["filename"] is None
+    assert ev["reads"]["filename"]["status"] == "missing" and ev["reads"]["filename"]["errno"] == 14
+    assert "len" not in ev["reads"]["filename"]
+
+    # The struct is all or nothing: never flags with zeros where the second page was.
+    report, ev = pairs["cross_struct"]
+    assert report["mapped_before"] == [1, 0]
+    assert ev["args"]["how"] is None
+    assert {k: v for k, v in ev["reads"]["how"].items() if k != "region"} == {
+        "status": "missing", "source": "enter", "errno": 14, "addr": report["how"]}
+    assert ev["reads"]["how"]["region"]["file_offset"] == PAGE - 8
+    assert ev["missing"] == ["how"]
+    assert ev["args"]["filename"] == "/etc/hostname"
+
+    # Without an exit read the change goes unnoticed: the entry value, shown as ok.
+    report, ev = pairs["changed"]
+    assert ev["args"]["filename"] == report["fifo"]
+    assert ev["reads"]["filename"] == {"status": "ok", "source": "enter", "errno": None, "addr": report["filename"],
+                                       "len": len(report["fifo"])}
+
+    s = run.summary
+    assert s["reads"] == {"ok": 5, "recovered": 0, "changed": 0, "missing": 5, "truncated": 0, "null": 0}
+    assert s["wrong_without_recovery"] == 0
+
+
+# --- console escaping ---------------------------------------------------------------------------
+
+ESCAPED = {
+    "/nonexistent/[bold red]x[/]": "/nonexistent/[bold red]x[/]",
+    "/nonexistent/\x1b[31mred\x1b[0m": "/nonexistent/\\x1b[31mred\\x1b[0m",
+    "/nonexistent/line1\nline2": "/nonexistent/line1\\nline2",
+    "/nonexistent/\u202ertl": "/nonexistent/\\u202ertl",
+    "/nonexistent/bad\udcff\udcfeutf8": "/nonexistent/bad\\xff\\xfeutf8",
+}
+TIME = re.compile(r"\d\d:\d\d:\d\d\.\d{6} ")
+
+
+def test_console_escapes_process_controlled_text(batch: Batch) -> None:
+    run = batch.runs["console"]
+    expect_ok(run)
+    raw = run.stdout.encode("utf-8", "surrogateescape")
+    assert b"\x1b" not in raw
+    assert "\u202e".encode() not in raw
+    assert b"\xff" not in raw and b"\xfe" not in raw
+    reports = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"kind":"workload"')]
+    assert len(reports) == 5
+    pid, tid = reports[0]["pid"], reports[0]["tid"]
+    event_lines = [line for line in run.stdout.splitlines() if "openat2(" in line]
+    expected = []
+    for report in reports:
+        path = bytes.fromhex(report["path_hex"]).decode("utf-8", "surrogateescape")
+        expected.append(f'esc\\x1b[7m\\n[{pid}/{tid}] openat2(dfd=AT_FDCWD, filename="{ESCAPED[path]}", '
+                        "how={flags=O_RDONLY, mode=0, resolve=0}, usize=24) = -2 ENOENT")
+    assert len(event_lines) == 5, run.describe()
+    for line, want in zip(event_lines, expected, strict=True):
+        assert TIME.match(line), line
+        assert line[TIME.match(line).end():] == want
+    # The summary follows, and nothing else was printed between the events.
+    assert "5 events, 0 lost" in run.stdout
+    assert "tracing openat2" in run.stderr
+
+
+# --- connect / accept4 ----------------------------------------------------------------------------
+
+
+def test_connect_and_accept4_sockaddrs(batch: Batch) -> None:
+    run = batch.runs["net"]
+    expect_ok(run)
+    reports = {r["case"]: r for r in run.workload}
+    pid = reports["connect_inet"]["pid"]
+    evs = run.of(pid)
+    assert [(e["syscall"], e["ret"]) for e in evs] == [
+        ("connect", 0), ("connect", 0), ("connect", 0), ("accept4", reports["accept4"]["ret"]), ("connect", 0),
+        ("accept4", reports["accept4_null"]["ret"]), ("accept4", -11)]
+    inet, unix, own, acc, _own2, acc_null, acc_again = evs
+
+    r = reports["connect_inet"]
+    assert r["ret"] == 0
+    assert inet["args"] == {"fd": r["fd"], "uservaddr": {"family": "AF_INET", "port": batch.tcp_port,
+                                                         "addr": "127.0.0.1"}, "addrlen": 16}
+    assert inet["reads"] == {"uservaddr": {"status": "ok", "source": "enter", "errno": None, "addr": r["addr"],
+                                           "len": 16, "size": 16, "verified_at_exit": True}}
+
+    r = reports["connect_unix"]
+    assert r["ret"] == 0
+    assert unix["args"] == {"fd": r["fd"], "uservaddr": {"family": "AF_UNIX", "path": batch.unix_path},
+                            "addrlen": r["addrlen"]}
+    assert unix["reads"]["uservaddr"] == {"status": "ok", "source": "enter", "errno": None, "addr": r["addr"],
+                                          "len": r["addrlen"], "size": r["addrlen"], "verified_at_exit": True}
+
+    r = reports["connect_own"]
+    assert own["args"]["uservaddr"] == {"family": "AF_INET", "port": r["port"], "addr": "127.0.0.1"}
+
+    # accept4 fills the peer address at exit: the client's own address.
+    r = reports["accept4"]
+    assert r["ret"] >= 0 and r["addrlen_after"] == 16
+    assert acc["args"] == {"fd": r["listen_fd"], "upeer_sockaddr": {"family": "AF_INET", "port": r["client_port"],
+                                                                    "addr": "127.0.0.1"},
+                           "upeer_addrlen": r["addrlen_ptr"], "flags": os.O_CLOEXEC}
+    assert acc["reads"] == {"upeer_sockaddr": {"status": "ok", "source": "exit", "errno": None, "addr": r["addr"],
+                                               "len": 16, "size": 16}}
+
+    assert acc_null["args"]["upeer_sockaddr"] is None
+    assert acc_null["reads"] == {"upeer_sockaddr": {"status": "null", "source": "exit", "errno": None, "addr": 0,
+                                                    "len": 0}}
+    # A failed accept4 filled nothing: the pointer is shown, nothing is read.
+    assert acc_again["ret_str"] == "-11 EAGAIN"
+    assert acc_again["args"]["upeer_sockaddr"] == reports["accept4_eagain"]["addr"]
+    assert acc_again["reads"] == {}
+    assert run.summary["by_arg"] == {"accept4.upeer_sockaddr": {"ok": 1, "null": 1}, "connect.uservaddr": {"ok": 4}}
+
+
+# --- -- CMD with descendants, exit code -----------------------------------------------------------
+
+
+def test_command_descendants_traced_and_exit_code_passed_on(batch: Batch) -> None:
+    run = batch.runs["fork"]
+    expect_ok(run, 7)
+    roles = {r["role"]: r for r in run.workload}
+    assert set(roles) == {"parent", "child", "grandchild"}
+    pids = {r["pid"] for r in roles.values()}
+    assert len(pids) == 3
+    assert sorted(e["pid"] for e in run.events) == sorted(pids)
+    for r in roles.values():
+        (ev,) = run.of(r["pid"])
+        assert ev["args"]["filename"] == "/etc/hostname" and ev["ret"] == r["ret"] >= 0
+        assert ev["comm"] == "procs"
+    assert run.summary["exit_code"] == 7 and run.summary["events"] == 3
+
+
+# --- lost records -----------------------------------------------------------------------------------
+
+
+def test_lost_records_reported_and_summed(batch: Batch) -> None:
+    run = batch.runs["lost"]
+    expect_ok(run)
+    (report,) = run.workload
+    assert report["calls"] == BURST
+    lost = run.lost
+    assert lost, f"no lost records with a 1-page ring and {BURST} calls\n{run.describe()[-2000:]}"
+    assert all(set(x) == {"kind", "cpu", "count"} and x["count"] > 0 for x in lost)
+    s = run.summary
+    assert s["lost"] == sum(x["count"] for x in lost)
+    per_cpu: dict[str, int] = {}
+    for x in lost:
+        per_cpu[str(x["cpu"])] = per_cpu.get(str(x["cpu"]), 0) + x["count"]
+    assert s["lost_per_cpu"] == per_cpu
+    assert s["events"] == len(run.events)
+    # Every record the kernel handed to the ring was read; the lost ones are among those it could not write
+    # (a loss after the last successful write is never reported by the ring).
+    k = s["kernel"]
+    assert s["events"] == k["emitted"]
+    assert 0 < s["lost"] <= k["submit_fail"]
+    burst_events = [e for e in run.events if e["args"]["filename"] == "/dev/null"]
+    assert len(burst_events) + k["submit_fail"] >= BURST
+
+
+# --- batch 2: filters on running processes, --count, --duration -------------------------------------
+
+
+@dataclass
+class Looper:
+    proc: subprocess.Popen
+    pid: int
+    tids: list[int]
+    uid: int
+    comm: str
+
+
+def start_looper(exe: Path, name: str, user: int | None = None) -> Looper:
+    proc = subprocess.Popen([str(exe), "loop", name, "10"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, user=user)
+    line = proc.stdout.readline()
+    assert line, f"looper {name} did not start (exit {proc.poll()})"
+    info = json.loads(line)
+    return Looper(proc, info["pid"], info["tids"], info["uid"], info["comm"])
+
+
+@pytest.fixture(scope="module")
+def filters(build_c) -> Iterator[tuple[dict[str, Run], Looper, Looper, dict[str, bool]]]:
+    procs = build_c("procs")
+    a = start_looper(procs, "loopA")
+    try:
+        b = start_looper(procs, "loopB", user=NOBODY)
+    except Exception:
+        a.proc.kill()
+        raise
+    try:
+        runs = run_parallel({
+            "pid": (("trace", "openat2", "--json", "-p", a.pid, "--count", "30"), {}),
+            "tid": (("trace", "openat2", "--json", "--tid", a.tids[1], "--count", "30"), {}),
+            "comm": (("trace", "openat2", "--json", "-n", "loopB", "--count", "30"), {}),
+            "uid": (("trace", "openat2", "--json", "-u", NOBODY, "--count", "30"), {}),
+            "duration": (("trace", "openat2", "--json", "-p", a.pid, "--duration", "1.5"), {}),
+        })
+        alive = {"a": a.proc.poll() is None, "b": b.proc.poll() is None}
+        yield runs, a, b, alive
+    finally:
+        for w in (a, b):
+            w.proc.kill()
+            w.proc.wait()
+
+
+def test_filter_pid(filters) -> None:
+    runs, a, _b, alive = filters
+    assert alive == {"a": True, "b": True}, "both loopers ran during the whole trace"
+    for run in (runs["pid"], runs["duration"]):  # both trace -p A
+        expect_ok(run)
+        assert run.events, run.describe()
+        assert {e["pid"] for e in run.events} == {a.pid}
+        assert {e["comm"] for e in run.events} == {"loopA"}
+    # Every thread of the process (1.5 s of two threads calling every 10 ms).
+    assert {e["tid"] for e in runs["duration"].events} == set(a.tids)
+
+
+def test_filter_tid(filters) -> None:
+    runs, a, _b, _ = filters
+    run = runs["tid"]
+    expect_ok(run)
+    assert {(e["pid"], e["tid"]) for e in run.events} == {(a.pid, a.tids[1])}
+
+
+def test_filter_comm(filters) -> None:
+    runs, _a, b, _ = filters
+    run = runs["comm"]
+    expect_ok(run)
+    assert {(e["pid"], e["comm"]) for e in run.events} == {(b.pid, "loopB")}
+
+
+def test_filter_uid(filters) -> None:
+    runs, _a, b, _ = filters
+    run = runs["uid"]
+    expect_ok(run)
+    assert b.uid == NOBODY
+    assert {(e["pid"], e["uid"]) for e in run.events} == {(b.pid, NOBODY)}
+
+
+@pytest.mark.parametrize("name", ["pid", "tid", "comm", "uid"])
+def test_count_stops_after_exactly_n_events(filters, name: str) -> None:
+    run = filters[0][name]
+    expect_ok(run)
+    assert len(run.events) == 30
+    assert run.summary["events"] == 30
+    assert run.summary["exit_code"] is None
+    for e in run.events:
+        assert e["args"]["filename"] == "/etc/hostname" and e["ret"] >= 0
+
+
+def test_duration(filters) -> None:
+    runs, a, _b, _ = filters
+    run = runs["duration"]
+    expect_ok(run)
+    s = run.summary
+    assert 1.5 <= s["elapsed_s"] < 2.5, s
+    # Two threads, one call each every ~10 ms, for 1.5 s.
+    assert 50 <= s["events"] == len(run.events) <= 320
+    assert {e["pid"] for e in run.events} == {a.pid}
+
+
+# --- batch 3: clean detach ----------------------------------------------------------------------------
+
+
+def bpftool_progs() -> dict[int, dict]:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], check=True, capture_output=True, text=True).stdout
+    return {p["id"]: p for p in json.loads(out)}
+
+
+def own_bpf(pid: int) -> dict[str, set]:
+    """BPF programs (by id) and anon-inode fds that a process holds, from /proc/PID/fd and fdinfo."""
+    progs: set[int] = set()
+    kinds: dict[str, set] = {"prog": progs, "fds": set()}
+    base = f"/proc/{pid}/fd"
+    for fd in os.listdir(base):
+        try:
+            link = os.readlink(f"{base}/{fd}")
+        except OSError:
+            continue
+        if link.startswith("anon_inode:"):
+            kinds["fds"].add((int(fd), link))
+        if link == "anon_inode:bpf-prog":
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        progs.add(int(line.split()[1]))
+    return kinds
+
+
+@dataclass
+class Detached:
+    run: Run
+    progs_during: dict[int, dict]
+    progs_after: dict[int, dict]
+
+
+def traced_until(looper: Looper, how: str) -> Detached:
+    """Trace the looper; once events flow, end the tracer by `how` (sigint, sigterm, duration)."""
+    args = ["trace", "openat2", "--json", "-p", str(looper.pid)]
+    if how == "duration":
+        args += ["--duration", "2"]
+    argv = tracer_argv(*args)
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    first = proc.stdout.readline()  # an event: the programs are attached and the loop is running
+    assert first, f"tracer ended before any event: {proc.wait()}\n{proc.stderr.read()}"
+    ids = own_bpf(proc.pid)["prog"]
+    during = {i: p for i, p in bpftool_progs().items() if i in ids}
+    if how == "sigint":
+        proc.send_signal(signal.SIGINT)
+    elif how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    run = finish(proc, argv, started, True, stdout_head=first)
+    after = {i: p for i, p in bpftool_progs().items() if i in ids}
+    return Detached(run, during, after)
+
+
+@pytest.fixture(scope="module")
+def detach(build_c) -> Iterator[dict[str, Detached]]:
+    require(shutil.which("bpftool") is not None, "bpftool (apt-get install bpftool; ./bootstrap installs it)")
+    looper = start_looper(build_c("procs"), "detachme")
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = {how: pool.submit(traced_until, looper, how) for how in ("duration", "sigint", "sigterm")}
+            yield {how: f.result() for how, f in futures.items()}
+    finally:
+        looper.proc.kill()
+        looper.proc.wait()
+
+
+PROG_NAMES = {"sys_enter_2", "sys_enter_4", "sys_exit", "tracepoint__sched__sched_process_fork"}
+
+
+@pytest.mark.parametrize("how", ["duration", "sigint", "sigterm"])
+def test_clean_detach_and_exit(detach, how: str) -> None:
+    d = detach[how]
+    assert d.run.rc == 0, d.run.describe()
+    assert "Traceback" not in d.run.stderr, d.run.describe()
+    # While it ran, bpftool listed the tracer's programs: openat2 has 4 arguments.
+    assert {p["type"] for p in d.progs_during.values()} == {"tracepoint"}, d.progs_during
+    assert {p["name"] for p in d.progs_during.values()} >= {"sys_enter_4", "sys_exit"}
+    assert {p["name"] for p in d.progs_during.values()} <= PROG_NAMES | {f"sys_enter_{n}" for n in range(7)}
+    # After it exited, none of them is left.
+    assert d.progs_after == {}
+    # It printed every event it had and then its summary, last.
+    assert d.run.lines[-1]["kind"] == "summary"
+    assert d.run.summary["events"] == len(d.run.events) >= 1
+    assert d.run.summary["exit_code"] is None
+
+
+def test_session_close_releases_everything_in_process(build_c) -> None:
+    """The Session API in this very process: after close(), no program, map, perf event or BTF fd is left."""
+    require(shutil.which("bpftool") is not None, "bpftool (apt-get install bpftool; ./bootstrap installs it)")
+    from tracer.session import Session
+
+    looper = start_looper(build_c("procs"), "sessionme")
+    try:
+        before = own_bpf(os.getpid())
+        with Session(["openat2"], pids=[looper.pid], duration=0.5) as s:
+            events = list(s)
+            during = own_bpf(os.getpid())
+        after = own_bpf(os.getpid())
+        progs_after = set(bpftool_progs())
+    finally:
+        looper.proc.kill()
+        looper.proc.wait()
+    assert events and {e.pid for e in events} == {looper.pid}
+    assert s.summary()["events"] == len(events)
+    assert during["prog"] - before["prog"], "the session's programs were seen while it ran"
+    assert {link for _, link in during["fds"] - before["fds"]} >= {
+        "anon_inode:bpf-prog", "anon_inode:bpf-map", "anon_inode:[perf_event]"}
+    assert not (during["prog"] - before["prog"]) & progs_after, "programs still loaded after close()"
+    assert after["fds"] == before["fds"], f"fds left open by the session: {sorted(after['fds'] - before['fds'])}"
