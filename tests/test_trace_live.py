@@ -570,8 +570,8 @@ class Looper:
     comm: str
 
 
-def start_looper(exe: Path, name: str, user: int | None = None) -> Looper:
-    proc = subprocess.Popen([str(exe), "loop", name, "10"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+def start_looper(exe: Path, name: str, user: int | None = None, interval_ms: int = 10) -> Looper:
+    proc = subprocess.Popen([str(exe), "loop", name, str(interval_ms)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, user=user)
     line = proc.stdout.readline()
     assert line, f"looper {name} did not start (exit {proc.poll()})"
@@ -695,8 +695,22 @@ class Detached:
     progs_after: dict[int, dict]
 
 
+def raw_line(fd: int) -> str:
+    """One line read byte by byte, so that nothing is buffered past it (communicate() reads the fd)."""
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        b = os.read(fd, 1)
+        if not b:
+            break
+        buf += b
+    return buf.decode()
+
+
 def traced_until(looper: Looper, how: str) -> Detached:
-    """Trace the looper; once events flow, end the tracer by `how` (sigint, sigterm, duration)."""
+    """Trace the looper; once events flow, end the tracer by `how` (sigint, sigterm, duration).
+
+    The signals are sent right after the first event line arrives, while the tracer is still writing out
+    its first (large: the looper calls back to back) batch."""
     args = ["trace", "openat2", "--json", "-p", str(looper.pid)]
     if how == "duration":
         args += ["--duration", "2"]
@@ -704,7 +718,7 @@ def traced_until(looper: Looper, how: str) -> Detached:
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
-    first = proc.stdout.readline()  # an event: the programs are attached and the loop is running
+    first = raw_line(proc.stdout.fileno())  # an event: the programs are attached and the loop is running
     assert first, f"tracer ended before any event: {proc.wait()}\n{proc.stderr.read()}"
     ids = own_bpf(proc.pid)["prog"]
     during = {i: p for i, p in bpftool_progs().items() if i in ids}
@@ -720,14 +734,18 @@ def traced_until(looper: Looper, how: str) -> Detached:
 @pytest.fixture(scope="module")
 def detach(build_c) -> Iterator[dict[str, Detached]]:
     require(shutil.which("bpftool") is not None, "bpftool (apt-get install bpftool; ./bootstrap installs it)")
-    looper = start_looper(build_c("procs"), "detachme")
+    procs = build_c("procs")
+    slow = start_looper(procs, "detachme")
+    fast = start_looper(procs, "detachfast", interval_ms=0)
     try:
         with ThreadPoolExecutor(3) as pool:
-            futures = {how: pool.submit(traced_until, looper, how) for how in ("duration", "sigint", "sigterm")}
+            futures = {how: pool.submit(traced_until, fast if how.startswith("sig") else slow, how)
+                       for how in ("duration", "sigint", "sigterm")}
             yield {how: f.result() for how, f in futures.items()}
     finally:
-        looper.proc.kill()
-        looper.proc.wait()
+        for w in (slow, fast):
+            w.proc.kill()
+            w.proc.wait()
 
 
 PROG_NAMES = {"sys_enter_2", "sys_enter_4", "sys_exit", "tracepoint__sched__sched_process_fork"}
