@@ -554,8 +554,10 @@ def test_lost_records_reported_and_summed(batch: Batch) -> None:
     k = s["kernel"]
     assert s["events"] == k["emitted"]
     assert 0 < s["lost"] <= k["submit_fail"]
-    burst_events = [e for e in run.events if e["args"]["filename"] == "/dev/null"]
-    assert len(burst_events) + k["submit_fail"] >= BURST
+    assert k["no_state"] == 0 and k["state_full"] == 0
+    # Every call was either sent or failed to be: the loader's few openat calls came first, into an empty ring.
+    startup = [e for e in run.events if e["args"]["filename"] != "/dev/null"]
+    assert k["emitted"] + k["submit_fail"] == BURST + len(startup)
 
 
 # --- batch 2: filters on running processes, --count, --duration -------------------------------------
@@ -571,8 +573,8 @@ class Looper:
 
 
 def start_looper(exe: Path, name: str, user: int | None = None, interval_ms: int = 10) -> Looper:
-    proc = subprocess.Popen([str(exe), "loop", name, str(interval_ms)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, user=user)
+    proc = subprocess.Popen([str(exe), "loop", name, str(interval_ms)], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, user=user)
     line = proc.stdout.readline()
     assert line, f"looper {name} did not start (exit {proc.poll()})"
     info = json.loads(line)
@@ -655,8 +657,8 @@ def test_duration(filters) -> None:
     expect_ok(run)
     s = run.summary
     assert 1.5 <= s["elapsed_s"] < 2.5, s
-    # Two threads, one call each every ~10 ms, for 1.5 s.
-    assert 50 <= s["events"] == len(run.events) <= 320
+    # Two threads, one call each every 10 ms (or a little more), for 1.5 s.
+    assert 50 <= s["events"] == len(run.events) <= 2 * (100 * s["elapsed_s"] + 5)
     assert {e["pid"] for e in run.events} == {a.pid}
 
 
@@ -748,7 +750,8 @@ def detach(build_c) -> Iterator[dict[str, Detached]]:
             w.proc.wait()
 
 
-PROG_NAMES = {"sys_enter_2", "sys_enter_4", "sys_exit", "tracepoint__sched__sched_process_fork"}
+# openat2 has 4 arguments; bcc loads and attaches the TRACEPOINT_PROBE (follow mode) by itself.
+PROG_NAMES = {"sys_enter_4", "sys_exit", "tracepoint__sched__sched_process_fork"}
 
 
 @pytest.mark.parametrize("how", ["duration", "sigint", "sigterm"])
@@ -756,10 +759,9 @@ def test_clean_detach_and_exit(detach, how: str) -> None:
     d = detach[how]
     assert d.run.rc == 0, d.run.describe()
     assert "Traceback" not in d.run.stderr, d.run.describe()
-    # While it ran, bpftool listed the tracer's programs: openat2 has 4 arguments.
-    assert {p["type"] for p in d.progs_during.values()} == {"tracepoint"}, d.progs_during
-    assert {p["name"] for p in d.progs_during.values()} >= {"sys_enter_4", "sys_exit"}
-    assert {p["name"] for p in d.progs_during.values()} <= PROG_NAMES | {f"sys_enter_{n}" for n in range(7)}
+    # While it ran, bpftool listed the tracer's programs.
+    assert sorted((p["type"], p["name"]) for p in d.progs_during.values()) == [
+        ("tracepoint", name) for name in sorted(PROG_NAMES)], d.progs_during
     # After it exited, none of them is left.
     assert d.progs_after == {}
     # It printed every event it had and then its summary, last.
@@ -768,6 +770,7 @@ def test_clean_detach_and_exit(detach, how: str) -> None:
     assert d.run.summary["exit_code"] is None
 
 
+@pytest.mark.filterwarnings("ignore:not a bytes object:DeprecationWarning")  # bcc, on str table names
 def test_session_close_releases_everything_in_process(build_c) -> None:
     """The Session API in this very process: after close(), no program, map, perf event or BTF fd is left."""
     require(shutil.which("bpftool") is not None, "bpftool (apt-get install bpftool; ./bootstrap installs it)")

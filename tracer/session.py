@@ -284,10 +284,10 @@ class CommandError(RuntimeError):
 
 
 def install_signal_stop(session: Session) -> None:
-    """SIGTERM (and SIGHUP) end the session cleanly, like Ctrl-C."""
+    """Ctrl-C, SIGTERM and SIGHUP end the session at its next poll: every counted event is shown."""
 
     def handler(signum: int, frame: object) -> None:
         session.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)

@@ -1,7 +1,8 @@
 /* Process-shaped workloads for tests/test_trace_live.py. One JSON line per report on stdout.
  *
  *   procs loop NAME INTERVAL_MS  set comm to NAME; the main thread and one more thread call
- *                                openat2("/etc/hostname") every INTERVAL_MS until killed; reports
+ *                                openat2("/etc/hostname") every INTERVAL_MS (0: back to back) until
+ *                                killed; reports
  *                                {"kind":"workload","mode":"loop","pid","tids":[main,second],"uid","comm"}
  *   procs fork CODE              openat2 in this process, in a child and in a grandchild; reports every pid;
  *                                exits with CODE
@@ -51,7 +52,8 @@ static void *looper(void *arg)
 	struct timespec ts = {interval_ms / 1000, (interval_ms % 1000) * 1000000};
 	for (;;) {
 		open_hostname();
-		nanosleep(&ts, NULL);
+		if (interval_ms)
+			nanosleep(&ts, NULL);
 	}
 	return NULL;
 }
