@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .layout import const, packer
-from .openat2 import decode_open_how, mode_str, open_flags_str
+from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
 from .sockaddr import decode_sockaddr
 from .syscalls import Arg, Syscall
 
@@ -66,11 +66,7 @@ def ret_str(ret: int) -> str:
 
 
 def at_flags_str(v: int) -> str:
-    parts = [n for b, n in _AT_FLAGS.items() if v & b]
-    rest = v & ~sum(_AT_FLAGS)
-    if rest:
-        parts.append(f"{rest:#x}")
-    return "|".join(parts) or "0"
+    return bits_str(v, _AT_FLAGS)
 
 
 def arg_symbol(sc: str, arg: Arg, v: int) -> str | None:

@@ -48,12 +48,17 @@ def open_flags_str(flags: int) -> str:
     return "|".join(parts)
 
 
-def resolve_str(resolve: int) -> str:
-    parts = [name for bit, name in RESOLVE_FLAGS.items() if resolve & bit]
-    rest = resolve & ~sum(RESOLVE_FLAGS)
+def bits_str(value: int, names: dict[int, str]) -> str:
+    """`A|B|0x40` for a value made of single-bit flags; unknown bits in hex, "0" for none."""
+    parts = [name for bit, name in names.items() if value & bit]
+    rest = value & ~sum(names)
     if rest:
         parts.append(f"{rest:#x}")
     return "|".join(parts) or "0"
+
+
+def resolve_str(resolve: int) -> str:
+    return bits_str(resolve, RESOLVE_FLAGS)
 
 
 def mode_str(mode: int) -> str:
