@@ -541,7 +541,8 @@ def test_lost_records_reported_and_summed(batch: Batch) -> None:
     assert report["calls"] == BURST
     lost = run.lost
     assert lost, f"no lost records with a 1-page ring and {BURST} calls\n{run.describe()[-2000:]}"
-    assert all(set(x) == {"kind", "cpu", "count"} and x["count"] > 0 for x in lost)
+    assert all(set(x) == {"kind", "source", "cpu", "count"} and x["source"] == "syscalls" and x["count"] > 0
+               for x in lost)
     s = run.summary
     assert s["lost"] == sum(x["count"] for x in lost)
     per_cpu: dict[str, int] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import time
 from collections import Counter, defaultdict
@@ -19,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import syscalls
-from .decode import Decoder
-from .probes import DEFAULT_PAGES, Filters, SyscallProbes
+from .probes import DEFAULT_PAGES, Filters
+from .sources import Source, SourceOptions, SyscallSource, builder, order_ts, split_specs
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
 READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
@@ -103,7 +104,8 @@ class Session:
         pages: int = DEFAULT_PAGES,
         callback: Callable[[Event], None] | None = None,
     ) -> None:
-        self.syscalls = syscalls.resolve(list(events))
+        plain, self.other_specs = split_specs(list(events))
+        self.syscalls = syscalls.resolve(plain) if plain else []
         self.command = list(command) if command else None
         self.filters = Filters(list(pids), list(tids), uid, comm, follow or bool(command), recover)
         if self.command:
@@ -115,11 +117,13 @@ class Session:
         self.pages = pages
         self.callback = callback
         self.stats = Stats()
-        self.probes: SyscallProbes | None = None
+        self.sources: list[Source] = []
+        self.probes = None  # the syscall source's SyscallProbes while running
         self.child: int | None = None  # pid of the command we started, until it is reaped
         self.exit_code: int | None = None
         self.started = 0.0
-        self.kernel_counts: list[int] = []
+        self.kernel_counts: dict[str, int] = {}
+        self._rings: list = []
         self._stop = False
         self._gate: int | None = None
 
@@ -132,13 +136,26 @@ class Session:
         self.close()
 
     def start(self) -> None:
-        self.probes = SyscallProbes(self.syscalls, self.filters, self.pages)
         self.resolver = None
         if self.explain:
             from .regions import RegionResolver
 
             self.resolver = RegionResolver()
-        self.decoder = Decoder(syscalls.by_nr(), self.resolver.explain if self.resolver else None)
+        opts = SourceOptions(self.filters, self.pages, self.resolver.explain if self.resolver else None)
+        try:
+            if self.syscalls:
+                src = SyscallSource(self.syscalls, opts)
+                self.sources.append(src)
+                self.probes = src.probes
+            for target, specs in self.other_specs.items():
+                self.sources.append(builder(target)(specs, opts))
+        except BaseException:
+            self.close()
+            raise
+        self._poll = select.poll()
+        self._rings = [(src, ring) for src in self.sources if src.rings for ring in src.rings.rings]
+        for _src, ring in self._rings:
+            self._poll.register(ring.fd, select.POLLIN)
         self.started = time.monotonic()
         if self.command:
             self._spawn()
@@ -168,7 +185,8 @@ class Session:
         os.close(err_w)
         self.child = pid
         try:
-            self.probes.add_pid(pid)
+            for src in self.sources:
+                src.add_pid(pid)
             os.write(gate_w, b"x")
         finally:
             os.close(gate_w)
@@ -195,23 +213,27 @@ class Session:
         self._stop = True
 
     def close(self) -> None:
-        if self.probes is not None:
+        for src in self.sources:
             try:
-                self.kernel_counts = self.probes.stats()
+                self.kernel_counts.update(src.kernel_stats())
             except Exception:
-                self.kernel_counts = []
-            self.probes.close()
-            self.probes = None
+                pass
+            try:
+                src.close()
+            except Exception:
+                pass
+        self.sources = []
+        self._rings = []
+        self.probes = None
 
     # -- events ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Event]:
-        if self.probes is None:
+        if not self.sources:
             self.start()
-        rings = self.probes.rings
         deadline = self.started + self.duration if self.duration else None
         draining = 0  # polls left after the command ended, to collect its last records
         while not self._stop:
-            rings.wait(POLL_MS)
+            self._wait(POLL_MS)
             yield from self._drain()  # never more than --count events in all
             if self._count_reached():
                 return
@@ -229,18 +251,26 @@ class Session:
     def _count_reached(self) -> bool:
         return self.count is not None and self.stats.events >= self.count
 
+    def _wait(self, timeout_ms: int) -> None:
+        try:
+            self._poll.poll(timeout_ms)
+        except InterruptedError:
+            pass
+
     def _drain(self) -> list[Event]:
         out: list[Event] = []
-        records: list[tuple[int, bytes]] = []
-        for batch in self.probes.rings.drain():
+        events: list[dict] = []
+        for src, ring in self._rings:
+            batch = ring.drain()
             if batch.lost:
                 self.stats.lost += batch.lost
                 self.stats.lost_per_cpu[batch.cpu] += batch.lost
-                out.append(Event({"kind": "lost", "cpu": batch.cpu, "count": batch.lost}))
-            records.extend((batch.cpu, raw) for raw in batch.samples)
-        decode = self.decoder.decode
-        events = [decode(raw, cpu) for cpu, raw in records]
-        events.sort(key=lambda e: e.get("ts_exit") or e["ts"])
+                out.append(Event({"kind": "lost", "source": src.name, "cpu": batch.cpu, "count": batch.lost}))
+            if batch.samples:
+                decode = src.decode
+                cpu = batch.cpu
+                events.extend(decode(raw, cpu) for raw in batch.samples)
+        events.sort(key=order_ts)
         for data in events:
             ev = Event(data)
             if self.only_missing and not ev.has_missing_data:
@@ -261,7 +291,6 @@ class Session:
 
     def summary(self) -> dict:
         s = self.stats
-        names = ("emitted", "no_state", "state_full", "submit_fail")
         return {
             "kind": "summary",
             "events": s.events,
@@ -273,7 +302,7 @@ class Session:
             "wrong_without_recovery": s.wrong_without_recovery,
             "wrong_without_recovery_share": (
                 round(s.wrong_without_recovery / s.events_with_reads, 4) if s.events_with_reads else 0.0),
-            "kernel": dict(zip(names, self.kernel_counts, strict=False)),
+            "kernel": dict(self.kernel_counts),
             "elapsed_s": round(time.monotonic() - self.started, 3) if self.started else 0.0,
             "exit_code": self.exit_code,
         }
