@@ -56,7 +56,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp / "base.c"
     base.write_text(TYPES)
     tu = tmp / "tu.c"
-    tu.write_text(TYPES + '#include "record.h"\n')
+    tu.write_text(TYPES + "".join(f'#include "{h}"\n' for h in layout.HEADERS))
     defined = {k: v for k, v in macros(tu).items() if k not in macros(base)}
 
     obj = tmp / "tu.o"
@@ -77,7 +77,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def measured(compiled: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """sizeof/offsetof/_Alignof of everything, and the value of every #define, printed by a C program."""
-    lines = [TYPES, '#include "record.h"', "#include <stddef.h>", "#include <stdio.h>",
+    lines = [TYPES, *(f'#include "{h}"' for h in layout.HEADERS), "#include <stddef.h>", "#include <stdio.h>",
              "#define M(s, f) (((struct s *)0)->f)",
              "#define ELEM(x) (sizeof(x) / sizeof((x)[0]))", "int main(void) {"]
     for sname, members in compiled["structs"].items():
@@ -110,7 +110,7 @@ def measured(compiled: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def parsed() -> layout.Layout:
-    return layout.parse_header(RECORD_H.read_text())
+    return layout.parse_header("\n".join((BPF_DIR / h).read_text() for h in layout.HEADERS))
 
 
 def test_same_structs_and_fields(compiled: dict, parsed: layout.Layout) -> None:
@@ -160,6 +160,7 @@ def test_defines(compiled: dict, measured: dict, parsed: layout.Layout) -> None:
     assert set(parsed.consts) == valued
     assert measured["defines"] == parsed.consts
     assert "TRACER_RECORD_H" in compiled["macros"] and "TRACER_RECORD_H" not in parsed.consts
+    assert "TRACER_UPROBE_H" in compiled["macros"] and "uprobe_record" in compiled["structs"]
 
 
 def test_loaded_layout_is_record_h(parsed: layout.Layout) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from . import __version__
+from .capture import CaptureError
+from .escape import escape_text
 from .kenv import EnvironmentProblem
 from .session import CommandError, Session, install_signal_stop
 from .syscalls import UnknownEvent
@@ -24,7 +30,9 @@ def fail(message: str, code: int = 1) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracer")
-def cli() -> None:
+@click.option("--tracefs", "tracefs_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Use this tracefs root (sets TRACER_TRACEFS; e.g. a fake root for tests).")
+def cli(tracefs_dir: str | None = None) -> None:
     """eBPF syscall tracer that never shows a guessed value.
 
     Every argument read from user memory carries its status (ok, recovered, changed, missing,
@@ -35,28 +43,56 @@ def cli() -> None:
                  tracer trace %file -- CMD ARGS...   (trace CMD and its children)
                  tracer doctor
     """
+    if tracefs_dir:
+        import os
+
+        from .kenv import TRACEFS_ENV
+
+        os.environ[TRACEFS_ENV] = str(Path(tracefs_dir).resolve())
 
 
-def trace_options(f):
-    opts = [
-        click.argument("events", nargs=-1),
-        click.option("-p", "--pid", "pids", multiple=True, type=int, help="Trace this process (repeatable)."),
-        click.option("--tid", "tids", multiple=True, type=int, help="Trace this thread (repeatable)."),
-        click.option("-n", "--comm", help="Trace tasks with this command name (as in /proc/PID/comm)."),
-        click.option("-u", "--uid", type=int, help="Trace tasks with this real user id."),
+def filter_options() -> list:
+    """-p/--tid/-n/-u: applied in the kernel when tracing, in Python when replaying a capture."""
+    return [
+        click.option("-p", "--pid", "pids", multiple=True, type=int, help="Only this process (repeatable)."),
+        click.option("--tid", "tids", multiple=True, type=int, help="Only this thread (repeatable)."),
+        click.option("-n", "--comm", help="Only tasks with this command name (as in /proc/PID/comm)."),
+        click.option("-u", "--uid", type=int, help="Only tasks with this real user id."),
+    ]
+
+
+def only_missing_option():
+    return click.option("--only-missing", is_flag=True,
+                        help="Show only events with missing, recovered or changed user data.")
+
+
+def apply_options(f, opts: list):
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def live_options(only_missing: bool = True) -> list:
+    """Filters and limits of a live session (trace, record, monitor)."""
+    return [
+        *filter_options(),
         click.option("-f", "--follow", is_flag=True, help="Also trace children of -p processes."),
         click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds."),
         click.option("--count", type=click.IntRange(min=1), help="Stop after N events."),
         click.option("--no-recover", is_flag=True,
                      help="No exit re-reads: show what a plain entry-only tracer would have seen."),
-        click.option("--only-missing", is_flag=True,
-                     help="Show only events with missing, recovered or changed user data."),
+        *([only_missing_option()] if only_missing else []),
         click.option("--buffer-pages", type=click.IntRange(min=1), default=256, show_default=True,
                      help="Perf ring size per CPU, in pages (a power of two)."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+
+
+def trace_options(f):
+    """`trace` and `record` (which stores the read mode in the capture header)."""
+    return apply_options(f, [click.argument("events", nargs=-1), *live_options(), click.option(
+        "--read-mode", type=click.Choice(["auto", "sleepable", "nofault"]), default="auto", show_default=True,
+        help="How pointer arguments are read: sleepable programs (fault pages in) where the kernel allows "
+             "them, nofault reads (+ exit re-reads), or the best available.")])
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -76,39 +112,35 @@ def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary
     sys.exit(code)
 
 
-def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
-              comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages) -> int:
-    from .output import ConsoleOutput, JsonOutput
-
-    if buffer_pages & (buffer_pages - 1):
-        fail(f"--buffer-pages {buffer_pages} is not a power of two (try {1 << buffer_pages.bit_length()})", 2)
-    out = JsonOutput() if as_json else ConsoleOutput()
+def make_session(events: list[str], *, pages: int, **opts) -> Session:
+    """A Session from CLI options; a bad event spec or ring size is a usage error (exit 2)."""
+    if pages & (pages - 1):
+        fail(f"--buffer-pages {pages} is not a power of two (try {1 << pages.bit_length()})", 2)
     try:
-        session = Session(events, pids=pids, tids=tids, uid=uid, comm=comm, command=command, follow=follow,
-                          recover=not no_recover, duration=duration, count=count, only_missing=only_missing,
-                          pages=buffer_pages)
+        return Session(events, pages=pages, **opts)
     except UnknownEvent as e:
         fail(str(e), 2)
+        raise  # not reached: fail() exits
+
+
+def drive(session: Session, body: Callable[[], None]) -> bool:
+    """Start the session and run `body` (which iterates it); any failure ends the run with one line on
+    stderr. The session is closed (programs detached) on every path. False if stdout was closed."""
     install_signal_stop(session)
     try:
         session.start()
-        if not as_json:
-            what = ", ".join(s.name for s in session.syscalls[:8])
-            more = f" and {len(session.syscalls) - 8} more" if len(session.syscalls) > 8 else ""
-            err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
-        for ev in session:
-            if ev.kind == "lost":
-                out.lost(ev.data)
-            else:
-                out.event(ev.data)
+        body()
     except KeyboardInterrupt:
         pass
-    except (EnvironmentProblem, CommandError) as e:
+    except (EnvironmentProblem, CommandError, CaptureError) as e:
         session.close()
-        fail(str(e))
+        fail(str(e), getattr(e, "code", 1))
+    except UnknownEvent as e:  # event specs checked when their source starts (uprobe symbols)
+        session.close()
+        fail(str(e), 2)
     except BrokenPipeError:
         session.close()
-        return 0
+        return False
     except Exception as e:
         session.close()
         from .probes import load_error
@@ -116,11 +148,214 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
         fail(str(load_error(e)))
     finally:
         session.close()
+    return True
+
+
+def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
+              comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages,
+              record: Path | None = None, force: bool = False, read_mode: str = "auto") -> int:
+    """`trace`, and `record` (record: the capture file): recording shows events only with --json; its
+    progress line and, without --json, its summary go to stderr."""
+    from .output import ConsoleOutput, JsonOutput
+
+    session = make_session(events, pids=pids, tids=tids, uid=uid, comm=comm, command=command, follow=follow,
+                           recover=not no_recover, duration=duration, count=count, only_missing=only_missing,
+                           pages=buffer_pages, record=record, force=force, read_mode=read_mode)
+    show = record is None or as_json
+    out = JsonOutput(batched=True) if as_json else ConsoleOutput(
+        Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else None)
+    if as_json:
+        session.batch_done.append(out.flush)  # one write per drain batch, not per event
+
+    def body() -> None:
+        if not as_json and record is None:
+            what = ", ".join(s.name for s in session.syscalls[:8])
+            more = f" and {len(session.syscalls) - 8} more" if len(session.syscalls) > 8 else ""
+            err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
+        with record_progress(session):
+            for ev in session:
+                if not show:
+                    continue
+                if ev.kind == "lost":
+                    out.lost(ev.data)
+                else:
+                    out.event(ev.data)
+
+    if not drive(session, body):
+        return 0
+    if session.record_error:
+        fail(session.record_error)
+    if record is not None:
+        s = session.summary()
+        err_console.print(Text(f"recorded {s['events']} events ({s['lost']} lost, {s['reads']['missing']} missing "
+                               f"reads) to {escape_text(str(record))}: {human_size(record)} in {s['elapsed_s']} s",
+                               style="dim"), soft_wrap=True)
     if summary:
         out.summary(session.summary())
     if session.exit_code is not None:
         return session.exit_code
     return 0
+
+
+# --- record, replay, export (tracer/capture.py, tracer/export.py) ------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@trace_options
+@click.option("-o", "--output", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The capture file to create (mode 0600).")
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the events as JSON Lines on stdout.")
+@click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
+@click.pass_context
+def record(ctx: click.Context, events: tuple[str, ...], path: Path, force: bool, as_json: bool, no_summary: bool,
+           **opts: object) -> None:
+    """Record a capture file: -o FILE [EVENT...] [options] [-- CMD ARGS...]
+
+    Takes the options of `trace`. Records are written as they arrive (a killed recording leaves a readable
+    file) with everything needed to decode them: replay it with `tracer replay FILE`.
+    """
+    command = (ctx.obj or {}).get("command")
+    sys.exit(run_trace(list(events) or ["openat2"], command, as_json, not no_summary, record=path, force=force,
+                       **opts))
+
+
+@contextmanager
+def record_progress(session: Session) -> Iterator[None]:
+    """A live status line on stderr while recording, only when stderr is a terminal."""
+    if session.recorder is None or not sys.stderr.isatty():
+        yield
+        return
+    from rich.live import Live
+
+    class Status:
+        def __rich__(self) -> Text:
+            s, rec = session.stats, session.recorder
+            size = rec.size + len(rec.buf) if rec is not None else 0
+            elapsed = time.monotonic() - session.started
+            return Text(f"recording to {escape_text(str(session.record_path))}: {s.events} events, {s.lost} lost, "
+                        f"{s.reads.get('missing', 0)} missing reads, {_size(size)}, {elapsed:.1f} s", style="dim")
+
+    with Live(Status(), console=err_console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False):
+        yield
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def human_size(path: Path) -> str:
+    try:
+        return _size(path.stat().st_size)
+    except OSError:
+        return "?"
+
+
+def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, only_missing: bool):
+    """A Capture and its replay filter, or one error line (exit 1: unreadable, 2: bad filter)."""
+    from .capture import Capture, Filter
+
+    try:
+        cap = Capture(path)
+    except CaptureError as e:
+        fail(str(e), e.code)
+    keep = Filter(patterns, pids, tids, comm, uid, only_missing)
+    try:
+        keep.bind(cap)
+    except CaptureError as e:
+        fail(str(e), 2)
+    return cap, keep
+
+
+def capture_end(cap) -> int:
+    """After a replay or export: say if the file was cut short or damaged (exit 1), or if the recording
+    did not end cleanly (exit 0: every record was there)."""
+    if cap.problem is not None:
+        sys.stderr.write(f"tracer: {cap.problem.message(cap.path, cap.records)}\n")
+        return 1
+    if cap.trailer is None:
+        sys.stderr.write(f"tracer: {cap.path} has no end-of-session trailer: the recording did not finish cleanly "
+                         f"(killed?); all {cap.records} records in it were replayed\n")
+    return 0
+
+
+def replay_options(f):
+    return apply_options(f, [click.argument("file", type=click.Path(dir_okay=False, path_type=Path)),
+                             click.argument("events", nargs=-1), *filter_options(), only_missing_option()])
+
+
+@cli.command()
+@replay_options
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, exactly as `trace --json` printed them.")
+@click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
+def replay(file: Path, events: tuple[str, ...], as_json: bool, no_summary: bool, **filters) -> None:
+    """Show a capture as live tracing showed it: FILE [EVENT...] [filters]
+
+    EVENT (syscall name, glob, %group) and -p/--tid/-n/-u/--only-missing select what is shown.
+    """
+    from .output import ConsoleOutput, JsonOutput
+
+    cap, keep = open_capture(file, events, **filters)
+    out = JsonOutput() if as_json else ConsoleOutput()
+    if not as_json:
+        out.mono_to_wall = cap.mono_to_wall_ns  # times as they were shown while recording
+        h = cap.header
+        err_console.print(Text(f"replaying {escape_text(str(file))}: recorded on {escape_text(str(h.get('host')))} "
+                               f"(Linux {escape_text(str((h.get('kernel') or {}).get('release')))}) with tracer "
+                               f"{escape_text(str((h.get('tool') or {}).get('version')))}", style="dim"))
+    try:
+        for ev in cap.events(keep):
+            if ev.kind == "lost":
+                out.lost(ev.data)
+            else:
+                out.event(ev.data)
+        if not no_summary:
+            out.summary(cap.summary())
+    except BrokenPipeError:
+        sys.exit(0)
+    except CaptureError as e:
+        fail(str(e), e.code)
+    sys.exit(capture_end(cap))
+
+
+@cli.command()
+@replay_options
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "chrome"]), required=True,
+              help="jsonl: the JSON Lines of `trace --json`; chrome: Trace Event Format (Perfetto UI, chrome://tracing).")
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this new file (mode 0600) instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, force: bool, **filters) -> None:
+    """Convert a capture: FILE --format jsonl|chrome [-o OUT] [EVENT...] [filters]"""
+    import os
+
+    from .capture import create_private
+    from .export import write_chrome, write_jsonl
+
+    cap, keep = open_capture(file, events, **filters)
+    write = write_chrome if fmt == "chrome" else write_jsonl
+    try:
+        if path is None:
+            write(cap, sys.stdout, keep)
+        else:
+            with open(create_private(path, force), "w", encoding="utf-8") as stream:
+                write(cap, stream, keep)
+                stream.flush()
+                os.fsync(stream.fileno())
+    except BrokenPipeError:
+        sys.exit(0)
+    except CaptureError as e:
+        fail(str(e), e.code)
+    except OSError as e:
+        fail(f"cannot write {path}: {e.strerror}")
+    sys.exit(capture_end(cap))
+
+
+# --- end record, replay, export ---------------------------------------------------------------------
 
 
 @cli.command()
@@ -145,6 +380,138 @@ def demo(as_json: bool) -> None:
                      uid=None, follow=False, duration=None, count=None, no_recover=False, only_missing=False,
                      buffer_pages=256)
     sys.exit(code)
+
+
+# --- tracer monitor (tracer/monitor.py, tracer/policy.py) -------------------------------------------
+
+
+@cli.group()
+def monitor() -> None:
+    """Security monitoring with alerts from a policy. Exit status 3 when any alert fired."""
+
+
+@monitor.command("openat2", context_settings={"ignore_unknown_options": False})
+@lambda f: apply_options(f, live_options(only_missing=False))
+@click.option("--policy", "policies", multiple=True, metavar="FILE",
+              help="Policy file (TOML, repeatable); replaces the bundled default policy unless --with-default.")
+@click.option("--with-default", is_flag=True, help="Load the bundled default policy as well as the --policy files.")
+@click.option("--check-policy", "check", multiple=True, metavar="FILE",
+              help="Only validate FILE: every error as FILE:LINE: message, exit 0 (valid) or 2.")
+@click.option("--all", "show_all", is_flag=True, help="Also show calls that raise no alert.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout: alerts (and calls, with --all).")
+@click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
+@click.pass_context
+def monitor_openat2(ctx: click.Context, policies: tuple[str, ...], with_default: bool, check: tuple[str, ...],
+                    show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int, no_recover: bool,
+                    **opts: object) -> None:
+    """Watch openat2 calls and raise alerts from a policy: [options] [-- CMD ARGS...]
+
+    Fails closed: unreadable arguments, arguments changed during the call, calls a rule could match but
+    the monitor cannot place, and lost records raise alerts of their own. Exit status: 0 no alert, 3 an
+    alert fired (also with -- CMD, whatever CMD's status), 1 runtime failure, 2 usage or policy error.
+    """
+    from .monitor import run_monitor
+    from .policy import PolicyError, check_files, load_for_run
+
+    if check:
+        sys.exit(check_files(list(check)))
+    try:
+        policy = load_for_run(list(policies), with_default)
+    except PolicyError as e:
+        sys.stderr.write(f"{e}\n")
+        sys.exit(2)
+    session = make_session(["openat2"], command=(ctx.obj or {}).get("command"), recover=not no_recover,
+                           pages=buffer_pages, **opts)
+    sys.exit(run_monitor(session, policy, drive, show_all=show_all, as_json=as_json, summary=not no_summary))
+
+
+# -- user_events (tracer/user_events) ---------------------------------------------------------------
+@cli.group("list")
+def list_group() -> None:
+    """List what can be traced."""
+
+
+@list_group.command("user_events")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+def list_user_events(as_json: bool) -> None:
+    """Registered user_events (single- and multi-format), their fields, and whether they are enabled."""
+    from .user_events import UserEventsUnavailable, require, status
+    from .user_events.render import event_listing
+
+    try:
+        from .kenv import tracefs_root
+
+        root = tracefs_root()
+        require(root)
+        events = status.list_events(root)
+    except (UserEventsUnavailable, EnvironmentProblem) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot read user_events from tracefs: {e}")
+    if as_json:
+        import json
+
+        for ev in events:
+            sys.stdout.write(json.dumps(ev) + "\n")
+    else:
+        console = Console(highlight=False, soft_wrap=True)
+        for line in event_listing(events):
+            console.print(line)
+
+
+@cli.group("user-events")
+def user_events_group() -> None:
+    """Write user_events (the writer side), e.g. from scripted sessions."""
+
+
+@user_events_group.command("emit")
+@click.argument("name")
+@click.argument("args", default="")
+@click.argument("values", nargs=-1)
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Wait up to S seconds for a tracer to enable the event before writing.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="Write N times.")
+@click.option("--persist", is_flag=True, help="USER_EVENT_REG_PERSIST: keep the event after exit (CAP_PERFMON).")
+@click.option("--multi-format", is_flag=True, help="USER_EVENT_REG_MULTI_FORMAT (Linux 6.9+).")
+def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: float, count: int, persist: bool,
+                     multi_format: bool) -> None:
+    """Register NAME with the fields ARGS ('u32 id;__rel_loc char[] path') and write FIELD=VALUE...
+
+    Exit status 0 when every write was recorded, 1 on a failure (the kernel's meaning is printed:
+    EBADF disabled, EFAULT discarded, EINVAL bad format).
+    """
+    import time
+
+    from .user_events import UserEventsUnavailable
+    from .user_events.emitter import UserEventError, UserEvents, parse_value
+    from .user_events.formats import FormatError
+
+    try:
+        with UserEvents() as ue:
+            ev = ue.register(f"{name} {args}".strip(), persist=persist, multi_format=multi_format)
+            by_name = {f.name: f for f in ev.fields}
+            vals: dict[str, object] = {}
+            for item in values:
+                key, sep, text = item.partition("=")
+                if not sep or key not in by_name:
+                    fail(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(by_name) or '(no fields)'}", 2)
+                try:
+                    vals[key] = parse_value(by_name[key], text)
+                except ValueError as e:
+                    fail(f"{item!r}: {e}", 2)
+            deadline = time.monotonic() + wait_s
+            while not ev.enabled and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for _ in range(count):
+                ev.write(**vals)
+    except FormatError as e:
+        fail(f"bad name_args: {e}", 2)
+    except (UserEventsUnavailable, EnvironmentProblem) as e:
+        fail(str(e))
+    except UserEventError as e:
+        fail(str(e.strerror))
+    except OSError as e:
+        fail(f"user_events: {e}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,10 @@ from bpf/record.h through tracer/layout.py.
 from __future__ import annotations
 
 import errno as errno_mod
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .layout import const, packer
 from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
@@ -28,6 +30,13 @@ RS_NONE, RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM, RS_SKIPPED = (
 RF_NORETURN = const("RF_NORETURN")
 RF_EXIT_READS = const("RF_EXIT_READS")
 _READ_OK = (RS_OK, RS_TRUNC)
+MAX_READS = const("MAX_READS")
+# Header and n read slots in one unpack, for n = 0..MAX_READS.
+_HDRS = [struct.Struct(_HDR.format + _SLOT.format[1:] * n) for n in range(MAX_READS + 1)]
+# Kinds whose decoded value is a flat dict, cached by the bytes read (plus strings, decoded directly).
+_FAST_KINDS = (RK_STR, RK_OPEN_HOW, RK_SOCKADDR)
+_MEMO_MAX = 4096
+_UNSET = object()
 
 AT_FDCWD = -100
 _AT_FLAGS = {0x100: "AT_SYMLINK_NOFOLLOW", 0x200: "AT_REMOVEDIR", 0x400: "AT_SYMLINK_FOLLOW",
@@ -40,6 +49,11 @@ _SIGNED32 = {"int", "pid_t", "key_serial_t", "clockid_t", "mqd_t", "rwf_t", "tim
 _UNSIGNED32 = {"unsigned int", "uid_t", "gid_t", "u32", "__u32", "qid_t", "unsigned"}
 _SIGNED64 = {"long", "off_t", "loff_t", "ssize_t", "__s64", "s64", "time_t"}
 _UNSIGNED16 = {"umode_t", "unsigned short"}
+
+
+_CONV_NONE, _CONV_S32, _CONV_U32, _CONV_U16, _CONV_S64 = range(5)
+_CONVS = {**dict.fromkeys(_SIGNED32, _CONV_S32), **dict.fromkeys(_UNSIGNED32, _CONV_U32),
+          **dict.fromkeys(_UNSIGNED16, _CONV_U16), **dict.fromkeys(_SIGNED64, _CONV_S64)}
 
 
 def int_value(ctype: str, raw: int) -> int:
@@ -83,6 +97,24 @@ def arg_symbol(sc: str, arg: Arg, v: int) -> str | None:
     return None
 
 
+def _symbol_fn(sc: str, arg: Arg) -> Callable[[int], str | None] | None:
+    """arg_symbol for one argument, or None when it never has a symbol."""
+    n = arg.name
+    if (n.endswith("dfd") or (n == "flags" and sc in ("open", "openat")) or (n == "mode" and arg.ctype == "umode_t")
+            or (n in ("flag", "flags") and sc in _AT_FLAG_SYSCALLS)):
+        return lambda v: arg_symbol(sc, arg, v)
+    return None
+
+
+class _Plan(NamedTuple):
+    """What `decode` needs per syscall number: names, and per argument (index, name, int conversion,
+    symbol memo, symbol function)."""
+    name: str
+    event: str
+    sc: Syscall | None
+    args: tuple
+
+
 def text(b: bytes) -> str:
     """Bytes as str; bytes that are not UTF-8 survive as surrogates (see escape.escape_bytes)."""
     return b.decode("utf-8", "surrogateescape")
@@ -94,6 +126,11 @@ class Decoder:
     # Called with (pid, addr) for reads that failed or were recovered; returns where addr lives.
     explain: Callable[[int, int], dict] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    # Caches of the hot path (see `decode`); bounded by _MEMO_MAX entries each.
+    _plans: dict[int, _Plan] = field(default_factory=dict, repr=False)
+    _comms: dict[bytes, str] = field(default_factory=dict, repr=False)
+    _rets: dict[int, str] = field(default_factory=dict, repr=False)
+    _values: dict[tuple, dict] = field(default_factory=dict, repr=False)
 
     def value(self, kind: int, raw: bytes, want: int) -> object:
         if kind == RK_STR:
@@ -174,6 +211,147 @@ class Decoder:
         return val, info
 
     def decode(self, rec: bytes, cpu: int) -> dict:
+        """The event for one record. Hot path: one precompiled unpack of the header and its slots,
+        per-syscall argument plans, and caches of repeated values; uncommon read outcomes go through
+        `read`. The result is the same dict, key for key and in the same order, as `decode_generic`."""
+        n = rec[6]  # sys_record.nreads
+        if n > MAX_READS or len(rec) < _HDRS[n].size:
+            return self.decode_generic(rec, cpu)
+        h = _HDRS[n].unpack_from(rec)
+        nr = h[2]
+        plan = self._plans.get(nr)
+        if plan is None:
+            plan = self._plans[nr] = self._plan(nr)
+        comm = self._comms.get(h[18])
+        if comm is None:
+            comm = self._comm(h[18])
+        ts_enter = h[9]
+        if h[4] & RF_NORETURN:
+            ev: dict = {"kind": "syscall", "syscall": plan.name, "event": plan.event, "ts": ts_enter, "cpu": cpu,
+                        "pid": h[5], "tid": h[6], "comm": comm, "uid": h[7]}
+            the_ret = None
+        else:
+            ts_exit = h[10]
+            ev = {"kind": "syscall", "syscall": plan.name, "event": plan.event, "ts": ts_enter, "cpu": cpu,
+                  "pid": h[5], "tid": h[6], "comm": comm, "uid": h[7], "ts_exit": ts_exit,
+                  "duration_ns": ts_exit - ts_enter}
+            the_ret = h[11]
+        out_args: dict = {}
+        syms: dict = {}
+        reads: dict = {}
+        missing: list[str] = []
+        by_arg = {h[k]: h[k:k + 14] for k in range(19, 19 + 14 * n, 14)} if n else None
+        for i, aname, conv, memo, symf in plan.args:
+            if by_arg is not None and i in by_arg:
+                s = by_arg[i]
+                # (arg, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, _, _, want)
+                xs = s[3]
+                if s[2] == RS_OK and s[1] in _FAST_KINDS and (xs == RS_NONE or (s[10] and xs in _READ_OK)):
+                    if s[1] == RK_STR:  # inline: the most common read
+                        start = _DATA_OFF + s[6]
+                        raw = rec[start: start + s[7]]
+                        try:
+                            val = raw.decode("utf-8")
+                            info = {"status": "ok", "source": "enter", "errno": None, "addr": h[12 + i],
+                                    "len": len(raw)}
+                        except UnicodeDecodeError:
+                            val, info = self._read_ok(rec, s, h[12 + i])
+                    else:
+                        val, info = self._read_ok(rec, s, h[12 + i])
+                    if xs != RS_NONE:
+                        info["verified_at_exit"] = True
+                    out_args[aname] = val
+                    reads[aname] = info
+                    continue
+                val, info = self.read(rec, s, plan.sc, list(h[12:18]), h[5], the_ret)  # type: ignore[arg-type]
+                out_args[aname] = val
+                if info is not None:
+                    reads[aname] = info
+                    if info["status"] == "missing":
+                        missing.append(aname)
+                continue
+            v = h[12 + i]
+            if conv == _CONV_S32:
+                v &= 0xFFFFFFFF
+                if v & 0x80000000:
+                    v -= 1 << 32
+            elif conv == _CONV_U32:
+                v &= 0xFFFFFFFF
+            elif conv == _CONV_U16:
+                v &= 0xFFFF
+            elif conv == _CONV_S64 and v & (1 << 63):
+                v -= 1 << 64
+            out_args[aname] = v
+            if symf is not None:
+                sym = memo.get(v, _UNSET)
+                if sym is _UNSET:
+                    sym = symf(v)
+                    if len(memo) < _MEMO_MAX:
+                        memo[v] = sym
+                if sym is not None:
+                    syms[aname] = sym
+        ev["args"] = out_args
+        if syms:
+            ev["args_str"] = syms
+        ev["ret"] = the_ret
+        if the_ret is None:
+            ev["ret_str"] = None
+        else:
+            rs = self._rets.get(the_ret)
+            if rs is None:
+                rs = ret_str(the_ret)
+                if len(self._rets) < _MEMO_MAX:
+                    self._rets[the_ret] = rs
+            ev["ret_str"] = rs
+        ev["reads"] = reads
+        ev["missing"] = missing
+        if h[4] & RF_EXIT_READS:
+            ev["recovery"] = True
+        return ev
+
+    def _read_ok(self, rec: bytes, s: tuple, addr: int) -> tuple[object, dict]:
+        """`read` for an entry read that succeeded whole (status ok), the common case."""
+        kind = s[1]
+        start = _DATA_OFF + s[6]
+        raw = rec[start: start + s[7]]
+        if kind == RK_STR:
+            try:
+                return raw.decode("utf-8"), {"status": "ok", "source": "enter", "errno": None, "addr": addr,
+                                             "len": len(raw)}
+            except UnicodeDecodeError:
+                return text(raw), {"status": "ok", "source": "enter", "errno": None, "addr": addr,
+                                   "len": len(raw), "hex": raw.hex()}
+        info = {"status": "ok", "source": "enter", "errno": None, "addr": addr, "len": len(raw)}
+        want = s[13]
+        if want:
+            info["size"] = want
+        key = (kind, raw, want)
+        val = self._values.get(key)
+        if val is None:
+            val = self.value(kind, raw, want)
+            if len(self._values) < _MEMO_MAX:
+                self._values[key] = val
+        return dict(val), info  # type: ignore[call-overload]  # a copy: events never share a dict
+
+    def _plan(self, nr: int) -> _Plan:
+        sc = self.syscalls.get(nr)
+        name = sc.name if sc else f"syscall_{nr}"
+        args = []
+        for i, a in enumerate(sc.args if sc else ()):
+            conv = _CONV_NONE if a.is_pointer else _CONVS.get(a.ctype, _CONV_NONE)
+            symf = None if a.is_pointer else _symbol_fn(name, a)
+            args.append((i, a.name, conv, {}, symf))
+        return _Plan(name, f"syscalls:sys_enter_{name}", sc, tuple(args))
+
+    def _comm(self, raw: bytes) -> str:
+        comm = text(raw.split(b"\0", 1)[0])
+        if len(self._comms) >= _MEMO_MAX:
+            self._comms.clear()
+        self._comms[raw] = comm
+        return comm
+
+    def decode_generic(self, rec: bytes, cpu: int) -> dict:
+        """The reference decoder, field by field (records with unusual slot counts come here)."""
         h = _HDR.unpack_from(rec)
         (_type, _size, nr, nreads, flags, pid, tid, uid, _pad, ts_enter, ts_exit, ret) = h[:12]
         args = list(h[12:18])

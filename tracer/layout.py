@@ -106,9 +106,13 @@ def parse_header(text: str) -> Layout:
     return Layout(consts, structs)
 
 
+# Headers holding record layouts, parsed as one text: uprobe.h builds on record.h's structs.
+HEADERS = ("record.h", "uprobe.h", "uevents_watch.h")
+
+
 @cache
 def layout() -> Layout:
-    return parse_header(bpf_source("record.h").read_text())
+    return parse_header("\n".join(bpf_source(h).read_text() for h in HEADERS))
 
 
 def const(name: str) -> int:

@@ -28,15 +28,27 @@ def _describe_region(region: dict | None) -> str:
 
 
 class JsonOutput:
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    """JSON Lines. With `batched`, events are flushed only by `flush()` (called once per drain batch by
+    the CLI through Session.batch_done), not one write(2) per event; everything else flushes at once."""
+
+    def __init__(self, stream: IO[str] | None = None, batched: bool = False) -> None:
         self.stream = stream or sys.stdout
+        self.batched = batched
 
     def write(self, obj: dict) -> None:
         # ensure_ascii: every control or non-ASCII character becomes a \u escape, one record per line.
         self.stream.write(json.dumps(obj) + "\n")
         self.stream.flush()
 
-    event = lost = summary = notice = write
+    def event(self, obj: dict) -> None:
+        self.stream.write(json.dumps(obj) + "\n")
+        if not self.batched:
+            self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    lost = summary = notice = write
 
 
 class ConsoleOutput:
@@ -74,12 +86,16 @@ class ConsoleOutput:
         return "{" + ", ".join(f"{k}={escape_text(str(v))}" for k, v in d.items()) + "}"
 
     def event(self, ev: dict) -> None:
+        self.console.print(self.line(ev))
+
+    def line(self, ev: dict) -> Text:
+        """One syscall event as one line of rich Text."""
         t = Text()
         t.append(self._time(ev["ts"]), "dim")
         t.append(" ")
         t.append(escape_text(ev["comm"]), "bold")
         t.append(f"[{ev['pid']}/{ev['tid']}] ", "dim")
-        t.append(ev["syscall"], "bold cyan")
+        t.append(ev.get("syscall") or ev["function"], "bold cyan")
         t.append("(")
         reads = ev.get("reads", {})
         syms = ev.get("args_str", {})
@@ -129,7 +145,7 @@ class ConsoleOutput:
             t.append(shown, "red" if err else "green")
         if ev.get("missing"):
             t.append("  ! unreadable: " + ", ".join(ev["missing"]), "bold red")
-        self.console.print(t)
+        return t
 
     def lost(self, ev: dict) -> None:
         self.console.print(Text(f"!! {ev['count']} records lost on CPU {ev['cpu']} (ring full)", "bold red"))
@@ -160,3 +176,63 @@ class ConsoleOutput:
         share = s["wrong_without_recovery_share"] * 100
         c.print(Text(f"{s['wrong_without_recovery']} of {s['events_with_reads']} events ({share:.1f}%) "
                      "would have shown a wrong or empty value without exit re-reads."))
+
+
+# --- tracer monitor: alerts ------------------------------------------------------------------------
+
+SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "bold yellow", "low": "cyan",
+                  "info": "dim"}
+
+
+class AlertOutput(ConsoleOutput):
+    """`tracer monitor` on the console: one line per alert (severity, rule, description), then the call
+    and the path it targets, indented."""
+
+    def alerts(self, ev: dict | None, alerts: list) -> None:
+        for a in alerts:
+            t = Text()
+            t.append(f" {a.severity.upper()} ", SEVERITY_STYLE.get(a.severity, "bold"))
+            t.append(" ")
+            t.append(a.rule, "bold")
+            if a.detail.get("best_effort"):
+                t.append(" (best effort)", "dim")
+            if a.detail.get("matched"):
+                t.append(f" (on the {' / '.join(a.detail['matched'])} values)", "dim")
+            t.append("  ")
+            t.append(escape_text(a.description))
+            self.console.print(t)
+        if ev is not None:
+            self.console.print(Text("    ").append_text(self.line(ev)))
+            self.console.print(self.place(ev))
+
+    def place(self, ev: dict) -> Text:
+        t = Text("    target ", "dim")
+        tgt = ev.get("target") or {}
+        if tgt.get("path") is None:
+            t.append(f"unknown ({escape_text(str(tgt.get('unknown')))})", "bold red")
+        else:
+            t.append(escape_text(tgt["path"]))
+        d = ev.get("dfd_path") or {}
+        if tgt.get("best_effort") and d:
+            via = "cwd" if d["via"] == "cwd" else f"fd {ev['args'].get('dfd')}"
+            where = escape_text(d["path"]) if d.get("path") else f"unknown: {escape_text(str(d.get('unknown')))}"
+            t.append(f"  (best effort: {via} -> {where}, read from /proc after the call)", "dim")
+        elif tgt.get("basis") == "absolute":
+            t.append("  (absolute, lexical: symlinks not resolved)", "dim")
+        return t
+
+    def monitor_summary(self, s: dict) -> None:
+        by_rule = ", ".join(f"{k}: {v}" for k, v in s["alerts_by_rule"].items())
+        t = Text(f"{s['events']} openat2 calls checked, {s['alerts']} alerts" + (f" ({by_rule})" if by_rule else ""),
+                 "bold red" if s["alerts"] else "")
+        if s["lost"]:
+            t.append(f"; {s['lost']} records lost", "bold red")
+        self.console.print(t)
+
+
+class JsonAlertOutput(JsonOutput):
+    def alerts(self, ev: dict | None, alerts: list) -> None:
+        for a in alerts:
+            self.write(a.to_dict(ev))
+
+    monitor_summary = JsonOutput.write

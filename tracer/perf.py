@@ -36,11 +36,12 @@ _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _HDR = struct.Struct("<IHH")
-_U32 = struct.Struct("<I")
+_SAMPLE = struct.Struct("<IHHI")  # perf_event_header + u32 size of PERF_SAMPLE_RAW
 _LOST = struct.Struct("<QQ")
 # struct perf_event_mmap_page: data_head, data_tail, data_offset, data_size.
 _META = struct.Struct("<QQQQ")
 _META_OFF = 1024
+DRAIN_MAX = 512 * 1024  # bytes parsed per ring per drain: about 2,000 syscall records
 
 
 def pack_attr(type_: int, config: int, sample_type: int, wakeup_bytes: int) -> bytes:
@@ -82,8 +83,12 @@ class Ring:
         self.map = mmap.mmap(fd, (pages + 1) * self.page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.size = pages * self.page
         self.lost_total = 0
+        self.backlog = False  # the last drain left records behind (see DRAIN_MAX)
 
-    def drain(self) -> Batch:
+    def drain(self, max_bytes: int = 0) -> Batch:
+        """Records up to `max_bytes` (DRAIN_MAX by default) of the ring; `backlog` says whether more
+        are waiting. Bounded batches keep the decoder's live objects few: a 32 MiB ring drained at once
+        would make the garbage collector rescan ~100,000 young events over and over."""
         m = self.map
         head, tail, off, size = _META.unpack_from(m, _META_OFF)
         off = off or self.page
@@ -91,23 +96,34 @@ class Ring:
         samples: list[bytes] = []
         lost = 0
         if head == tail:
+            self.backlog = False
             return Batch(self.cpu, samples, 0)
         # Copy the readable span once (unwrapped), then parse it.
         start = tail % size
         n = head - tail
+        limit = max_bytes or DRAIN_MAX
+        self.backlog = n > limit
+        if self.backlog:
+            n = limit  # records cut at the limit are left whole for the next drain (the parser stops)
         if start + n <= size:
             data = m[off + start: off + start + n]
         else:
             data = m[off + start: off + size] + m[off: off + n - (size - start)]
         pos = 0
         append = samples.append
-        while pos + 8 <= n:
-            typ, _misc, rsize = _HDR.unpack_from(data, pos)
+        unpack = _SAMPLE.unpack_from
+        raw_only = self.raw_only
+        end = n - 8
+        while pos <= end:
+            # One unpack per record: perf_event_header, then (for samples) the RAW size.
+            if pos + 12 <= n:
+                typ, _misc, rsize, raw = unpack(data, pos)
+            else:
+                (typ, _misc, rsize), raw = _HDR.unpack_from(data, pos), 0
             if rsize < 8 or pos + rsize > n:
                 break
             if typ == PERF_RECORD_SAMPLE:
-                if self.raw_only:
-                    (raw,) = _U32.unpack_from(data, pos + 8)
+                if raw_only:
                     append(data[pos + 12: pos + 12 + raw])
                 else:
                     append(data[pos + 8: pos + rsize])
@@ -160,6 +176,8 @@ class RingSet:
             fcntl.ioctl(r.fd, PERF_EVENT_IOC_ENABLE, 0)
 
     def wait(self, timeout_ms: int) -> None:
+        if any(r.backlog for r in self.rings):
+            timeout_ms = 0  # records are waiting already
         try:
             self.poll.poll(timeout_ms)
         except InterruptedError:

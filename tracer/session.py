@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import syscalls
+from .perf import DRAIN_MAX
 from .probes import DEFAULT_PAGES, Filters
 from .sources import Source, SourceOptions, SyscallSource, builder, order_ts, split_specs
 
@@ -53,6 +54,8 @@ class Event:
     @property
     def has_missing_data(self) -> bool:
         """Some pointer argument could not be read at entry (missing, recovered) or changed."""
+        if self.data.get("status") == "discarded":  # a user_events write the kernel dropped
+            return True
         return any(r["status"] in ("missing", "recovered", "changed") for r in self.data.get("reads", {}).values())
 
     def __repr__(self) -> str:
@@ -68,9 +71,14 @@ class Stats:
     by_arg: dict = field(default_factory=lambda: defaultdict(Counter))
     events_with_reads: int = 0
     wrong_without_recovery: int = 0
+    user_events: Counter = field(default_factory=Counter)  # user_event status -> count (ok, malformed, discarded)
 
     def add(self, ev: dict) -> None:
         self.events += 1
+        if ev.get("kind") == "user_event":
+            self.user_events[ev.get("status", "ok")] += 1
+            if ev.get("status") == "discarded":
+                self.user_events[f"discarded:{ev.get('event') or 'unknown event'}"] += 1
         reads = ev.get("reads") or {}
         if reads:
             self.events_with_reads += 1
@@ -78,7 +86,7 @@ class Stats:
         for arg, info in reads.items():
             st = info["status"]
             self.reads[st] += 1
-            self.by_arg[f"{ev['syscall']}.{arg}"][st] += 1
+            self.by_arg[f"{ev.get('syscall') or ev.get('function')}.{arg}"][st] += 1
             # A plain entry-only tracer would have shown nothing (or zeros) for a recovered read and
             # missed the change for a changed one.
             wrong |= st in ("recovered", "changed")
@@ -102,8 +110,14 @@ class Session:
         only_missing: bool = False,
         explain: bool = True,
         pages: int = DEFAULT_PAGES,
+        read_mode: str = "auto",
         callback: Callable[[Event], None] | None = None,
+        record: str | os.PathLike | None = None,
+        force: bool = False,
     ) -> None:
+        """`record`: also write what the session delivers to this capture file (tracer/capture.py),
+        created with mode 0600; an existing file is an error unless `force`."""
+        self.event_specs = list(events)
         plain, self.other_specs = split_specs(list(events))
         self.syscalls = syscalls.resolve(plain) if plain else []
         self.command = list(command) if command else None
@@ -115,13 +129,21 @@ class Session:
         self.only_missing = only_missing
         self.explain = explain
         self.pages = pages
+        self.read_mode = read_mode  # auto | sleepable | nofault (sources.SourceOptions)
         self.callback = callback
+        # Called after the consumer has taken every event of a drain batch (e.g. JsonOutput.flush).
+        self.batch_done: list[Callable[[], None]] = []
         self.stats = Stats()
         self.sources: list[Source] = []
         self.probes = None  # the syscall source's SyscallProbes while running
         self.child: int | None = None  # pid of the command we started, until it is reaped
         self.exit_code: int | None = None
         self.started = 0.0
+        self.ended = 0.0
+        self.record_path = record
+        self.force = force
+        self.recorder = None  # capture.CaptureWriter while recording
+        self.record_error: str | None = None  # the capture could not be completed at close
         self.kernel_counts: dict[str, int] = {}
         self._rings: list = []
         self._stop = False
@@ -141,7 +163,13 @@ class Session:
             from .regions import RegionResolver
 
             self.resolver = RegionResolver()
-        opts = SourceOptions(self.filters, self.pages, self.resolver.explain if self.resolver else None)
+        explain = self.resolver.explain if self.resolver else None
+        if self.record_path is not None:  # created first: a bad path fails before any BPF is loaded
+            from .capture import CaptureWriter
+
+            self.recorder = CaptureWriter(self.record_path, self.force)
+            explain = self.recorder.wrap_explain(explain)
+        opts = SourceOptions(self.filters, self.pages, explain, read_mode=self.read_mode)
         try:
             if self.syscalls:
                 src = SyscallSource(self.syscalls, opts)
@@ -149,6 +177,10 @@ class Session:
                 self.probes = src.probes
             for target, specs in self.other_specs.items():
                 self.sources.append(builder(target)(specs, opts))
+            if self.recorder is not None:
+                from .capture import session_header
+
+                self.recorder.begin(session_header(self), self.sources)
         except BaseException:
             self.close()
             raise
@@ -213,6 +245,8 @@ class Session:
         self._stop = True
 
     def close(self) -> None:
+        if self.started and not self.ended:
+            self.ended = time.monotonic()
         for src in self.sources:
             try:
                 self.kernel_counts.update(src.kernel_stats())
@@ -225,6 +259,9 @@ class Session:
         self.sources = []
         self._rings = []
         self.probes = None
+        if self.recorder is not None:
+            recorder, self.recorder = self.recorder, None
+            self.record_error = recorder.close(self.summary() if self.started else None)
 
     # -- events ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Event]:
@@ -233,8 +270,10 @@ class Session:
         deadline = self.started + self.duration if self.duration else None
         draining = 0  # polls left after the command ended, to collect its last records
         while not self._stop:
-            self._wait(POLL_MS)
+            self._wait(0 if self._backlog() else POLL_MS)
             yield from self._drain()  # never more than --count events in all
+            for done in self.batch_done:
+                done()
             if self._count_reached():
                 return
             if deadline is not None and time.monotonic() >= deadline:
@@ -245,8 +284,18 @@ class Session:
                 draining -= 1
                 if draining == 0:
                     break
-        if not self._count_reached():
+        # What the rings hold now, in bounded batches; never chase a producer that keeps writing.
+        rounds = max((getattr(r, "size", 0) for _src, r in self._rings), default=0) // DRAIN_MAX + 1
+        for _ in range(rounds):
+            if self._count_reached():
+                break
             yield from self._drain()
+            if not self._backlog():
+                break
+
+    def _backlog(self) -> bool:
+        """A ring still holds records after a bounded drain (perf.DRAIN_MAX)."""
+        return any(getattr(ring, "backlog", False) for _src, ring in self._rings)
 
     def _count_reached(self) -> bool:
         return self.count is not None and self.stats.events >= self.count
@@ -266,6 +315,8 @@ class Session:
                 self.stats.lost += batch.lost
                 self.stats.lost_per_cpu[batch.cpu] += batch.lost
                 out.append(Event({"kind": "lost", "source": src.name, "cpu": batch.cpu, "count": batch.lost}))
+                if self.recorder is not None:
+                    self.recorder.lost(src, batch.cpu, batch.lost)
             if batch.samples:
                 decode = src.decode
                 cpu = batch.cpu
@@ -278,9 +329,13 @@ class Session:
             if self._count_reached():
                 break
             self.stats.add(data)
+            if self.recorder is not None:
+                self.recorder.event(data)
             if self.callback is not None:
                 self.callback(ev)
             out.append(ev)
+        if self.recorder is not None:
+            self.recorder.flush()  # one write per drain batch
         return out
 
     def run(self) -> Stats:
@@ -290,22 +345,29 @@ class Session:
         return self.stats
 
     def summary(self) -> dict:
-        s = self.stats
-        return {
-            "kind": "summary",
-            "events": s.events,
-            "lost": s.lost,
-            "lost_per_cpu": {str(k): v for k, v in sorted(s.lost_per_cpu.items())},
-            "reads": {k: s.reads.get(k, 0) for k in READ_STATUSES},
-            "by_arg": {k: dict(v) for k, v in sorted(s.by_arg.items())},
-            "events_with_reads": s.events_with_reads,
-            "wrong_without_recovery": s.wrong_without_recovery,
-            "wrong_without_recovery_share": (
-                round(s.wrong_without_recovery / s.events_with_reads, 4) if s.events_with_reads else 0.0),
-            "kernel": dict(self.kernel_counts),
-            "elapsed_s": round(time.monotonic() - self.started, 3) if self.started else 0.0,
-            "exit_code": self.exit_code,
-        }
+        end = self.ended or time.monotonic()
+        return summary_of(self.stats, self.kernel_counts, round(end - self.started, 3) if self.started else 0.0,
+                          self.exit_code)
+
+
+def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None) -> dict:
+    """The end-of-run summary (the JSON contract's "summary" object); replays build it the same way."""
+    return {
+        "kind": "summary",
+        "events": s.events,
+        "lost": s.lost,
+        "lost_per_cpu": {str(k): v for k, v in sorted(s.lost_per_cpu.items())},
+        "reads": {k: s.reads.get(k, 0) for k in READ_STATUSES},
+        "by_arg": {k: dict(v) for k, v in sorted(s.by_arg.items())},
+        "events_with_reads": s.events_with_reads,
+        "wrong_without_recovery": s.wrong_without_recovery,
+        "wrong_without_recovery_share": (
+            round(s.wrong_without_recovery / s.events_with_reads, 4) if s.events_with_reads else 0.0),
+        **({"user_events": dict(sorted(s.user_events.items()))} if s.user_events else {}),
+        "kernel": dict(kernel),
+        "elapsed_s": elapsed_s,
+        "exit_code": exit_code,
+    }
 
 
 class CommandError(RuntimeError):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tracer import bpfsys, btf
+from tracer.kenv import EnvironmentProblem
 
 CACHE_PATH = Path("/run/tracer/caps.json")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -89,6 +90,12 @@ def _libbcc() -> ctypes.CDLL:
     lib.bpf_attach_tracepoint.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
     lib.bpf_attach_tracepoint.restype = ctypes.c_int
     lib.bpf_close_perf_event_fd.argtypes = [ctypes.c_int]
+    lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.bpf_function_start.restype = ctypes.c_void_p
+    lib.bpf_function_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.bpf_function_size.restype = ctypes.c_size_t
+    lib.bpf_module_license.argtypes = [ctypes.c_void_p]
+    lib.bpf_module_license.restype = ctypes.c_char_p
     return lib
 
 
@@ -96,13 +103,14 @@ def _entry_offset(path: str) -> int:
     """File offset of the ELF entry point: uprobes take file offsets, e_entry is a virtual address."""
     from elftools.elf.elffile import ELFFile
 
+    from tracer.elfsyms import SymbolError, vaddr_to_offset
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        entry = elf.header.e_entry
-        for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= entry < seg["p_vaddr"] + seg["p_filesz"]:
-                return entry - seg["p_vaddr"] + seg["p_offset"]
-    raise ValueError(f"{path}: entry point {entry:#x} is in no PT_LOAD segment")
+        try:
+            return vaddr_to_offset(elf, elf.header.e_entry, path)
+        except SymbolError as e:
+            raise ValueError(str(e)) from None
 
 
 def _perf_attached(attach: Callable[[], int], detach: Callable[[], None], what: str) -> Probe:
@@ -115,22 +123,35 @@ def _perf_attached(attach: Callable[[], int], detach: Callable[[], None], what: 
     return Probe(True, None, f"loaded and attached to {what}", [])
 
 
-def probe_tp() -> Probe:
-    """BPF_PROG_TYPE_TRACEPOINT + BPF_F_SLEEPABLE, attached to a syscall tracepoint if it loads."""
+def _load_attach(prog_type: int, prog_name: str, target: Callable[[ctypes.CDLL, int], tuple],
+                 why: Callable[[bpfsys.BpfError], str] = lambda e: "") -> Probe:
+    """Load `r0 = 0; exit` as a sleepable program of prog_type; if the kernel takes it, attach it through
+    libbcc with target(lib, fd) -> (attach, detach, what), then detach and close everything."""
     try:
-        fd = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_TRACEPOINT, bpfsys.return_zero_prog(),
-                              prog_flags=bpfsys.BPF_F_SLEEPABLE, prog_name="tracer_tp_s")
+        fd = bpfsys.prog_load(prog_type, bpfsys.return_zero_prog(), prog_flags=bpfsys.BPF_F_SLEEPABLE,
+                              prog_name=prog_name)
     except bpfsys.BpfError as e:
-        said = "can be sleepable" in e.reason  # check_attach_btf_id(): the type may not be sleepable at all
-        return _refused(e, "this kernel has no sleepable tracepoint programs" if said else "")
+        return _refused(e, why(e))
     with _fd(fd):
         try:
-            lib = _libbcc()
-        except OSError as e:
+            attach, detach, what = target(_libbcc(), fd)
+        except (OSError, ValueError) as e:
             return Probe(True, None, f"loaded (attach not tried: {e})", [])
+        return _perf_attached(attach, detach, what)
+
+
+def probe_tp() -> Probe:
+    """BPF_PROG_TYPE_TRACEPOINT + BPF_F_SLEEPABLE, attached to a syscall tracepoint if it loads."""
+
+    def target(lib: ctypes.CDLL, fd: int) -> tuple:
         cat, name = TP_CATEGORY.encode(), TP_NAME.encode()
-        return _perf_attached(lambda: lib.bpf_attach_tracepoint(fd, cat, name),
-                              lambda: None, f"{TP_CATEGORY}:{TP_NAME}")
+        return lambda: lib.bpf_attach_tracepoint(fd, cat, name), lambda: None, f"{TP_CATEGORY}:{TP_NAME}"
+
+    def why(e: bpfsys.BpfError) -> str:
+        # check_attach_btf_id(): the program type may not be sleepable at all
+        return "this kernel has no sleepable tracepoint programs" if "can be sleepable" in e.reason else ""
+
+    return _load_attach(bpfsys.BPF_PROG_TYPE_TRACEPOINT, "tracer_tp_s", target, why)
 
 
 def _fentry_load(btf_id: int, flags: int) -> int:
@@ -175,20 +196,15 @@ def probe_fentry() -> Probe:
 
 def probe_uprobe() -> Probe:
     """BPF_PROG_TYPE_KPROBE + BPF_F_SLEEPABLE, attached as a uprobe on /bin/true's entry point."""
-    try:
-        fd = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_KPROBE, bpfsys.return_zero_prog(),
-                              prog_flags=bpfsys.BPF_F_SLEEPABLE, prog_name="tracer_uprobe_s")
-    except bpfsys.BpfError as e:
-        return _refused(e)
-    with _fd(fd):
-        try:
-            lib, path = _libbcc(), os.path.realpath(UPROBE_BINARY)
-            offset = _entry_offset(path)
-        except (OSError, ValueError) as e:
-            return Probe(True, None, f"loaded (attach not tried: {e})", [])
+
+    def target(lib: ctypes.CDLL, fd: int) -> tuple:
+        path = os.path.realpath(UPROBE_BINARY)
+        offset = _entry_offset(path)
         ev_name = f"tracer_caps_{os.getpid()}".encode()
-        return _perf_attached(lambda: lib.bpf_attach_uprobe(fd, 0, ev_name, path.encode(), offset, -1, 0),
-                              lambda: lib.bpf_detach_uprobe(ev_name), f"uprobe {path}+{offset:#x}")
+        return (lambda: lib.bpf_attach_uprobe(fd, 0, ev_name, path.encode(), offset, -1, 0),
+                lambda: lib.bpf_detach_uprobe(ev_name), f"uprobe {path}+{offset:#x}")
+
+    return _load_attach(bpfsys.BPF_PROG_TYPE_KPROBE, "tracer_uprobe_s", target)
 
 
 PROBES: dict[str, Callable[[], Probe]] = {
@@ -241,3 +257,78 @@ def sleepable_kinds(
     kinds = {kind: asdict(probe()) for kind, probe in PROBES.items()}
     _write_cache(cache, kinds)
     return kinds
+
+
+# --- loading bcc-compiled programs with flags bcc's Python API cannot pass ------------------------------
+
+
+class LoadError(EnvironmentProblem):
+    """A program was refused: what, errno, and the verifier log's last lines (in one line, for cli.fail)."""
+
+    def __init__(self, what: str, err: bpfsys.BpfError, tail: int = 6) -> None:
+        self.error = err
+        self.log_tail = err.log_tail(tail)
+        log = f"; verifier log ends: {' | '.join(self.log_tail)}" if self.log_tail else "; empty verifier log"
+        super().__init__(f"{what}: {err.strerror} ({_errname(err.errno)}){log}")
+
+
+def compiled_insns(bpf: object, fn_name: str) -> bytes:
+    """The instructions bcc compiled for function fn_name (map references already hold map fds)."""
+    lib, name = _libbcc(), fn_name.encode()
+    start = lib.bpf_function_start(bpf.module, name)  # type: ignore[attr-defined]
+    size = lib.bpf_function_size(bpf.module, name)  # type: ignore[attr-defined]
+    if not start or not size:
+        raise KeyError(f"bcc compiled no function {fn_name!r}")
+    return ctypes.string_at(start, size)
+
+
+def load_compiled(bpf: object, fn_name: str, prog_type: int, *, sleepable: bool = False,
+                  expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
+    """BPF_PROG_LOAD of a bcc-compiled function, sleepable if asked; returns the fd (the caller closes it).
+    Raises LoadError carrying the verifier log's tail."""
+    license = (_libbcc().bpf_module_license(bpf.module) or b"GPL").decode()  # type: ignore[attr-defined]
+    try:
+        return bpfsys.prog_load(prog_type, compiled_insns(bpf, fn_name), license=license,
+                                prog_flags=bpfsys.BPF_F_SLEEPABLE if sleepable else 0,
+                                expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
+                                prog_name=fn_name[:bpfsys.PROG_NAME_LEN - 1])
+    except bpfsys.BpfError as e:
+        raise LoadError(f"{'sleepable ' if sleepable else ''}program {fn_name} refused", e) from None
+
+
+class UprobeLink:
+    """A program fd attached as a uprobe (or uretprobe) at a file offset, through libbcc; close() detaches."""
+
+    def __init__(self, prog_fd: int, path: str, offset: int, retprobe: bool, ev_name: str) -> None:
+        lib = _libbcc()
+        self.ev_name = ev_name.encode()
+        self.pfd = lib.bpf_attach_uprobe(prog_fd, 1 if retprobe else 0, self.ev_name, path.encode(), offset,
+                                         -1, 0)
+        if self.pfd < 0:
+            err = ctypes.get_errno()
+            kind = "uretprobe" if retprobe else "uprobe"
+            raise OSError(err, f"attaching a {kind} to {path}+{offset:#x} failed: {os.strerror(err)}")
+
+    def close(self) -> None:
+        if self.pfd >= 0:
+            lib = _libbcc()
+            lib.bpf_close_perf_event_fd(self.pfd)
+            lib.bpf_detach_uprobe(self.ev_name)  # only matters when libbcc fell back to tracefs
+            self.pfd = -1
+
+
+def syscall_read_mode(read_mode: str, kinds: dict[str, dict]) -> str:
+    """How syscall pointer arguments are read for --read-mode: "nofault" (entry read + exit recovery).
+
+    Sleepable syscall reads need tp.s or fentry.s; `sleepable` is refused with the kernel's reasons when
+    neither loads, and `auto` falls back to nofault.
+    """
+    if read_mode in ("auto", "nofault"):
+        return "nofault"
+    usable = [k for k in ("tp.s", "fentry.s") if kinds.get(k, {}).get("ok")]
+    if not usable:
+        why = "; ".join(f"{k}: {kinds.get(k, {}).get('reason', 'not probed')}" for k in ("tp.s", "fentry.s"))
+        raise EnvironmentProblem(f"--read-mode sleepable: this kernel loads no sleepable syscall programs ({why}); "
+                                 "use --read-mode auto (nofault reads with exit recovery)")
+    raise EnvironmentProblem(f"--read-mode sleepable: the kernel accepts {', '.join(usable)}, but sleepable syscall "
+                             "reads are not implemented yet; use --read-mode auto")

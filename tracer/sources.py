@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import syscalls
 from .decode import Decoder
+from .kenv import tracefs_root
 from .perf import RingSet
 from .probes import Filters, SyscallProbes
 
@@ -22,6 +24,7 @@ class SourceOptions:
     filters: Filters
     pages: int
     explain: Callable[[int, int], dict] | None  # (pid, addr) -> where addr lives
+    read_mode: str = "auto"  # auto | sleepable | nofault: how pointer arguments are read (README)
 
 
 class Source:
@@ -40,6 +43,22 @@ class Source:
     def kernel_stats(self) -> dict[str, int]:
         return {}
 
+    # -- capture files (tracer/capture.py) --------------------------------------------------------
+    def capture_header(self) -> dict:
+        """A JSON-able description from which `replay_decoder` rebuilds this source's decoder (formats,
+        layout identity): everything a replay needs that is only true on this machine, now."""
+        from .capture import CaptureError
+
+        raise CaptureError(f"events of the {self.name} source cannot be recorded yet; trace them live instead")
+
+    @classmethod
+    def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
+        """decode(raw, cpu) for records captured from a source of this class, from its capture_header()."""
+        from .capture import CaptureError
+
+        raise CaptureError(f"{cls.name} records cannot be replayed by this tracer")
+    # -- end capture files -------------------------------------------------------------------------
+
     def close(self) -> None:
         if self.rings is not None:
             self.rings.close()
@@ -57,6 +76,11 @@ class SyscallSource(Source):
 
     def __init__(self, specs: Sequence[syscalls.Syscall], opts: SourceOptions) -> None:
         self.syscalls = list(specs)
+        if opts.read_mode != "auto":  # auto never needs the probes: nofault is always there
+            from .caps import sleepable_kinds
+            from .sleepable import syscall_read_mode
+
+            syscall_read_mode(opts.read_mode, sleepable_kinds())
         self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages)
         self.rings = self.probes.rings
         self.decoder = Decoder(syscalls.by_nr(), opts.explain)
@@ -76,6 +100,47 @@ class SyscallSource(Source):
             self.probes.close()  # closes the rings too
             self.probes = None
         self.rings = None
+
+    # -- capture files ---------------------------------------------------------------------------
+    def capture_header(self) -> dict:
+        return syscall_capture_desc(self.syscalls)
+
+    @classmethod
+    def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
+        from .capture import check_layout
+
+        check_layout(desc["layout"])
+        return Decoder({s.nr: s for s in syscalls_from_capture(desc)}, explain).decode
+
+
+def syscall_capture_desc(specs: Sequence[syscalls.Syscall], root: Path | None = None) -> dict:
+    """The tracefs format text of each traced syscall's enter and exit events, its number, and the
+    record layout: a replay parses these exactly as the live tracer parsed tracefs."""
+    from .capture import layout_identity
+
+    base = (root or tracefs_root()) / "events" / "syscalls"
+
+    def fmt(event: str) -> str | None:
+        try:
+            return (base / event / "format").read_text()
+        except OSError:
+            return None
+
+    return {"layout": layout_identity(),
+            "syscalls": [{"name": s.name, "nr": s.nr, "noreturn": s.noreturn, "exec": s.exec_,
+                          "enter_format": fmt(f"sys_enter_{s.name}"), "exit_format": fmt(f"sys_exit_{s.name}")}
+                         for s in specs]}
+
+
+def syscalls_from_capture(desc: dict) -> list[syscalls.Syscall]:
+    out = []
+    for d in desc["syscalls"]:
+        name, fmt = str(d["name"]), d["enter_format"]
+        args = syscalls.parse_format(fmt) if isinstance(fmt, str) else []
+        out.append(syscalls.Syscall(name, int(d["nr"]), tuple(args), syscalls.plan_reads(name, args),
+                                    bool(d.get("noreturn")), bool(d.get("exec"))))
+    return out
+    # -- end capture files -------------------------------------------------------------------------
 
 
 # Event-spec prefixes handled by sources other than the syscall one: prefix -> "module:function", a

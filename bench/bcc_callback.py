@@ -1,0 +1,62 @@
+"""The baseline for bench/run.py: bcc's usual consumer pattern on the same BPF program and records.
+
+`open_perf_buffer` with a Python callback per record, the record cast to a ctypes struct (the sys_record
+layout from bpf/record.h), then decoded into the same event dicts as tracer's stream. Everything else
+(program, configuration, filters, tracepoints) is tracer's own SyscallProbes, so only the consumer differs.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from collections.abc import Callable
+
+from tracer.layout import struct_of
+from tracer.probes import SyscallProbes
+
+_CTYPES = {"B": ct.c_uint8, "b": ct.c_int8, "c": ct.c_char, "H": ct.c_uint16, "h": ct.c_int16,
+           "I": ct.c_uint32, "i": ct.c_int32, "Q": ct.c_uint64, "q": ct.c_int64}
+
+
+def ctypes_struct(name: str) -> type[ct.Structure]:
+    """A ctypes Structure for a record.h struct (what bcc's table `.event()` builds from the map's type)."""
+    fields = []
+    for f in struct_of(name).fields:
+        t = ctypes_struct(f.struct) if f.struct else _CTYPES[f.code]
+        fields.append((f.name, t * f.count if f.count > 1 else t))
+    return type(name, (ct.Structure,), {"_fields_": fields})
+
+
+SysRecord = ctypes_struct("sys_record")
+_RecPtr = ct.POINTER(SysRecord)
+
+
+class CallbackProbes(SyscallProbes):
+    """SyscallProbes whose `events` map is read by bcc's perf buffer, one callback per record."""
+
+    def __init__(self, *args, decode: Callable[[bytes, int], dict], **kw) -> None:
+        self.decode = decode
+        self.count = 0  # events decoded; only the last is kept, as a consumer that prints them would
+        self.last: dict | None = None
+        self.lost = 0
+        super().__init__(*args, **kw)
+
+    def _open_rings(self, pages: int) -> None:
+        def on_record(cpu: int, data: int, size: int) -> None:
+            rec = ct.cast(data, _RecPtr).contents  # the classic bcc cast
+            self.last = self.decode(ct.string_at(data, rec.size), cpu)
+            self.count += 1
+
+        def on_lost(count: int) -> None:
+            self.lost += count
+
+        self.bpf["events"].open_perf_buffer(on_record, page_cnt=pages, lost_cb=on_lost)
+
+    def consume(self, count: int, timeout_ms: int = 100) -> int:
+        """Poll until `count` more events were decoded (or a poll finds nothing); returns how many were."""
+        start = self.count
+        while self.count - start < count:
+            before = self.count
+            self.bpf.perf_buffer_poll(timeout_ms)
+            if self.count == before:
+                break
+        return self.count - start

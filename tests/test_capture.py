@@ -1,0 +1,434 @@
+"""Capture files without BPF (tracer/capture.py, tracer/export.py): a capture written from synthesized
+syscall records (tests/test_decode.py builds them at record.h's offsets) replays to the very events that
+were delivered; the header is self-describing; the file is 0600; truncation at every offset and damage at
+every byte never raise; the chrome export has Trace Event Format's shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_decode import EXIT_GROUP, OPENAT2, RK_STR, RS_FAULT, RS_OK, Data, ok_how, openat2_rec, record, slot
+
+from tracer import capture as cap_mod
+from tracer.capture import MAGIC, Capture, CaptureError, CaptureExists, CaptureWriter, Filter
+from tracer.decode import Decoder
+from tracer.export import write_chrome, write_jsonl
+from tracer.probes import Filters
+from tracer.session import Event, Stats, summary_of
+from tracer.sources import Source, SyscallSource
+
+REPO = Path(__file__).resolve().parent.parent
+ENTER_FORMAT = """name: {name}
+ID: 1
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+{fields}
+print fmt: "..."
+"""
+FIELDS = {"openat2": ["int dfd", "const char * filename", "struct open_how * how", "size_t usize"],
+          "exit_group": ["int error_code"]}
+REGION = {"kind": "unmapped", "where": "NULL page"}
+
+
+def fake_tracefs(root: Path) -> Path:
+    for name, fields in FIELDS.items():
+        body = "\n".join(f"\tfield:{f};\toffset:{16 + 8 * i};\tsize:8;\tsigned:0;" for i, f in enumerate(fields))
+        for kind in ("enter", "exit"):
+            if kind == "exit" and name == "exit_group":
+                continue
+            d = root / "events" / "syscalls" / f"sys_{kind}_{name}"
+            d.mkdir(parents=True)
+            (d / "format").write_text(ENTER_FORMAT.format(name=f"sys_{kind}_{name}", fields=body))
+    return root
+
+
+def records() -> list[bytes]:
+    """openat2 ok, openat2 with an unreadable path (explained), a recovered one, exit_group."""
+    out = []
+    d = Data()
+    f = d.add(b"/etc/hostname")
+    out.append(openat2_rec(slot(1, RK_STR, RS_OK, RS_OK, enter=f, exit=(0, f[1]), same=1), ok_how(d), d,
+                           ts=(1_000, 2_000)))
+    d = Data()
+    out.append(openat2_rec(slot(1, RK_STR, RS_FAULT, RS_FAULT, eerr=-14, xerr=-14), ok_how(d), d, ret=-14,
+                           ts=(3_000, 3_500), pid=50, tid=51, comm=b"evil\x1b"))
+    d = Data()
+    f = d.add(b"/tmp/x")
+    out.append(openat2_rec(slot(1, RK_STR, RS_FAULT, RS_OK, eerr=-14, exit=f), ok_how(d), d, ts=(4_000, 4_800)))
+    out.append(record(231, [7], flags=1, ts=(5_000, 0)))
+    return out
+
+
+def fake_session(**over: object) -> SimpleNamespace:
+    base = dict(filters=Filters([42], [], None, None, True, True), event_specs=["openat2", "exit_group"],
+                command=["./app", "x"], duration=None, count=None, only_missing=False, explain=True, pages=256,
+                read_mode="auto")
+    return SimpleNamespace(**{**base, **over})
+
+
+@pytest.fixture
+def tracefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = fake_tracefs(tmp_path / "tracefs")
+    monkeypatch.setenv("TRACER_TRACEFS", str(root))
+    return root
+
+
+def write_capture(path: Path, *, trailer: bool = True, explain: bool = True) -> list[dict]:
+    """Records a fake session the way Session does; returns the events it delivered, lost included."""
+    w = CaptureWriter(path)
+    calls: list[tuple[int, int]] = []
+
+    def explainer(pid: int, addr: int) -> dict:
+        calls.append((pid, addr))
+        return {**REGION, "call": len(calls)}  # differs per call: replay must use the recorded one
+
+    src = SyscallSource.__new__(SyscallSource)
+    src.syscalls = [OPENAT2, EXIT_GROUP]
+    src.decode = Decoder({s.nr: s for s in src.syscalls}, w.wrap_explain(explainer) if explain else None).decode
+    w.begin(cap_mod.session_header(fake_session(explain=explain)), [src])
+    delivered: list[dict] = []
+    recs = records()
+    for i, raw in enumerate(recs):
+        ev = src.decode(raw, 1)
+        if i == 2:  # a lost-records report between two batches
+            w.lost(src, 1, 9)
+            delivered.append({"kind": "lost", "source": "syscalls", "cpu": 1, "count": 9})
+        w.event(ev)
+        delivered.append(ev)
+        w.flush()
+    ev = src.decode(recs[0], 0)  # decoded but not delivered (filtered, or past --count): not written
+    w.flush()
+    stats = Stats()
+    for e in delivered:
+        if e["kind"] == "syscall":
+            stats.add(e)
+    stats.lost, stats.lost_per_cpu[1] = 9, 9
+    w.close(summary_of(stats, {"emitted": 5}, 1.25, 0) if trailer else None)  # None: as if killed
+    return delivered
+
+
+@pytest.fixture
+def capfile(tmp_path: Path, tracefs: Path) -> tuple[Path, list[dict]]:
+    path = tmp_path / "run.cap"
+    return path, write_capture(path)
+
+
+def test_replay_equals_delivered_events(capfile) -> None:
+    path, delivered = capfile
+    cap = Capture(path)
+    events = [ev.data for ev in cap]
+    assert events == delivered
+    assert json.dumps(events) == json.dumps(delivered)  # same key order: same JSON Lines
+    assert [e.get("syscall", e["kind"]) for e in events] == ["openat2", "openat2", "lost", "openat2", "exit_group"]
+    assert events[1]["reads"]["filename"]["region"] == {**REGION, "call": 1}  # recorded, not recomputed
+    assert events[3]["reads"]["filename"]["region"] == {**REGION, "call": 2}
+    assert events[1]["comm"] == "evil\x1b" and events[1]["missing"] == ["filename"]
+    assert events[4]["syscall"] == "exit_group" and events[4]["ret"] is None
+    assert cap.problem is None and cap.records == 4
+    s = cap.summary()
+    assert s["events"] == 4 and s["lost"] == 9 and s["lost_per_cpu"] == {"1": 9}
+    assert s["kernel"] == {"emitted": 5} and s["elapsed_s"] == 1.25 and s["exit_code"] == 0
+    assert s["reads"]["missing"] == 1 and s["reads"]["recovered"] == 1
+
+
+def test_header_is_self_describing(capfile, tracefs: Path) -> None:
+    path, _ = capfile
+    h = Capture(path).header
+    assert h["format"] == "tracer-capture" and h["version"] == cap_mod.FORMAT_VERSION
+    assert h["tool"]["version"] == __import__("tracer").__version__
+    assert h["kernel"]["release"] == os.uname().release and h["host"] == os.uname().nodename
+    clock = h["clock"]
+    assert clock["events"] == "CLOCK_MONOTONIC"
+    assert abs(clock["mono_to_wall_ns"] - (time.time_ns() - time.monotonic_ns())) < 5e9
+    assert clock["boot_wall_ns"] < clock["created_wall_ns"]
+    assert h["session"]["pids"] == [42] and h["session"]["command"] == ["./app", "x"]
+    (src,) = h["sources"]
+    assert src["name"] == "syscalls" and src["replay"] == "tracer.sources:SyscallSource"
+    desc = src["desc"]
+    assert desc["layout"]["sha256"] == hashlib.sha256((REPO / "bpf" / "record.h").read_bytes()).hexdigest()
+    assert desc["layout"]["sizes"]["sys_record"] > 0 and desc["layout"]["sizes"]["read_slot"] > 0
+    sc = {d["name"]: d for d in desc["syscalls"]}
+    assert sc["openat2"]["nr"] == 437 and "field:const char * filename" in sc["openat2"]["enter_format"]
+    assert sc["openat2"]["exit_format"].startswith("name: sys_exit_openat2")
+    assert sc["exit_group"]["noreturn"] is True and sc["exit_group"]["exit_format"] is None
+    assert path.read_bytes().startswith(MAGIC)
+
+
+def test_mode_0600_whatever_the_umask(tmp_path: Path, tracefs: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_capture(tmp_path / "a.cap")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.cap").stat().st_mode & 0o777 == 0o600
+
+
+def test_existing_file_needs_force(capfile, tracefs: Path) -> None:
+    path, _ = capfile
+    before = path.read_bytes()
+    with pytest.raises(CaptureExists, match="exists; choose another file or pass --force"):
+        CaptureWriter(path)
+    assert path.read_bytes() == before
+    w = CaptureWriter(path, force=True)
+    w.close()
+    assert not path.exists(), "a capture whose session never started is removed"
+    link = path.with_suffix(".lnk")
+    link.symlink_to(path.parent / "target")
+    with pytest.raises(CaptureExists):
+        CaptureWriter(link)
+    assert not (path.parent / "target").exists()
+
+
+def test_source_without_capture_support_fails_clearly(tmp_path: Path) -> None:
+    class Other(Source):
+        name = "uprobes"
+
+    w = CaptureWriter(tmp_path / "x.cap")
+    with pytest.raises(CaptureError, match="events of the uprobes source cannot be recorded yet"):
+        w.begin({}, [Other()])
+    w.close()
+    assert not (tmp_path / "x.cap").exists()
+
+
+def frame_ends(data: bytes) -> list[int]:
+    """Offsets where frames end, in order (the first is the header's)."""
+    pos, ends = len(MAGIC), []
+    while pos < len(data):
+        _, length, _ = cap_mod.FRAME.unpack_from(data, pos)
+        pos += cap_mod.FRAME.size + length
+        ends.append(pos)
+    return ends
+
+
+def test_truncated_at_every_offset_replays_every_complete_record(capfile, tmp_path: Path) -> None:
+    path, delivered = capfile
+    data = path.read_bytes()
+    ends = frame_ends(data)
+    cut = tmp_path / "cut.cap"
+    for n in range(len(data)):
+        cut.write_bytes(data[:n])
+        if n < ends[0]:
+            with pytest.raises(CaptureError):
+                Capture(cut)
+            continue
+        cap = Capture(cut)
+        events = [ev.data for ev in cap]
+        complete = sum(1 for e in ends[1:] if e <= n)  # frames after the header: R, R, L, R, R, T
+        assert events == delivered[:complete], n
+        if n in ends:
+            assert cap.problem is None
+        else:
+            assert cap.problem is not None and cap.problem.kind == "truncated", n
+            assert cap.problem.offset == max(e for e in ends if e <= n)
+            assert "is truncated at byte" in cap.problem.message(cut, cap.records)
+        assert cap.trailer is None
+        cap.summary()
+
+
+def test_damage_at_every_byte_never_raises(capfile, tmp_path: Path) -> None:
+    path, delivered = capfile
+    data = path.read_bytes()
+    ends = frame_ends(data)
+    bad = tmp_path / "bad.cap"
+    for i in range(len(data)):
+        broken = bytearray(data)
+        broken[i] ^= 0x5A
+        bad.write_bytes(bytes(broken))
+        try:
+            cap = Capture(bad)
+        except CaptureError:
+            assert i < ends[0], i  # only damage in the signature or header makes it unreadable
+            continue
+        events = [ev.data for ev in cap]
+        frame = next(k for k, e in enumerate(ends) if i < e)  # the frame holding the damaged byte
+        # A damaged length may point past the end of the file: that reads as a truncation.
+        assert cap.problem is not None and cap.problem.kind in ("damaged", "truncated"), i
+        assert events == delivered[:frame - 1], i
+        cap.summary()
+
+
+def test_random_bytes_and_other_files_are_refused(tmp_path: Path, tracefs: Path) -> None:
+    rng = random.Random(5)
+    f = tmp_path / "junk"
+    for size in (0, 1, 7, 8, 9, 20, 100, 4096):
+        f.write_bytes(bytes(rng.randrange(256) for _ in range(size)))
+        with pytest.raises(CaptureError, match="not a tracer capture"):
+            Capture(f)
+        f.write_bytes(MAGIC + bytes(rng.randrange(256) for _ in range(size)))
+        with pytest.raises(CaptureError, match="header"):
+            Capture(f)
+    with pytest.raises(CaptureError, match="cannot read"):
+        Capture(tmp_path / "nope")
+    with pytest.raises(CaptureError, match="cannot read"):
+        Capture(tmp_path)
+
+
+def rewrite_header(path: Path, change) -> None:
+    """Re-frame the capture with a modified header (valid checksum: only the content is wrong)."""
+    data = path.read_bytes()
+    end = frame_ends(data)[0]
+    header = json.loads(data[len(MAGIC) + cap_mod.FRAME.size: end])
+    change(header)
+    w = CaptureWriter.__new__(CaptureWriter)
+    w.buf = bytearray()
+    w._frame(b"H", json.dumps(header).encode())
+    path.write_bytes(MAGIC + bytes(w.buf) + data[end:])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda h: h["sources"][0]["desc"]["layout"].update(sha256="0" * 64), "record layout .* differs"),
+    (lambda h: h["sources"][0].update(replay="os:system"), "not part of tracer"),
+    (lambda h: h["sources"][0].update(replay="tracer.sources:Nope"), "cannot rebuild the decoder"),
+    (lambda h: h.update(version=99), "format 99"),
+    (lambda h: h["sources"][0]["desc"].pop("syscalls"), "cannot rebuild the decoder"),
+])
+def test_bad_header_contents_are_one_clear_error(capfile, change, message: str) -> None:
+    path, _ = capfile
+    rewrite_header(path, change)
+    with pytest.raises(CaptureError, match=message):
+        list(Capture(path))
+
+
+def test_filters(capfile) -> None:
+    path, delivered = capfile
+    cap = Capture(path)
+
+    def kept(**kw: object) -> list[dict]:
+        return [ev.data for ev in cap.events(**kw)]
+
+    lost = delivered[2]
+    assert kept(only_missing=True) == [delivered[1], lost, delivered[3]]
+    assert kept(pids=[50]) == [delivered[1], lost]
+    assert kept(tids=[43]) == [delivered[0], lost, delivered[3], delivered[4]]
+    assert kept(comm="evil\x1b") == [delivered[1], lost]
+    assert kept(uid=0) == [lost]
+    assert kept(patterns=["exit*"]) == [lost, delivered[4]]
+    assert kept(patterns=["syscalls:sys_enter_openat2"]) == [e for i, e in enumerate(delivered) if i != 4]
+    assert kept(patterns=["%file"]) == kept(patterns=["openat2"])
+    assert cap.summary()["events"] == 3
+    with pytest.raises(CaptureError, match="nothing in the capture matches 'connect'"):
+        kept(patterns=["connect"])
+    with pytest.raises(CaptureError, match="unknown group"):
+        Filter(patterns=["%nope"]).bind(cap)
+
+
+def test_capture_without_explanations_replays_without_regions(tmp_path: Path, tracefs: Path) -> None:
+    path = tmp_path / "noexplain.cap"
+    delivered = write_capture(path, explain=False)
+    events = [ev.data for ev in Capture(path)]
+    assert events == delivered and "region" not in events[1]["reads"]["filename"]
+
+
+def test_chrome_export_shape(capfile, tmp_path: Path) -> None:
+    path, _ = capfile
+    out = tmp_path / "trace.json"
+    with out.open("w") as f:
+        write_chrome(Capture(path), f)
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"traceEvents", "displayTimeUnit", "otherData"}
+    evs = doc["traceEvents"]
+    for te in evs:
+        assert te["ph"] in ("X", "i", "M") and isinstance(te["pid"], int) and isinstance(te["tid"], int)
+        assert isinstance(te["name"], str)
+        if te["ph"] != "M":
+            assert isinstance(te["ts"], (int, float)) and "cat" in te
+    xs = [te for te in evs if te["ph"] == "X"]
+    assert [(te["name"], te["ts"], te["dur"], te["pid"], te["tid"]) for te in xs] == [
+        ("openat2", 1.0, 1.0, 42, 43), ("openat2", 3.0, 0.5, 50, 51), ("openat2", 4.0, 0.8, 42, 43)]
+    assert xs[0]["args"]["read_status"] == {"filename": "ok", "how": "ok"}
+    assert xs[0]["args"]["args"]["filename"] == "/etc/hostname" and xs[1]["args"]["ret"] == -14
+    assert xs[1]["cat"] == "syscall,missing"
+    instants = [te for te in evs if te["ph"] == "i"]
+    missing = [te for te in instants if te["cat"] == "missing"]
+    assert [(te["name"], te["ts"], te["s"], te["cname"]) for te in missing] == [
+        ("missing: openat2 filename=missing", 3.0, "t", "terrible"),
+        ("recovered: openat2 filename=recovered", 4.0, "t", "yellow")]
+    assert missing[0]["args"]["reads"]["filename"]["region"] == {**REGION, "call": 1}
+    (lost,) = [te for te in instants if te["cat"] == "lost"]
+    assert lost["s"] == "g" and lost["args"]["count"] == 9
+    (noreturn,) = [te for te in instants if te["name"] == "exit_group"]
+    assert noreturn["s"] == "t" and noreturn["ts"] == 5.0
+    meta = {(te["name"], te["pid"], te["tid"]): te["args"]["name"] for te in evs if te["ph"] == "M"}
+    assert meta == {("process_name", 42, 42): "cat (42)", ("process_name", 50, 50): "evil\x1b (50)",
+                    ("thread_name", 42, 43): "cat (43)", ("thread_name", 50, 51): "evil\x1b (51)"}
+    assert doc["otherData"]["summary"]["events"] == 4
+
+
+def test_jsonl_export_is_the_json_lines_stream(capfile, tmp_path: Path) -> None:
+    path, delivered = capfile
+    out = tmp_path / "x.jsonl"
+    with out.open("w") as f:
+        assert write_jsonl(Capture(path), f) == 5
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[:-1] == delivered and lines[-1]["kind"] == "summary" and lines[-1]["events"] == 4
+
+
+def test_event_api(capfile) -> None:
+    path, _ = capfile
+    ev = next(iter(Capture(path)))
+    assert isinstance(ev, Event) and ev.syscall == "openat2" and ev.reads["filename"]["status"] == "ok"
+    assert json.loads(ev.to_json()) == ev.data
+
+
+# --- the CLI on damaged files: one line, no traceback --------------------------------------------
+
+
+def tracer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracer", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_cli_replay_and_export_of_cut_and_junk_files(capfile, tmp_path: Path) -> None:
+    path, delivered = capfile
+    data = path.read_bytes()
+    ends = frame_ends(data)
+    cut = tmp_path / "cut.cap"
+    cut.write_bytes(data[: ends[2] + 5])
+    p = tracer("replay", str(cut), "--json")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines() == [f"tracer: {cut} is truncated at byte {ends[2]} (frame header cut after 5 of 12 "
+                                     "bytes); the 2 records before it were replayed"]
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert lines[:-1] == delivered[:2] and lines[-1]["kind"] == "summary"
+
+    junk = tmp_path / "junk.cap"
+    junk.write_bytes(os.urandom(300))
+    for args in (("replay", str(junk)), ("export", str(junk), "--format", "chrome")):
+        p = tracer(*args)
+        assert p.returncode == 1 and p.stdout == ""
+        assert p.stderr.splitlines() == [f"tracer: {junk} is not a tracer capture (no capture signature at its start)"]
+
+    p = tracer("replay", str(path), "connect")
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "matches 'connect'" in p.stderr
+
+    out = tmp_path / "out.json"
+    p = tracer("export", str(path), "--format", "chrome", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert out.stat().st_mode & 0o777 == 0o600 and json.loads(out.read_text())["traceEvents"]
+    p = tracer("export", str(path), "--format", "chrome", "-o", str(out))
+    assert p.returncode == 2 and "pass --force" in p.stderr
+
+
+def test_console_replay_uses_recorded_clock(capfile) -> None:
+    """Times come from the header's wall-clock offset, not from the replaying machine's clock."""
+    path, _ = capfile
+    cap = Capture(path)
+    ts = 1_000  # the first event's CLOCK_MONOTONIC ns
+    wall = (ts + cap.mono_to_wall_ns) / 1e9
+    want = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
+    p = tracer("replay", str(path), env={"COLUMNS": "300", "TERM": "dumb"})
+    assert p.returncode == 0, p.stderr
+    first = next(line for line in p.stdout.splitlines() if "openat2(" in line)
+    assert first.startswith(want + " cat[42/43] openat2(dfd=AT_FDCWD, filename=\"/etc/hostname\"")
+    assert "evil\\x1b[50/51]" in p.stdout and "\x1b" not in p.stdout

@@ -1,0 +1,361 @@
+"""Monitor policies without BPF: parsing and validation (every error, with its line), the CLI's
+--check-policy and --policy errors, and rule matching on synthesized openat2 events (tracer.monitor)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tracer import monitor as mon
+from tracer.monitor import Monitor, could_match_below, glob_match, normpath, target
+from tracer.output import AlertOutput
+from tracer.policy import Policy, default_policy, load, parse_text
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_IDS = ["sensitive-write-follows-symlinks", "sensitive-write", "shadow-access", "ssh-private-key",
+               "ssh-authorized-keys-write", "proc-mem", "raw-memory-device", "world-writable-create"]
+O_CREAT, O_WRONLY, O_RDWR = os.O_CREAT, os.O_WRONLY, os.O_RDWR
+NO_SYMLINKS, IN_ROOT = 0x04, 0x10
+
+BAD = """\
+version = 2
+
+[[rule]]
+id = "etc-write"
+severity = "severe"
+description = "x"
+path = "/etc/**"
+flags.any = [
+    "O_WRONLY",
+    "O_WRONGLY",
+]
+colour = "red"
+
+[[rule]]
+severity = "low"
+description = "no id"
+path = ["etc/passwd"]
+
+[[rule]]
+id = "unreadable"
+severity = "low"
+description = "reserved"
+comm = "x"
+
+[rule.resolve]
+some = ["RESOLVE_BENEATH"]
+
+[rule.mode]
+any = "0o002"
+
+[[rule]]
+id = "etc-write"
+severity = "low"
+description = "again"
+uid = -1
+result = "ok"
+read_status = ["missng"]
+
+[[rule]]
+id = "empty"
+severity = "low"
+description = "no conditions"
+"""
+
+BAD_ERRORS = [
+    (1, "unknown top-level key 'version'; rules are [[rule]] tables"),
+    (5, "rule 'etc-write': severity 'severe' is not one of info, low, medium, high, critical"),
+    (10, "rule 'etc-write': flags.any: unknown value 'O_WRONGLY' (did you mean 'O_WRONLY'?)"),
+    (12, "rule 'etc-write': unknown key 'colour'"),
+    (14, "rule #2: missing 'id' (every rule needs id, severity and description)"),
+    (17, "rule #2: path glob 'etc/passwd' must be absolute (start with /); use `filename` to match the path "
+         "as the caller passed it"),
+    (20, "rule 'unreadable': id 'unreadable' is reserved for the monitor's own alerts "
+         "(unreadable, changed, unresolved, lost)"),
+    (26, "rule 'unreadable': unknown key resolve.some; use any, all, none"),
+    (29, "rule 'unreadable': mode.any must be mode bits as an integer, e.g. 0o002 (got '0o002')"),
+    (35, "rule 'etc-write': uid must be a user id or a non-empty list of user ids (integers >= 0)"),
+    (36, "rule 'etc-write': result must be \"succeeded\" or \"failed\", not 'ok'"),
+    (37, "rule 'etc-write': read_status: unknown value 'missng' (did you mean 'missing'?)"),
+    (39, "rule 'empty': no conditions: the rule would match every call (add path, flags, comm, ...)"),
+]
+
+
+# --- parsing and validation -------------------------------------------------------------------------------
+
+
+def test_default_policy_loads() -> None:
+    p = load([default_policy()])
+    assert [r.id for r in p.rules] == DEFAULT_IDS
+    shadow = p.rules[2]
+    assert shadow.severity == "critical" and shadow.where.endswith("default.toml:21")
+    assert p.rules[0].resolve == {"none": ("RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT")}
+    assert p.rules[-1].mode == {"any": 0o002}
+
+
+def test_every_error_with_its_line() -> None:
+    rules, errors = parse_text(BAD)
+    assert rules == []
+    # The duplicate id is reported once the rule parsed without errors; here rule 4 has errors of its own.
+    assert errors == BAD_ERRORS
+
+
+def test_duplicate_id_and_syntax_error() -> None:
+    text = '[[rule]]\nid = "a"\nseverity = "low"\ndescription = "d"\ncomm = "x"\n\n' * 2
+    assert parse_text(text)[1] == [(7, "duplicate rule id 'a' (first defined at line 1)")]
+    rules, errors = parse_text('[[rule]]\nid = "a"\nseverity = low\n')
+    assert rules == [] and len(errors) == 1
+    line, msg = errors[0]
+    assert line == 3 and msg.startswith("TOML syntax error: Invalid value")
+    assert parse_text("")[1] == [(1, "no rules: add [[rule]] tables (see README, Policy format)")]
+
+
+def test_subtable_and_inline_forms_are_located() -> None:
+    text = textwrap.dedent("""\
+        [[rule]]
+        id = "a"
+        severity = "low"
+        description = "d"
+        [rule.flags]
+        all = ["O_RDONLY"]
+        none = ["O_BOGUS"]
+        [[rule]]
+        id = "b"
+        severity = "low"
+        description = "d"
+        resolve = { any = ["RESOLVE_NOPE"] }
+        """)
+    assert parse_text(text)[1] == [
+        (7, "rule 'a': flags.none: unknown value 'O_BOGUS'"),
+        (12, "rule 'b': resolve.any: unknown value 'RESOLVE_NOPE' (did you mean 'RESOLVE_NO_XDEV'?)")]
+
+
+def tracer_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracer", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_check_policy_cli(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD)
+    proc = tracer_cli("monitor", "openat2", "--check-policy", str(bad))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"{bad}:{line}: {msg}" for line, msg in sorted(BAD_ERRORS)]
+    ok = tracer_cli("monitor", "openat2", "--check-policy", str(default_policy()))
+    assert ok.returncode == 0 and ok.stderr == ""
+    assert ok.stdout == f"{default_policy()}: valid, 8 rules ({', '.join(DEFAULT_IDS)})\n"
+    missing = tracer_cli("monitor", "openat2", "--check-policy", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert missing.stderr == f"{tmp_path / 'nope.toml'}:0: cannot read the policy file: No such file or directory\n"
+
+
+def test_bad_policy_on_a_run_exits_2_before_tracing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BAD)
+    proc = tracer_cli("monitor", "openat2", "--policy", str(bad), "--", "true")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"{bad}:{line}: {msg}" for line, msg in sorted(BAD_ERRORS)]
+    # The same rule id in two files (here: the default policy given twice) is an error too.
+    dup = tracer_cli("monitor", "openat2", "--with-default", "--policy", str(default_policy()))
+    assert dup.returncode == 2
+    assert len(dup.stderr.splitlines()) == 8 and "duplicate rule id 'sensitive-write-follows-symlinks'" in dup.stderr
+
+
+# --- globs, paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("glob", "path", "hit"), [
+    ("/etc/**", "/etc", True), ("/etc/**", "/etc/a/b/c", True), ("/etc/**", "/etcx/a", False),
+    ("/etc/*", "/etc/a/b", False), ("/proc/*/mem", "/proc/12/mem", True), ("/proc/*/mem", "/proc/1/task/2/mem", False),
+    ("/home/*/.ssh/id_*", "/home/u/.ssh/id_ed25519", True), ("/**/*.pub", "/root/.ssh/id_rsa.pub", True),
+    ("/etc/[gs]shadow", "/etc/gshadow", True), ("/etc/**/x", "/etc/x", True),
+])
+def test_glob_match(glob: str, path: str, hit: bool) -> None:
+    assert glob_match(glob, path) is hit
+
+
+def test_lexical_pruning_of_relative_paths() -> None:
+    assert could_match_below("/proc/*/mem", "mem") and could_match_below("/etc/**", "anything/at/all")
+    assert not could_match_below("/etc/shadow", "passwd") and not could_match_below("/proc/*/mem", "mem/x")
+    assert could_match_below("/etc/shadow", "shadow") and could_match_below("/home/*/.ssh/id_*", ".ssh/id_rsa")
+
+
+def test_target_path() -> None:
+    cwd = {"path": "/home/u", "best_effort": True, "via": "cwd"}
+    assert normpath("//etc/../etc/./shadow") == "/etc/shadow"
+    assert target("/etc/../etc/shadow", None, cwd) == {"path": "/etc/shadow", "best_effort": False,
+                                                        "basis": "absolute"}
+    assert target("x/../y", None, cwd) == {"path": "/home/u/y", "best_effort": True, "basis": "cwd"}
+    # RESOLVE_IN_ROOT: an absolute path (and ..) stays inside the dfd directory.
+    fd = {"path": "/srv/root", "best_effort": True, "via": "fd"}
+    assert target("/../etc/shadow", {"resolve": IN_ROOT}, fd)["path"] == "/srv/root/etc/shadow"
+    gone = {"path": None, "best_effort": True, "via": "fd", "unknown": "fd not open any more"}
+    assert target("a", None, gone) == {"path": None, "best_effort": True, "basis": "fd",
+                                       "unknown": "fd not open any more"}
+
+
+# --- matching on synthesized events ------------------------------------------------------------------
+
+
+def how(flags: int = 0, mode: int = 0, resolve: int = 0) -> dict:
+    return {"flags": flags, "mode": mode, "resolve": resolve, "flags_str": "", "resolve_str": ""}
+
+
+def event(filename: str | None = "/etc/hostname", h: dict | None = None, *, dfd: int = -100, ret: int = 3,
+          comm: str = "cat", uid: int = 0, reads: dict | None = None, how_missing: bool = False) -> dict:
+    h = None if how_missing else h or how()
+    r = {"filename": {"status": "ok" if filename is not None else "missing", "errno": None, "addr": 0x1000},
+         "how": {"status": "ok" if h is not None else "missing", "errno": None, "addr": 0x2000}}
+    for arg, info in (reads or {}).items():
+        r[arg] = {**r[arg], **info}
+    return {"kind": "syscall", "syscall": "openat2", "pid": 4242, "tid": 4242, "comm": comm, "uid": uid,
+            "ts": 1, "args": {"dfd": dfd, "filename": filename, "how": h, "usize": 24}, "ret": ret,
+            "ret_str": str(ret), "reads": r, "missing": [a for a, i in r.items() if i["status"] == "missing"]}
+
+
+@pytest.fixture
+def proc_links(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple]:
+    """/proc/PID/{cwd,fd/N} as the monitor will read them: {what: (path, reason)}."""
+    links: dict[str, tuple] = {"cwd": ("/home/u", None)}
+    monkeypatch.setattr(mon, "_readlink", lambda pid, tid, what: links.get(what, (None, "fd not open any more")))
+    return links
+
+
+def fired(policy: Policy | str, ev: dict) -> dict[str, dict]:
+    if isinstance(policy, str):
+        rules, errors = parse_text(policy)
+        assert errors == []
+        policy = Policy(rules, ["test"])
+    return {a.rule: a.detail for a in Monitor(policy).check(ev)}
+
+
+DEFAULT = load([default_policy()])
+
+
+def test_default_rules_on_events(proc_links) -> None:
+    assert fired(DEFAULT, event("/etc/shadow")) == {"shadow-access": {}}
+    assert fired(DEFAULT, event("/etc/hostname")) == {}
+    w = how(O_WRONLY | O_CREAT, 0o644)
+    assert fired(DEFAULT, event("/etc/cron.d/x", w)) == {"sensitive-write-follows-symlinks": {}}
+    assert fired(DEFAULT, event("/etc/cron.d/x", how(O_WRONLY, resolve=NO_SYMLINKS))) == {"sensitive-write": {}}
+    assert fired(DEFAULT, event("/tmp/x", how(O_CREAT | O_RDWR, 0o777))) == {"world-writable-create": {}}
+    assert fired(DEFAULT, event("/tmp/x", how(O_RDWR, 0o777))) == {}  # mode without O_CREAT: ignored by the kernel
+    assert fired(DEFAULT, event("/root/.ssh/id_rsa")) == {"ssh-private-key": {}}
+    assert fired(DEFAULT, event("/root/.ssh/id_rsa.pub")) == {}
+
+
+def test_conditions(proc_links) -> None:
+    base = '[[rule]]\nid = "r"\nseverity = "low"\ndescription = "d"\n'
+    assert fired(base + 'comm = ["ca?", "sh"]\nnot_uid = 1000\n', event()) == {"r": {}}
+    assert fired(base + 'comm = "sh"\n', event()) == {}
+    assert fired(base + 'uid = [0]\nresult = "failed"\n', event(ret=-2)) == {"r": {}}
+    assert fired(base + 'uid = [0]\nresult = "failed"\n', event(ret=3)) == {}
+    assert fired(base + 'flags.all = ["O_WRONLY", "O_CREAT"]\n', event(h=how(O_WRONLY | O_CREAT))) == {"r": {}}
+    assert fired(base + 'flags.all = ["O_WRONLY", "O_CREAT"]\n', event(h=how(O_RDWR | O_CREAT))) == {}
+    assert fired(base + 'flags.none = ["O_RDONLY"]\n', event(h=how(O_RDWR))) == {"r": {}}
+    assert fired(base + 'flags.any = ["O_TMPFILE"]\n', event(h=how(os.O_DIRECTORY))) == {}
+    assert fired(base + 'mode.all = 0o6000\n', event(h=how(O_CREAT, 0o6755))) == {"r": {}}
+    assert fired(base + 'resolve.all = ["RESOLVE_NO_SYMLINKS"]\n', event(h=how(resolve=NO_SYMLINKS))) == {"r": {}}
+    assert fired(base + 'filename = "*.so"\n', event("lib/x.so")) == {"r": {}}
+    rec = {"filename": {"status": "recovered", "errno": 14}}
+    assert fired(base + 'read_status = "recovered"\n', event(reads=rec)) == {"r": {}}
+    assert fired(base + 'read_status = "recovered"\n', event()) == {}
+
+
+def test_unreadable_path_fails_closed(proc_links) -> None:
+    ev = event(None, reads={"filename": {"errno": 14, "addr": 1}})
+    alerts = Monitor(DEFAULT).check(ev)
+    assert [(a.rule, a.severity) for a in alerts] == [("unreadable", "high")]
+    assert alerts[0].detail == {"unreadable": ["filename"],
+                                "could_match": ["proc-mem", "raw-memory-device", "shadow-access", "ssh-private-key"]}
+    assert "errno 14 at 0x1" in alerts[0].description
+    assert ev["target"] == {"path": None, "best_effort": False, "basis": "unknown", "unknown": "path unreadable"}
+    # Even a call no rule could match raises it: the monitor cannot clear what it cannot see.
+    bad_how = event("/tmp/x", how_missing=True)
+    assert fired(DEFAULT, bad_how) == {"unreadable": {"unreadable": ["how"], "could_match": ["world-writable-create"]}}
+    assert fired(DEFAULT, event(None, reads={"filename": {"status": "missing"}}) | {"missing": ["filename"]})
+
+
+def test_recovered_is_matched_and_not_unreadable(proc_links) -> None:
+    ev = event("/etc/shadow", reads={"filename": {"status": "recovered", "errno": 14, "source": "exit"}})
+    assert fired(DEFAULT, ev) == {"shadow-access": {}}
+
+
+def test_changed_read_names_both_values_and_matches_either(proc_links) -> None:
+    ev = event("/tmp/fifo", reads={"filename": {"status": "changed", "value_at_exit": "/etc/shadow"}})
+    alerts = Monitor(DEFAULT).check(ev)
+    by = {a.rule: a for a in alerts}
+    assert set(by) == {"shadow-access", "changed"}
+    assert by["shadow-access"].detail == {"matched": ["filename at exit"]}
+    assert by["changed"].detail == {"changed": {"arg": "filename", "entry": "/tmp/fifo", "exit": "/etc/shadow"}}
+    assert "'/tmp/fifo' at entry, '/etc/shadow' at exit" in by["changed"].description
+    assert ev["target"]["path"] == "/tmp/fifo" and ev["target_at_exit"]["path"] == "/etc/shadow"
+
+
+def test_relative_paths_best_effort_never_clears(proc_links) -> None:
+    # Placed best effort under the cwd and matching: fires, marked best effort.
+    proc_links["cwd"] = ("/etc", None)
+    ev = event("shadow")
+    assert fired(DEFAULT, ev) == {"shadow-access": {"best_effort": True}}
+    assert ev["dfd_path"] == {"path": "/etc", "best_effort": True, "via": "cwd"}
+    # Placed best effort and not matching, but a directory exists where it would: unresolved.
+    proc_links["cwd"] = ("/home/u", None)
+    alerts = Monitor(DEFAULT).check(event("mem"))
+    assert [(a.rule, a.severity) for a in alerts] == [("unresolved", "critical")]
+    assert alerts[0].detail == {"could_match": {"proc-mem": ["path"], "raw-memory-device": ["path"]}}
+    assert "/home/u/mem is only a best-effort resolution (via cwd)" in alerts[0].description
+    # No directory could make it match: quiet.
+    assert fired(DEFAULT, event("notes.txt")) == {}
+    assert fired(DEFAULT, event("../notes.txt")) == {}
+    assert set(fired(DEFAULT, event("../mem"))) == {"unresolved"}  # SOMEDIR/mem all the same
+    # An fd that cannot be read back: unknown directory, a rule could match: unresolved.
+    alerts = Monitor(DEFAULT).check(ev := event("shadow", dfd=7))
+    assert [a.rule for a in alerts] == ["unresolved"]
+    assert alerts[0].detail == {"could_match": {"shadow-access": ["path"]}}
+    assert ev["dfd_path"] == {"path": None, "best_effort": True, "via": "fd", "unknown": "fd not open any more"}
+    proc_links["fd/7"] = ("/etc", None)
+    assert fired(DEFAULT, event("shadow", dfd=7)) == {"shadow-access": {"best_effort": True}}
+
+
+def test_exclusions_need_certainty(proc_links) -> None:
+    rule = '[[rule]]\nid = "r"\nseverity = "low"\ndescription = "d"\npath = "/home/**"\nnot_path = "/home/*/pub/**"\n'
+    assert fired(rule, event("/home/u/pub/x")) == {}  # certainly excluded
+    assert fired(rule, event("/home/u/x")) == {"r": {}}
+    proc_links["cwd"] = ("/home/u/pub", None)  # excluded only on best-effort grounds: not cleared
+    assert fired(rule, event("x")) == {"unresolved": {"could_match": {"r": ["not_path"]}}}
+
+
+def test_in_root_resolution(proc_links) -> None:
+    proc_links["fd/5"] = ("/srv/container", None)
+    ev = event("/etc/shadow", how(resolve=IN_ROOT), dfd=5)
+    # /srv/container/etc/shadow, not the host's: but the fd was read back after the call, and a reused
+    # fd on / would make it the host's: not cleared.
+    assert fired(DEFAULT, ev) == {"unresolved": {"could_match": {"shadow-access": ["path"]}}}
+    assert ev["target"] == {"path": "/srv/container/etc/shadow", "best_effort": True, "basis": "in_root"}
+
+
+def test_console_alert_is_escaped(proc_links) -> None:
+    buf = io.StringIO()
+    out = AlertOutput(Console(file=buf, width=400, highlight=False, force_terminal=False))
+    ev = event("/etc/shadow[bold]\x1b[31m\nFORGED\u202e", comm="x\x1b[7m[red]")
+    ev["args_str"] = {"dfd": "AT_FDCWD"}
+    ev["reads"]["filename"]["status"] = "changed"
+    ev["reads"]["filename"]["value_at_exit"] = "/etc/shadow"
+    out.alerts(ev, Monitor(DEFAULT).check(ev))
+    text = buf.getvalue()
+    lines = text.splitlines()
+    assert "\x1b" not in text and "\u202e" not in text
+    assert lines[0] == " CRITICAL  shadow-access (on the filename at exit values)  Open of a password hash database"
+    assert lines[1].startswith(" HIGH  changed  openat2 filename changed while the call ran: ")
+    assert "x\\x1b[7m[red][4242/4242] openat2(dfd=AT_FDCWD, " in lines[2]
+    assert 'filename="/etc/shadow[bold]\\x1b[31m\\nFORGED\\u202e"' in lines[2]
+    assert lines[3] == ("    target /etc/shadow[bold]\\x1b[31m\\nFORGED\\u202e  "
+                        "(absolute, lexical: symlinks not resolved)")
+    assert len(lines) == 4

@@ -1,0 +1,110 @@
+/* Calls of its own exported function uprobe_target_fn with known arguments, for tests/test_uprobes.py.
+ *
+ * Usage: uprobe_target (temporary file in $WORKLOAD_DIR, default /tmp, removed at exit). Every call is
+ * reported as one JSON line on stdout (one write(2)):
+ *   {"kind":"workload","case":...,"pid":...,"tid":...,"n":N,"s":ADDR,"str":"...","buf":ADDR,"buf_hex":"...",
+ *    "len":L,"ret":R,"mapped_before":[0|1],"mapped_after":[0|1]}
+ * "mapped" is the page-table presence of s's page (from /proc/self/pagemap, which faults nothing in): the
+ * "untouched" case passes a pointer into a private file mapping nothing has touched, and the function
+ * never touches it either, so only a reader that faults pages in (a sleepable BPF program) can read it.
+ * It also calls libc's openat once (case "openat"), for probes on a shared library.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(99);
+}
+
+static int mapped(const volatile void *p)
+{
+	static int fd = -1;
+	uint64_t e = 0;
+	if (fd < 0 && (fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
+		die("/proc/self/pagemap");
+	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)p / PAGE) * 8) != sizeof(e))
+		die("pread pagemap");
+	return (int)(e >> 63);
+}
+
+__attribute__((noinline, used, visibility("default"))) int uprobe_target_fn(int n, const char *s,
+									      const unsigned char *buf, long len)
+{
+	(void)s;
+	(void)buf;
+	(void)len;
+	__asm__ volatile("" ::: "memory");
+	return n + 1000;
+}
+
+static void report(const char *name, int n, const char *s, const char *shown, const unsigned char *buf,
+		   const char *buf_hex, long len, int before, int ret, int after)
+{
+	char line[2048];
+	int k = snprintf(line, sizeof(line) - 1,
+			 "{\"kind\":\"workload\",\"case\":\"%s\",\"pid\":%d,\"tid\":%ld,\"n\":%d,\"s\":%lu,\"str\":\"%s\","
+			 "\"buf\":%lu,\"buf_hex\":\"%s\",\"len\":%ld,\"ret\":%d,\"mapped_before\":[%d],"
+			 "\"mapped_after\":[%d]}\n",
+			 name, getpid(), (long)syscall(SYS_gettid), n, (unsigned long)(uintptr_t)s, shown,
+			 (unsigned long)(uintptr_t)buf, buf_hex, len, ret, before, after);
+	if (write(1, line, k) != k)
+		die("write");
+}
+
+int main(void)
+{
+	const char *dir = getenv("WORKLOAD_DIR") ? getenv("WORKLOAD_DIR") : "/tmp";
+	char path[512];
+	snprintf(path, sizeof(path), "%s/uprobe_target.%d", dir, getpid());
+
+	/* resident: a string and 8 bytes on the (touched) stack */
+	char str[] = "resident-string";
+	unsigned char buf[8] = {0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0x03};
+	int r = uprobe_target_fn(1, str, buf, sizeof(buf));
+	report("resident", 1, str, str, buf, "deadbeef00010203", sizeof(buf), mapped(str), r, mapped(str));
+
+	/* untouched: string at offset 0, 16 bytes at offset 2048 of a file page mapped but never touched */
+	static const char text[] = "untouched-page-string";
+	static const unsigned char bytes[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+	unsigned char page[PAGE] = {0};
+	memcpy(page, text, sizeof(text));
+	memcpy(page + 2048, bytes, sizeof(bytes));
+	int fd = open(path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, page, PAGE) != PAGE)
+		die(path);
+	char *m = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE, fd, 0); /* no MAP_POPULATE */
+	if (m == MAP_FAILED)
+		die("mmap");
+	close(fd);
+	int before = mapped(m);
+	r = uprobe_target_fn(2, m, (const unsigned char *)m + 2048, sizeof(bytes));
+	int after = mapped(m);
+	report("untouched", 2, m, text, (const unsigned char *)m + 2048, "0102030405060708090a0b0c0d0e0f10",
+	       sizeof(bytes), before, r, after);
+
+	/* null pointers */
+	r = uprobe_target_fn(3, NULL, NULL, 0);
+	report("null", 3, NULL, "", NULL, "", 0, 0, r, 0);
+
+	/* libc's openat, for a probe on a shared library */
+	char host[] = "/etc/hostname";
+	r = openat(AT_FDCWD, host, O_RDONLY | O_CLOEXEC);
+	report("openat", AT_FDCWD, host, host, NULL, "", O_RDONLY | O_CLOEXEC, mapped(host), r, mapped(host));
+	if (r >= 0)
+		close(r);
+
+	unlink(path);
+	usleep(getenv("LINGER_MS") ? atoi(getenv("LINGER_MS")) * 1000 : 300000);
+	return 0;
+}

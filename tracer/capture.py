@@ -1,0 +1,513 @@
+"""Capture files: a session's raw records, written as they arrive, with everything needed to decode
+them again on another day or machine (`tracer record` / `replay` / `export`, and `Capture` in the API).
+
+Layout (integers little-endian):
+
+    magic    8 bytes   b"\\x89TRACER\\n"
+    frames   kind u8, 3 zero bytes, length u32, crc32 u32 (of the frame's first 8 bytes and the payload),
+             then `length` bytes of payload:
+      H  header   JSON, first frame: format version, tool version, kernel, host, clock, session options,
+                  one entry per source (its name, the class that replays it, a description to decode with)
+      R  record   source index u16, cpu u16, raw length u32, the raw record, then JSON of the region
+                  explanations made while decoding it live ([[pid, addr, region], ...]; empty if none)
+      L  lost     source index u16, cpu u16, count u64
+      T  trailer  JSON, last frame of a session that ended cleanly: its summary
+
+Only what the session delivered is written (after --only-missing and --count), in delivery order, so a
+replay prints what the live session printed. Frames are buffered per drain batch and written together;
+a record cut short or damaged is detected by its length and checksum, and everything before it replays.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import json
+import os
+import socket
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .session import Event, Session
+    from .sources import Source
+
+MAGIC = b"\x89TRACER\n"
+FORMAT_VERSION = 1
+FRAME = struct.Struct("<B3xII")
+REC = struct.Struct("<HHI")
+LOST = struct.Struct("<HHQ")
+KINDS = {ord("H"), ord("R"), ord("L"), ord("T")}
+MAX_FRAME = 64 << 20  # far above any header or record; a larger length means a damaged frame header
+Explain = Callable[[int, int], dict]
+
+
+class CaptureError(RuntimeError):
+    """A capture cannot be written or read; the message says what and how to fix it."""
+
+    code = 1  # exit status for the CLI
+
+
+class CaptureExists(CaptureError):
+    code = 2
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+def layout_identity(header: str = "record.h", structs: Sequence[str] = ("sys_record", "read_slot")) -> dict:
+    """What a record's bytes mean: the hash of the C header that defines them and the struct sizes."""
+    from .kenv import bpf_source
+    from .layout import struct_of
+
+    text = bpf_source(header).read_bytes()
+    return {"header": header, "sha256": hashlib.sha256(text).hexdigest(),
+            "sizes": {s: struct_of(s).size for s in structs}}
+
+
+def check_layout(identity: dict) -> None:
+    """Refuse records whose layout differs from the one this tracer decodes."""
+    mine = layout_identity(identity.get("header", "record.h"), tuple(identity.get("sizes", {})))
+    if mine != identity:
+        raise CaptureError(f"the capture's record layout ({identity.get('header')} sha256 "
+                           f"{str(identity.get('sha256'))[:12]}) differs from this tracer's ({mine['sha256'][:12]}); "
+                           "replay it with the tracer version that recorded it")
+
+
+def clock_info() -> dict:
+    """Events carry CLOCK_MONOTONIC ns; this pins them to wall-clock time as it was at record time."""
+    wall, mono = time.time_ns(), time.monotonic_ns()
+    info: dict[str, Any] = {"events": "CLOCK_MONOTONIC", "mono_to_wall_ns": wall - mono, "created_wall_ns": wall,
+                            "created_monotonic_ns": mono,
+                            "boot_wall_ns": wall - time.clock_gettime_ns(time.CLOCK_BOOTTIME)}
+    try:
+        info["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        pass
+    return info
+
+
+def session_header(session: Session) -> dict:
+    f = session.filters
+    u = os.uname()
+    return {
+        "format": "tracer-capture", "version": FORMAT_VERSION,
+        "tool": {"name": "tracer", "version": __version__},
+        "kernel": {"sysname": u.sysname, "release": u.release, "version": u.version, "machine": u.machine},
+        "host": socket.gethostname(),
+        "clock": clock_info(),
+        "session": {"events": list(session.event_specs), "pids": list(f.pids), "tids": list(f.tids), "uid": f.uid,
+                    "comm": f.comm, "follow": f.follow, "recover": f.recover, "command": session.command,
+                    "duration": session.duration, "count": session.count, "only_missing": session.only_missing,
+                    "explain": session.explain, "pages": session.pages,
+                    "read_mode": getattr(session, "read_mode", None)},
+    }
+
+
+def create_private(path: Path, force: bool = False) -> int:
+    """A new file, mode 0600 whatever the umask (captures hold paths and arguments): O_EXCL, so an
+    existing file is an error unless `force` replaces it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        if force and (path.is_symlink() or path.is_file()):
+            path.unlink()
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CaptureExists(f"{path} exists; choose another file or pass --force to replace it") from None
+    except OSError as e:
+        raise CaptureError(f"cannot create {path}: {e.strerror}") from None
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+class CaptureWriter:
+    """Created (O_EXCL, mode 0600) before any BPF is loaded; `begin` writes the header once the sources
+    exist; the session then reports each delivered event, each loss and the end of each drain."""
+
+    def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
+        self.path = Path(path)
+        self.fd: int | None = create_private(self.path, force)
+        self.buf = bytearray()
+        self.size = 0
+        self.records = 0
+        self.lost_frames = 0
+        self.started = False
+        self._index: dict[int, int] = {}  # id(source) -> index in the header
+        self._pending: dict[int, tuple[int, int, bytes, list]] = {}  # id(event dict) -> its raw record
+        self._expl: list | None = None
+
+    def wrap_explain(self, explain: Explain | None) -> Explain | None:
+        """Region explanations are true only when made: keep each record's with it."""
+        if explain is None:
+            return None
+
+        def recorded(pid: int, addr: int) -> dict:
+            region = explain(pid, addr)
+            if self._expl is not None:
+                self._expl.append([pid, addr, region])
+            return region
+
+        return recorded
+
+    def begin(self, header: dict, sources: Sequence[Source]) -> None:
+        entries = []
+        for i, src in enumerate(sources):
+            cls = type(src)
+            entries.append({"name": src.name, "replay": f"{cls.__module__}:{cls.__qualname__}",
+                            "desc": src.capture_header()})
+            self._index[id(src)] = i
+        for i, src in enumerate(sources):
+            self._wrap_decode(i, src)
+        self.buf += MAGIC
+        self._frame(b"H", json.dumps({**header, "sources": entries}).encode())
+        self.started = True
+        self.flush()
+
+    def _wrap_decode(self, index: int, src: Source) -> None:
+        decode = src.decode
+        pending = self._pending
+
+        def recording(raw: bytes, cpu: int) -> dict:
+            self._expl = expl = []
+            try:
+                ev = decode(raw, cpu)
+            finally:
+                self._expl = None
+            pending[id(ev)] = (index, cpu, raw, expl)
+            return ev
+
+        src.decode = recording  # type: ignore[method-assign]
+
+    def event(self, ev: dict) -> None:
+        rec = self._pending.pop(id(ev), None)
+        if rec is None:
+            return
+        index, cpu, raw, expl = rec
+        self._frame(b"R", REC.pack(index, cpu, len(raw)) + raw + (json.dumps(expl).encode() if expl else b""))
+        self.records += 1
+
+    def lost(self, src: Source, cpu: int, count: int) -> None:
+        self._frame(b"L", LOST.pack(self._index.get(id(src), 0), cpu, count))
+        self.lost_frames += 1
+
+    def _frame(self, kind: bytes, payload: bytes) -> None:
+        head = struct.pack("<B3xI", kind[0], len(payload))
+        self.buf += head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+    def flush(self) -> None:
+        """End of a drain batch: records not delivered (filtered, past --count) are dropped; one write."""
+        self._pending.clear()
+        if not self.buf or self.fd is None:
+            return
+        view = memoryview(self.buf)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.size += n
+        except OSError as e:
+            raise CaptureError(f"cannot write {self.path}: {e.strerror}") from None
+        finally:
+            view.release()
+            self.buf.clear()
+
+    def close(self, summary: dict | None = None) -> str | None:
+        """Trailer, last write, fsync; returns what went wrong (the file keeps what was written)."""
+        if self.fd is None:
+            return None
+        try:
+            if self.started:
+                if summary is not None:
+                    self._frame(b"T", json.dumps(summary).encode())
+                self.flush()
+                os.fsync(self.fd)
+            return None
+        except CaptureError as e:
+            return str(e)
+        except OSError as e:
+            return f"cannot write {self.path}: {e.strerror}"
+        finally:
+            os.close(self.fd)
+            self.fd = None
+            if not self.started:  # nothing useful in it: the session never started
+                self.path.unlink(missing_ok=True)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """Why reading stopped before the end of the file."""
+    kind: str  # "truncated" or "damaged"
+    offset: int
+    detail: str
+
+    def message(self, path: Path, records: int) -> str:
+        what = "is truncated" if self.kind == "truncated" else "is damaged"
+        return f"{path} {what} at byte {self.offset} ({self.detail}); the {records} records before it were replayed"
+
+
+@dataclass
+class Filter:
+    """Replay filters, applied in Python: EVENT patterns, -p/--tid/-n/-u, --only-missing."""
+    patterns: Sequence[str] = ()
+    pids: Sequence[int] = ()
+    tids: Sequence[int] = ()
+    comm: str | None = None
+    uid: int | None = None
+    only_missing: bool = False
+    names: set[str] | None = field(default=None, init=False)  # syscall names the patterns select
+
+    def bind(self, capture: Capture) -> None:
+        """Resolve the patterns against the syscalls in the capture (an unknown one is an error)."""
+        if not self.patterns:
+            return
+        from .syscalls import GROUPS
+
+        traced = {s.name: s for s in capture.syscalls()}
+        self.names = set()
+        for spec in self.patterns:
+            if spec.startswith("%"):
+                group = spec[1:]
+                if group == "file":
+                    hit = {n for n, s in traced.items() if s.takes_path}
+                elif group in GROUPS:
+                    hit = set(traced) & GROUPS[group]
+                else:
+                    raise CaptureError(f"unknown group {spec!r}; groups: %file, %net, %process")
+            elif spec.startswith("syscalls:sys_"):
+                hit = {n for n in traced if spec in (f"syscalls:sys_enter_{n}", f"syscalls:sys_exit_{n}")}
+            else:
+                hit = set(fnmatch.filter(traced, spec)) | set(fnmatch.filter(capture.event_names(), spec))
+            if not hit:
+                have = ", ".join(sorted(traced)[:8]) or "none"
+                raise CaptureError(f"nothing in the capture matches {spec!r} (it traced: {have})")
+            self.names |= hit
+
+    def __call__(self, ev: Event) -> bool:
+        d = ev.data
+        if d.get("kind") == "lost":
+            return True
+        if self.names is not None and d.get("syscall", d.get("event")) not in self.names:
+            return False
+        if self.pids and d.get("pid") not in self.pids:
+            return False
+        if self.tids and d.get("tid") not in self.tids:
+            return False
+        if self.comm is not None and d.get("comm") != self.comm:
+            return False
+        if self.uid is not None and d.get("uid") != self.uid:
+            return False
+        return not self.only_missing or ev.has_missing_data
+
+
+class Capture:
+    """A capture file: `header`, and its events replayed exactly as the live session delivered them.
+
+        cap = Capture("run.cap")
+        for ev in cap.events(only_missing=True):
+            print(ev.syscall, ev.to_json())
+        print(cap.summary(), cap.problem)
+
+    Opening reads the signature and header (CaptureError if the file is not a capture); iterating
+    stops at the first truncated or damaged frame and sets `problem` (never raises for bad data).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(len(MAGIC))
+                if magic != MAGIC:
+                    raise CaptureError(f"{self.path} is not a tracer capture (no capture signature at its start)")
+                frames = _frames(f, len(MAGIC))
+                first = next(frames, None)
+                problem = frames.problem
+        except OSError as e:
+            raise CaptureError(f"cannot read {self.path}: {e.strerror}") from None
+        if first is None or first[0] != ord("H"):
+            raise CaptureError(f"{self.path}: the capture header is missing or damaged"
+                               + (f" ({problem.detail})" if problem else ""))
+        try:
+            header = json.loads(first[2])
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or not isinstance(header.get("sources"), list):
+            raise CaptureError(f"{self.path}: the capture header is not valid")
+        if not isinstance(header.get("version"), int) or header["version"] > FORMAT_VERSION:
+            raise CaptureError(f"{self.path} was written in capture format {header.get('version')!r}; this "
+                               f"tracer ({__version__}) reads format {FORMAT_VERSION}: upgrade tracer")
+        self.header = header
+        self._data_offset = first[1] + FRAME.size + len(first[2])
+        self.problem: Problem | None = None
+        self.trailer: dict | None = None
+        self.records = 0
+        self._stats = None
+        self._queue: deque = deque()
+
+    # -- header views --------------------------------------------------------------------------
+    @property
+    def mono_to_wall_ns(self) -> int:
+        return int(self.header.get("clock", {}).get("mono_to_wall_ns", 0))
+
+    def syscalls(self) -> list:
+        from .sources import syscalls_from_capture
+
+        out = []
+        for src in self.header["sources"]:
+            if isinstance(src, dict) and src.get("name") == "syscalls":
+                try:
+                    out.extend(syscalls_from_capture(src.get("desc") or {}))
+                except (KeyError, TypeError, ValueError) as e:
+                    raise CaptureError(f"{self.path}: the syscall source's description is not valid ({e})") from None
+        return out
+
+    def event_names(self) -> list[str]:
+        return [str(n) for src in self.header["sources"] if isinstance(src, dict)
+                for n in (src.get("desc") or {}).get("events", ())]
+
+    # -- events --------------------------------------------------------------------------------
+    def _decoders(self) -> list[Callable[[bytes, int], dict]]:
+        explain = self._explain if self.header.get("session", {}).get("explain", True) else None
+        decoders = []
+        for i, src in enumerate(self.header["sources"]):
+            try:
+                target = str(src["replay"])
+                module, _, qualname = target.partition(":")
+                if not module.startswith("tracer."):
+                    raise CaptureError(f"{self.path}: source {i} names {target!r}, which is not part of tracer")
+                cls = importlib.import_module(module)
+                for part in qualname.split("."):
+                    cls = getattr(cls, part)
+                decoders.append(cls.replay_decoder(src.get("desc") or {}, explain))
+            except CaptureError:
+                raise
+            except (ImportError, AttributeError, KeyError, TypeError, ValueError) as e:
+                name = src.get("name") if isinstance(src, dict) else i
+                raise CaptureError(f"{self.path}: cannot rebuild the decoder of source {name!r} ({e})") from None
+        return decoders
+
+    def _explain(self, pid: int, addr: int) -> dict:
+        q = self._queue
+        if q and q[0][0] == pid and q[0][1] == addr:
+            return q.popleft()[2]
+        return {"kind": "unknown", "note": "not explained in the capture"}
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events()
+
+    def events(self, filter: Filter | None = None, **filters: Any) -> Iterator[Event]:
+        """Events in recorded order; keyword filters as in Filter (patterns, pids, tids, comm, uid,
+        only_missing). Statistics for `summary()` cover the events yielded."""
+        from .session import Event, Stats
+
+        keep = filter or Filter(**filters)
+        keep.bind(self)
+        decoders = self._decoders()
+        self.problem, self.trailer, self.records = None, None, 0
+        self._stats = Stats()
+        try:
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise CaptureError(f"cannot read {self.path}: {e.strerror}") from None
+        with f:
+            f.seek(self._data_offset)
+            frames = _frames(f, self._data_offset)
+            for kind, offset, payload in frames:
+                ev = self._frame_event(kind, offset, payload, decoders)
+                if self.problem is not None:
+                    return
+                if ev is None:
+                    continue
+                event = Event(ev)
+                if not keep(event):
+                    continue
+                if ev.get("kind") == "lost":
+                    self._stats.lost += ev["count"]
+                    self._stats.lost_per_cpu[ev["cpu"]] += ev["count"]
+                else:
+                    self._stats.add(ev)
+                yield event
+            self.problem = frames.problem
+
+    def _frame_event(self, kind: int, offset: int, payload: bytes, decoders: list) -> dict | None:
+        try:
+            if kind == ord("R"):
+                src, cpu, n = REC.unpack_from(payload)
+                raw = payload[REC.size: REC.size + n]
+                if len(raw) != n or src >= len(decoders):
+                    raise ValueError("record frame does not hold its record")
+                tail = payload[REC.size + n:]
+                self._queue = deque(tuple(x) for x in json.loads(tail)) if tail else deque()
+                ev = decoders[src](raw, cpu)
+                self.records += 1
+                return ev
+            if kind == ord("L"):
+                src, cpu, count = LOST.unpack(payload)
+                names = [s.get("name", "?") for s in self.header["sources"]]
+                return {"kind": "lost", "source": names[src] if src < len(names) else "?", "cpu": cpu, "count": count}
+            if kind == ord("T"):
+                trailer = json.loads(payload)
+                self.trailer = trailer if isinstance(trailer, dict) else None
+                return None
+            raise ValueError("a second header")
+        except Exception as e:  # untrusted bytes under a valid checksum: report, never raise
+            self.problem = Problem("damaged", offset, f"frame cannot be decoded: {type(e).__name__}: {e}")
+            return None
+
+    def summary(self) -> dict:
+        """The summary of the events iterated, with the kernel counters, elapsed time and exit code of
+        the recorded session (from its trailer; absent if it did not end cleanly)."""
+        from .session import Stats, summary_of
+
+        t = self.trailer or {}
+        return summary_of(self._stats or Stats(), t.get("kernel") or {}, t.get("elapsed_s", 0.0),
+                          t.get("exit_code"))
+
+
+class _FrameReader:
+    """Iterates (kind, offset, payload); `problem` says why it stopped early (None at a clean end)."""
+
+    def __init__(self, f: Any, offset: int) -> None:
+        self.f, self.offset, self.problem = f, offset, None
+
+    def __iter__(self) -> _FrameReader:
+        return self
+
+    def __next__(self) -> tuple[int, int, bytes]:
+        if self.problem is not None:
+            raise StopIteration
+        at = self.offset
+        head = self.f.read(FRAME.size)
+        if not head:
+            raise StopIteration
+        if len(head) < FRAME.size:
+            self.problem = Problem("truncated", at, f"frame header cut after {len(head)} of {FRAME.size} bytes")
+            raise StopIteration
+        kind, length, crc = FRAME.unpack(head)
+        if kind not in KINDS or head[1:4] != b"\0\0\0" or length > MAX_FRAME:
+            self.problem = Problem("damaged", at, "not a frame header")
+            raise StopIteration
+        payload = self.f.read(length)
+        if len(payload) < length:
+            self.problem = Problem("truncated", at, f"{chr(kind)} frame cut after {len(payload)} of {length} bytes")
+            raise StopIteration
+        if zlib.crc32(payload, zlib.crc32(head[:8])) != crc:
+            self.problem = Problem("damaged", at, f"{chr(kind)} frame checksum mismatch")
+            raise StopIteration
+        self.offset = at + FRAME.size + length
+        return kind, at, payload
+
+
+def _frames(f: Any, offset: int) -> _FrameReader:
+    return _FrameReader(f, offset)

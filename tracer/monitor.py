@@ -1,0 +1,396 @@
+"""openat2 security monitor: places each call's target path, matches policy rules, raises alerts.
+
+Fail closed. Each rule condition is true, false or unknown; a rule fires when all its conditions are
+true, is cleared when one is false, and is *undecided* otherwise. The monitor raises its own alerts:
+`unreadable` (the path or open_how could not be read: always), `changed` (memory changed during the
+call: rules are matched against both values), `unresolved` (a rule was undecided), `lost` (records
+the kernel could not deliver). A best-effort fact (the directory behind a dfd or the cwd, read from
+/proc after the call) can make a rule fire but never clears one.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cache
+from itertools import product
+
+from .decode import AT_FDCWD
+from .policy import OPEN_FLAGS, RESOLVE_NAMES, SEVERITIES, Policy, Rule
+
+RESOLVE_IN_ROOT = RESOLVE_NAMES["RESOLVE_IN_ROOT"]
+_ACCMODE_NAMES = ("O_RDONLY", "O_WRONLY", "O_RDWR")
+BUILTIN = {
+    "unreadable": ("high", "openat2 arguments could not be read: the monitor cannot clear this call"),
+    "changed": ("high", "openat2 argument changed while the call ran"),
+    "unresolved": ("medium", "a rule could match this call but the monitor cannot tell"),
+    "lost": ("high", "openat2 records were lost: those calls were not checked"),
+}
+
+Tri = bool | None  # True, False, or None for unknown
+
+
+# --- globs over path components -----------------------------------------------------------------
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
+
+@cache
+def _glob_parts(glob: str) -> tuple[str, ...]:
+    return _parts(glob)
+
+
+def _match_parts(pat: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """`*`, `?`, `[...]` within one component; a `**` component spans any number of components."""
+    if not pat:
+        return not parts
+    if pat[0] == "**":
+        return any(_match_parts(pat[1:], parts[k:]) for k in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pat[0]) and _match_parts(pat[1:], parts[1:])
+
+
+def glob_match(glob: str, path: str) -> bool:
+    return _match_parts(_glob_parts(glob), _parts(path))
+
+
+def could_match_below(glob: str, rel: str) -> bool:
+    """Could `glob` match DIR/rel for some directory DIR? (rel normalised, without leading `..`.)"""
+    pat, tail = _glob_parts(glob), _parts(rel)
+    return any(_match_parts(pat[i:], tail) for i in range(1, len(pat)))
+
+
+def normpath(path: str) -> str:
+    """Lexical normalisation (symlinks are not resolved: the monitor sees names, not inodes)."""
+    p = posixpath.normpath(path)
+    return "/" + p.lstrip("/") if p.startswith("//") else p
+
+
+# --- where the call points: dfd directory and target path ------------------------------------------
+
+
+def _readlink(pid: int, tid: int, what: str) -> tuple[str | None, str | None]:
+    """(path, None) or (None, reason), from /proc at the time of the call's decoding."""
+    last = "process exited"
+    for base in (f"/proc/{pid}/task/{tid}", f"/proc/{pid}"):  # a thread may have its own cwd or fd table
+        try:
+            link = os.readlink(f"{base}/{what}")
+        except FileNotFoundError:
+            if os.path.exists(base):
+                return None, "fd not open any more" if what.startswith("fd/") else "not found"
+            continue
+        except OSError as e:
+            return None, f"readlink {base}/{what}: {e.strerror}"
+        if link.endswith(" (deleted)"):
+            return None, f"directory deleted ({link})"
+        if not link.startswith("/"):
+            return None, f"not a directory ({link})"
+        return link, None
+    return None, last
+
+
+def dfd_path(ev: dict) -> dict:
+    """The directory dfd refers to: the cwd for AT_FDCWD, else /proc/PID/fd/DFD; always best effort."""
+    dfd = ev["args"].get("dfd")
+    if dfd == AT_FDCWD:
+        via, what = "cwd", "cwd"
+    elif isinstance(dfd, int) and dfd >= 0:
+        via, what = "fd", f"fd/{dfd}"
+    else:
+        return {"path": None, "best_effort": True, "via": "fd", "unknown": f"invalid dfd {dfd}"}
+    path, why = _readlink(ev["pid"], ev["tid"], what)
+    out = {"path": path, "best_effort": True, "via": via}
+    if why:
+        out["unknown"] = why
+    return out
+
+
+def target(filename: str | None, how: dict | None, dirinfo: dict) -> dict:
+    """The absolute path the call targets: exact for an absolute path, best effort via the dfd
+    directory otherwise, or unknown with the reason."""
+    if filename is None:
+        return {"path": None, "best_effort": False, "basis": "unknown", "unknown": "path unreadable"}
+    in_root = bool(how and how.get("resolve", 0) & RESOLVE_IN_ROOT)
+    if filename.startswith("/") and not in_root:
+        return {"path": normpath(filename), "best_effort": False, "basis": "absolute"}
+    basis = "in_root" if in_root else dirinfo["via"]
+    if not filename:
+        return {"path": None, "best_effort": True, "basis": basis, "unknown": "empty path"}
+    if dirinfo["path"] is None:
+        return {"path": None, "best_effort": True, "basis": basis, "unknown": dirinfo["unknown"]}
+    rel = normpath("/" + filename)[1:] if in_root else filename  # IN_ROOT: `..` stops at the root
+    return {"path": normpath(posixpath.join(dirinfo["path"], rel)), "best_effort": True, "basis": basis}
+
+
+# --- rule evaluation -------------------------------------------------------------------------------
+
+
+@dataclass
+class View:
+    """One reading of the call: for a `changed` read, the entry and the exit values are both views."""
+    ev: dict
+    filename: str | None
+    how: dict | None
+    target: dict
+    label: str = "entry"  # which values: "entry", or the args taken at exit
+
+
+def _views(ev: dict, dirinfo: dict) -> Iterator[View]:
+    args, reads = ev["args"], ev.get("reads", {})
+
+    def values(arg: str) -> list[tuple[object, str | None]]:
+        info = reads.get(arg, {})
+        vals = [(args.get(arg), None)]
+        if info.get("status") == "changed":
+            vals.append((info.get("value_at_exit"), arg))
+        return vals
+
+    for (fn, a), (how, b) in product(values("filename"), values("how")):
+        at_exit = " and ".join(x for x in (a, b) if x)
+        yield View(ev, fn, how, target(fn, how, dirinfo), f"{at_exit} at exit" if at_exit else "entry")
+
+
+def _status(view: View, arg: str) -> str:
+    return view.ev.get("reads", {}).get(arg, {}).get("status", "ok")
+
+
+def _has_flag(flags: int, name: str) -> bool:
+    if name in _ACCMODE_NAMES:
+        return flags & os.O_ACCMODE == OPEN_FLAGS[name]
+    bits = OPEN_FLAGS[name]
+    return flags & bits == bits
+
+
+def _sets(table: dict[str, tuple], test) -> Tri:
+    checks = {"any": lambda ns: any(map(test, ns)), "all": lambda ns: all(map(test, ns)),
+              "none": lambda ns: not any(map(test, ns))}
+    return all(checks[k](names) for k, names in table.items())
+
+
+def _path_glob(view: View, globs: tuple[str, ...]) -> tuple[Tri, bool]:
+    """(matches, on best-effort grounds). Unknown when the target cannot be placed and a glob could
+    match it; a best-effort non-match is unknown too unless no directory could make the path match."""
+    if view.filename is None:
+        return (False, False) if _status(view, "filename") == "null" else (None, False)
+    if _status(view, "filename") == "truncated":
+        return None, False
+    t = view.target
+    if t["path"] is not None and any(glob_match(g, t["path"]) for g in globs):
+        return True, t["best_effort"]
+    if t["path"] is not None and not t["best_effort"]:
+        return False, False
+    rel = normpath(view.filename.lstrip("/") if t["basis"] == "in_root" else view.filename)
+    while rel.startswith("../"):  # still SOMEDIR/rest: the rest is known
+        rel = rel[3:]
+    if not view.filename or rel in ("..", "."):
+        return None, False
+    return (None if any(could_match_below(g, rel) for g in globs) else False), False
+
+
+def _glob_list(value: str | None, globs: tuple[str, ...]) -> Tri:
+    return None if value is None else any(fnmatchcase(value, g) if "/" not in g else glob_match(g, value)
+                                          for g in globs)
+
+
+def _how_field(view: View, key: str) -> int | None:
+    """open_how field; None when unknown. A NULL or short open_how opens nothing (EFAULT/EINVAL): 0."""
+    if view.how is None or view.how.get("short"):
+        return 0 if view.how is not None or _status(view, "how") == "null" else None
+    return view.how[key]
+
+
+def _negate(v: Tri) -> Tri:
+    return None if v is None else not v
+
+
+def evaluate(rule: Rule, view: View) -> tuple[Tri, list[str], bool]:
+    """(fires?, conditions that were unknown, a best-effort fact was needed)."""
+    conds: dict[str, Tri] = {}
+    best_effort = False
+    g = rule.globs
+    if "path" in g:
+        conds["path"], best_effort = _path_glob(view, g["path"])
+    if "not_path" in g:
+        hit, be = _path_glob(view, g["not_path"])
+        conds["not_path"] = None if (hit and be) else _negate(hit)  # best effort never clears
+    ev = view.ev
+    for key, value in (("filename", view.filename), ("comm", ev["comm"])):
+        if key in g:
+            conds[key] = _glob_list(value, g[key])
+        if "not_" + key in g:
+            conds["not_" + key] = _negate(_glob_list(value, g["not_" + key]))
+    if "uid" in rule.uids:
+        conds["uid"] = ev["uid"] in rule.uids["uid"]
+    if "not_uid" in rule.uids:
+        conds["not_uid"] = ev["uid"] not in rule.uids["not_uid"]
+    if rule.flags:
+        flags = _how_field(view, "flags")
+        conds["flags"] = None if flags is None else _sets(rule.flags, lambda n: _has_flag(flags, n))
+    if rule.resolve:
+        res = _how_field(view, "resolve")
+        conds["resolve"] = None if res is None else _sets(rule.resolve, lambda n: bool(res & RESOLVE_NAMES[n]))
+    if rule.mode:
+        mode = _how_field(view, "mode")
+        conds["mode"] = None if mode is None else (
+            ("any" not in rule.mode or bool(mode & rule.mode["any"]))
+            and ("all" not in rule.mode or mode & rule.mode["all"] == rule.mode["all"]))
+    if rule.result:
+        conds["result"] = (ev["ret"] >= 0) == (rule.result == "succeeded")
+    if rule.read_status:
+        conds["read_status"] = any(r["status"] in rule.read_status for r in ev.get("reads", {}).values())
+    if any(v is False for v in conds.values()):
+        return False, [], False
+    unknown = [k for k, v in conds.items() if v is None]
+    return (None if unknown else True), unknown, best_effort and not unknown
+
+
+# --- alerts ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Alert:
+    rule: str
+    severity: str
+    description: str
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self, event: dict | None) -> dict:
+        return {"kind": "alert", "rule": self.rule, "severity": self.severity, "description": self.description,
+                **self.detail, "event": event}
+
+
+def builtin(rule: str, description: str | None = None, severity: str | None = None, **detail: object) -> Alert:
+    sev, desc = BUILTIN[rule]
+    return Alert(rule, severity or sev, description or desc, detail)
+
+
+def max_severity(sevs) -> str:
+    return max(sevs, key=SEVERITIES.index)
+
+
+class Monitor:
+    def __init__(self, policy: Policy) -> None:
+        self.rules = policy.rules
+
+    def check(self, ev: dict) -> list[Alert]:
+        """Alerts for one openat2 event; adds `dfd_path` and `target` to it (and `target_at_exit`
+        when the path changed during the call)."""
+        dirinfo = dfd_path(ev)
+        views = list(_views(ev, dirinfo))
+        ev["dfd_path"] = dirinfo
+        ev["target"] = views[0].target
+        if views[-1].target != views[0].target:
+            ev["target_at_exit"] = views[-1].target
+        alerts: list[Alert] = []
+        undecided: dict[str, list[str]] = {}
+        for rule in self.rules:
+            results = [evaluate(rule, v) for v in views]
+            fired = [(r, v) for r, v in zip(results, views, strict=True) if r[0] is True]
+            if fired:
+                detail: dict = {"best_effort": True} if all(r[2] for r, _ in fired) else {}
+                if len(views) > 1:  # a changed read: say which values made the rule fire
+                    detail["matched"] = [v.label for _, v in fired]
+                alerts.append(Alert(rule.id, rule.severity, rule.description, detail))
+            elif any(r[0] is None for r in results):
+                undecided[rule.id] = sorted({u for r in results for u in r[1]})
+        severity = {r.id: r.severity for r in self.rules}
+        missing = [a for a in ("filename", "how") if a in ev.get("missing", ())]
+        if missing:
+            reads = ev["reads"]
+            why = "; ".join(f"{a}: errno {reads[a].get('errno')} at {reads[a]['addr']:#x}" for a in missing)
+            alerts.append(builtin("unreadable", f"openat2 {' and '.join(missing)} could not be read ({why}): "
+                                  "the monitor cannot clear this call", unreadable=missing,
+                                  could_match=sorted(undecided)))
+        elif undecided and not alerts:  # a call that raised an alert is not cleared anyway
+            sev = max_severity(severity[r] for r in undecided)
+            alerts.append(builtin("unresolved", f"could match {', '.join(sorted(undecided))} but "
+                                  + "; ".join(self._unknown_reasons(ev, undecided)), sev, could_match=undecided))
+        for arg, info in ev.get("reads", {}).items():
+            if info["status"] == "changed":
+                before, after = ev["args"].get(arg), info.get("value_at_exit")
+                alerts.append(builtin("changed", f"openat2 {arg} changed while the call ran: {_show(before)} at "
+                                      f"entry, {_show(after)} at exit", changed={"arg": arg, "entry": before,
+                                                                                 "exit": after}))
+        return alerts
+
+    @staticmethod
+    def _unknown_reasons(ev: dict, undecided: dict[str, list[str]]) -> list[str]:
+        what = sorted({u for us in undecided.values() for u in us})
+        out = []
+        for w in what:
+            if w in ("path", "not_path"):
+                t = ev["target"]
+                if t["path"] is None:
+                    out.append(f"the target path is unknown ({t.get('unknown')})")
+                else:
+                    out.append(f"the target {t['path']} is only a best-effort resolution (via {t['basis']})")
+            else:
+                out.append(f"{w} is unknown")
+        return list(dict.fromkeys(out))
+
+
+def _show(v: object) -> str:
+    if isinstance(v, dict) and "flags_str" in v:
+        return f"{{flags={v['flags_str']}, mode={v['mode']:#o}, resolve={v['resolve_str']}}}"
+    return repr(v)
+
+
+def lost_alert(count: int, cpu: int | None = None, source: str = "syscalls") -> Alert:
+    where = f" on CPU {cpu}" if cpu is not None else ""
+    return builtin("lost", f"{count} records lost{where} (ring full): those calls were not checked",
+                   lost={"count": count, "cpu": cpu, "source": source})
+
+
+# --- a monitor run (tracer monitor openat2) --------------------------------------------------------------
+
+
+def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool) -> int:
+    """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
+    CLI's session runner (start, iterate through the body, one-line failures, clean-up)."""
+    from collections import Counter
+
+    from .output import AlertOutput, JsonAlertOutput
+
+    out = JsonAlertOutput() if as_json else AlertOutput()
+    monitor = Monitor(policy)
+    fired: Counter[str] = Counter()
+
+    def emit(ev: dict | None, alerts: list[Alert]) -> None:
+        fired.update(a.rule for a in alerts)
+        out.alerts(ev, alerts)
+
+    def body() -> None:
+        if not as_json:
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False).print(
+                f"monitoring openat2 with {len(monitor.rules)} rules from {', '.join(policy.files)} — Ctrl-C to stop",
+                markup=False, style="dim")
+        for ev in session:
+            if ev.kind == "lost":
+                emit(None, [lost_alert(ev.count, ev.cpu, ev.source)])
+                continue
+            alerts = monitor.check(ev.data)
+            if alerts:
+                emit(ev.data, alerts)
+            elif show_all:
+                out.event(ev.data)
+
+    if not drive(session, body):
+        return 3 if fired else 0
+    k = session.kernel_counts
+    dropped = k.get("state_full", 0) + k.get("submit_fail", 0)
+    if dropped:  # calls the kernel side could not hand over: unchecked
+        emit(None, [builtin("lost", f"{dropped} openat2 calls were not delivered by the kernel (in-flight table "
+                            "full or perf output failed): they were not checked", lost={"count": dropped,
+                                                                                      "kernel": dict(k)})])
+    if summary:
+        out.monitor_summary({**session.summary(), "alerts": sum(fired.values()),
+                             "alerts_by_rule": dict(sorted(fired.items()))})
+    if fired:
+        return 3
+    return session.exit_code or 0

@@ -1,0 +1,356 @@
+"""User-space function probes: `uprobe:PATH:SYMBOL(ARG,...)[:RET]` event specs (bpf/uprobe.bpf.c).
+
+ARG is `TYPE [NAME]`; TYPE is int, uint, long, ulong, ptr, str (NUL-terminated string), buf[N] (N bytes)
+or buf[LEN] (as many bytes as argument LEN says; LEN is an argument's name, arg0..arg5 by default).
+RET is the return type (default long; void for none). Arguments come from the x86-64 argument registers,
+so at most 6, and at most 4 of them str/buf.
+
+Pointer arguments are read at the call: by a sleepable program (bpf_copy_from_user faults absent pages
+in) when the read mode and the kernel allow it, else with nofault reads that fail on absent pages. A
+uretprobe sends the record at the return, with the return value: calls that never return (longjmp,
+exit) are not reported.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from . import bpfsys, sleepable
+from .decode import text
+from .elfsyms import Resolved, SymbolError, resolve
+from .kenv import BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
+from .layout import const, packer
+from .perf import RingSet, bpf_output_attr, online_cpus
+from .probes import Filters
+from .sources import Source, SourceOptions
+from .syscalls import UnknownEvent
+
+PREFIX = "uprobe:"
+READ_MODES = ("auto", "sleepable", "nofault")
+INT_TYPES = {"int": (32, True), "uint": (32, False), "long": (64, True), "ulong": (64, False),
+             "ptr": (64, False)}
+_ARG = re.compile(r"^(int|uint|long|ulong|ptr|str|buf\[(\w+)\])(?:\s+([A-Za-z_]\w*))?$")
+_REC = packer("uprobe_record", "reads")
+_SLOT = packer("read_slot")
+_SLOTS_OFF = _REC.size
+_DATA_OFF = _SLOTS_OFF + _SLOT.size * const("MAX_READS")
+RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM = (
+    const(n) for n in ("RS_OK", "RS_FAULT", "RS_TRUNC", "RS_NULL", "RS_NOROOM"))
+RK_STR, RK_BUF, RK_BUF_LEN = const("RK_STR"), const("RK_BUF"), const("RK_BUF_LEN")
+UPF_SLEEPABLE, URF_FAULTED_IN = const("UPF_SLEEPABLE"), const("URF_FAULTED_IN")
+
+
+class SpecError(UnknownEvent):
+    """A uprobe spec that cannot be used; the message says what is wrong (a usage error)."""
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    name: str
+    type: str          # int, uint, long, ulong, ptr, str, buf
+    size: int = 0      # buf[N]
+    lenarg: int = -1   # buf[LEN]: index of the length argument
+
+
+@dataclass
+class UprobeSpec:
+    spec: str
+    path: str
+    symbol: str
+    args: list[ArgSpec] = field(default_factory=list)
+    ret: str = "long"
+    where: Resolved | None = None
+
+    @property
+    def reads(self) -> list[int]:
+        return [i for i, a in enumerate(self.args) if a.type in ("str", "buf")]
+
+
+def _split_args(body: str) -> list[str]:
+    return [a.strip() for a in body.split(",")] if body.strip() else []
+
+
+def parse_spec(spec: str) -> UprobeSpec:
+    """`uprobe:PATH:SYMBOL(ARGS)[:RET]` -> UprobeSpec (symbol not yet resolved)."""
+    if not spec.startswith(PREFIX):
+        raise SpecError(f"{spec!r}: not a uprobe spec (uprobe:PATH:SYMBOL(ARGS))")
+    rest = spec[len(PREFIX):]
+    ret = "long"
+    body = ""
+    if "(" in rest:
+        head, _, tail = rest.partition("(")
+        body, close, after = tail.rpartition(")")
+        if not close:
+            raise SpecError(f"{spec!r}: missing ')' after the argument list")
+        if after:
+            if not after.startswith(":") or after[1:] not in (*INT_TYPES, "void"):
+                raise SpecError(f"{spec!r}: after ')' only :RET may follow, RET one of "
+                                f"{', '.join((*INT_TYPES, 'void'))}")
+            ret = after[1:]
+        rest = head
+    path, sep, symbol = rest.rpartition(":")
+    if not sep or not path or not symbol:
+        raise SpecError(f"{spec!r}: expected uprobe:PATH:SYMBOL(ARGS), e.g. "
+                        "uprobe:/usr/lib/x86_64-linux-gnu/libc.so.6:openat(int,str,int)")
+    raw = _split_args(body)
+    if len(raw) > 6:
+        raise SpecError(f"{spec!r}: at most 6 arguments (the x86-64 argument registers)")
+    parsed: list[tuple[str, str | None, str]] = []
+    for i, a in enumerate(raw):
+        m = _ARG.match(" ".join(a.split()))
+        if not m:
+            raise SpecError(f"{spec!r}: argument {i} {a!r}: expected TYPE [NAME], TYPE one of int, uint, long, "
+                            "ulong, ptr, str, buf[N], buf[LENARG]")
+        parsed.append((m[1].split("[")[0], m[2], m[3] or f"arg{i}"))
+    names = [n for _, _, n in parsed]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{spec!r}: argument names repeat")
+    args = []
+    for t, size, name in parsed:
+        if t != "buf":
+            args.append(ArgSpec(name, t))
+        elif size.isdigit():
+            if not 0 < int(size) <= 0xFFFF:
+                raise SpecError(f"{spec!r}: buf[{size}]: the size must be 1..65535")
+            args.append(ArgSpec(name, "buf", size=int(size)))
+        elif size in names and parsed[names.index(size)][0] in INT_TYPES:
+            args.append(ArgSpec(name, "buf", lenarg=names.index(size)))
+        else:
+            raise SpecError(f"{spec!r}: buf[{size}]: no integer argument named {size!r}")
+    out = UprobeSpec(spec, path, symbol, args, ret)
+    if len(out.reads) > const("MAX_READS"):
+        raise SpecError(f"{spec!r}: at most {const('MAX_READS')} str/buf arguments")
+    return out
+
+
+def choose_mode(read_mode: str, kinds: dict[str, dict]) -> bool:
+    """True for sleepable entry programs. `sleepable` on a kernel that refuses them is an error."""
+    if read_mode not in READ_MODES:
+        raise SpecError(f"--read-mode {read_mode!r}: one of {', '.join(READ_MODES)}")
+    ok = bool(kinds.get("uprobe.s", {}).get("ok"))
+    if read_mode == "sleepable" and not ok:
+        reason = kinds.get("uprobe.s", {}).get("reason", "not probed")
+        raise EnvironmentProblem(f"--read-mode sleepable: this kernel refuses sleepable uprobes ({reason}); "
+                                 "use --read-mode auto or nofault")
+    return ok and read_mode != "nofault"
+
+
+def _int(bits: int, signed: bool, raw: int) -> int:
+    v = raw & ((1 << bits) - 1)
+    return v - (1 << bits) if signed and v >> (bits - 1) else v
+
+
+class UprobeSource(Source):
+    name = "uprobes"
+    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail")
+
+    def __init__(self, specs: list[UprobeSpec], opts: SourceOptions, use_sleepable: bool) -> None:
+        self.specs = specs
+        self.explain = opts.explain
+        self.sleepable = use_sleepable
+        self.fds: list[int] = []
+        self.links: list[sleepable.UprobeLink] = []
+        self.bpf = None
+        prepare_bcc()
+        from bcc import BPF
+
+        try:
+            self.bpf = BPF(src_file=str(bpf_source("uprobe.bpf.c")).encode(),
+                           cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+            self._configure(opts.filters)
+            self.rings = RingSet.open(online_cpus(), bpf_output_attr(opts.pages * 4096 // 4), opts.pages)
+            events = self.bpf["up_events"]
+            for ring in self.rings.rings:
+                events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self, f: Filters) -> None:
+        flags = sum(const(n) for n, on in (("CF_PID", f.pids), ("CF_TID", f.tids), ("CF_UID", f.uid is not None),
+                                           ("CF_COMM", f.comm), ("CF_FOLLOW", f.follow)) if on)
+        self._set("up_filter", 0, packer("tracer_conf").pack(flags, os.getpid(), f.uid or 0, 0,
+                                                             (f.comm or "").encode()[:15]))
+        one = ct.c_uint8(1)
+        for pid in f.pids:
+            self.bpf["up_pids"][ct.c_uint32(pid)] = one
+        for tid in f.tids:
+            self.bpf["up_tids"][ct.c_uint32(tid)] = one
+        nmax = const("MAX_READS")
+        for idx, s in enumerate(self.specs):
+            reads = s.reads
+            kinds = [RK_STR if s.args[i].type == "str" else RK_BUF if s.args[i].lenarg < 0 else RK_BUF_LEN
+                     for i in reads]
+            sizes = [const("STR_CAP") if s.args[i].type == "str" else s.args[i].size or const("READ_CAP")
+                     for i in reads]
+            lenargs = [max(s.args[i].lenarg, 0) for i in reads]
+            pad = [0] * (nmax - len(reads))
+            self._set("up_conf", idx, packer("sc_conf").pack(
+                1, len(s.args), len(reads), 0, bytes(reads + pad), bytes(kinds + pad), bytes(lenargs + pad),
+                *(sizes + pad)))
+
+    def _set(self, table: str, key: int, value: bytes) -> None:
+        t = self.bpf[table]
+        t[t.Key(key)] = t.Leaf.from_buffer_copy(value.ljust(ct.sizeof(t.Leaf), b"\0"))
+
+    def _attach(self) -> None:
+        kprobe = bpfsys.BPF_PROG_TYPE_KPROBE
+        for idx, s in enumerate(self.specs):
+            assert s.where is not None
+            enter = f"up_enter_s_{idx}" if self.sleepable else f"up_enter_{idx}"
+            progs = ((enter, self.sleepable, False), (f"up_ret_{idx}", False, True))
+            for fn, sleeps, ret in progs:
+                fd = sleepable.load_compiled(self.bpf, fn, kprobe, sleepable=sleeps)
+                self.fds.append(fd)
+                ev = f"tracer_{os.getpid()}_{idx}_{'r' if ret else 'p'}"
+                self.links.append(sleepable.UprobeLink(fd, s.where.path, s.where.offset, ret, ev))
+
+    def add_pid(self, pid: int) -> None:
+        if self.bpf is not None:
+            self.bpf["up_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
+
+    def kernel_stats(self) -> dict[str, int]:
+        if self.bpf is None:
+            return {}
+        t = self.bpf["up_stats"]
+        return {f"uprobe_{n}": sum(t[t.Key(i)]) for i, n in enumerate(self.STAT_NAMES)}
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+        self.links = []
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+        super().close()
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def decode(self, rec: bytes, cpu: int) -> dict:
+        return decode_record(rec, cpu, self.specs, self.explain)
+
+    # -- capture files (tracer/capture.py) -----------------------------------------------------------
+    def capture_header(self) -> dict:
+        """The probes as parsed and resolved at record time (the binary may change or vanish later),
+        and the identity of the record layout."""
+        return {"layout": layout_identities(), "events": [s.spec for s in self.specs],
+                "probes": [spec_to_json(s) for s in self.specs]}
+
+    @classmethod
+    def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
+        from .capture import check_layout
+
+        for identity in desc["layout"]:
+            check_layout(identity)
+        specs = [spec_from_json(d) for d in desc["probes"]]
+        return lambda rec, cpu: decode_record(rec, cpu, specs, explain)
+
+
+def layout_identities() -> list[dict]:
+    """uprobe.h builds on record.h (read slots, RS_*/RK_* constants): both must match at replay."""
+    from .capture import layout_identity
+
+    return [layout_identity("record.h", ("read_slot",)), layout_identity("uprobe.h", ("uprobe_record",))]
+
+
+def spec_to_json(s: UprobeSpec) -> dict:
+    return {"spec": s.spec, "path": s.path, "symbol": s.symbol, "ret": s.ret,
+            "args": [asdict(a) for a in s.args], "where": asdict(s.where) if s.where else None}
+
+
+def spec_from_json(d: dict) -> UprobeSpec:
+    """The inverse of spec_to_json; ValueError for what this tracer could not decode."""
+    args = [ArgSpec(str(a["name"]), str(a["type"]), int(a["size"]), int(a["lenarg"])) for a in d["args"]]
+    for a in args:
+        if a.type not in (*INT_TYPES, "str", "buf"):
+            raise ValueError(f"argument type {a.type!r}")
+    if d["ret"] not in (*INT_TYPES, "void") or len(args) > 6:
+        raise ValueError(f"probe {d['spec']!r}")
+    w = d.get("where")
+    where = None if w is None else Resolved(str(w["path"]), str(w["symbol"]), int(w["vaddr"]), int(w["offset"]),
+                                            int(w["size"]), str(w["table"]))
+    return UprobeSpec(str(d["spec"]), str(d["path"]), str(d["symbol"]), args, str(d["ret"]), where)
+
+
+def _read(rec: bytes, slot: tuple, rflag: int, arg: ArgSpec, addr: int, source: str, pid: int,
+          explain) -> tuple[object, dict]:
+    (_a, kind, st, _xs, err, _xe, off, n, *_rest, want) = slot
+    info: dict = {"status": "ok", "source": source, "errno": None, "addr": addr}
+    if st == RS_NULL:
+        return None, {**info, "status": "null", "len": 0}
+    if st == RS_NOROOM:
+        return None, {**info, "status": "missing", "note": "record data area full"}
+    if st == RS_FAULT:
+        info.update(status="missing", errno=-err)
+        if explain is not None:
+            info["region"] = explain(pid, addr)
+        return None, info
+    raw = rec[_DATA_OFF + off: _DATA_OFF + off + n]
+    info["len"] = len(raw)
+    if kind != RK_STR:
+        info["size"] = want
+    if st == RS_TRUNC:
+        info.update(status="truncated", truncated=True)
+    if rflag & URF_FAULTED_IN:
+        info["faulted_in"] = True
+    if kind == RK_STR:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            info["hex"] = raw.hex()
+        return text(raw), info
+    return raw.hex(), info
+
+
+def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec], explain=None) -> dict:
+    """One struct uprobe_record (bpf/uprobe.h) -> the event dict of the JSON contract."""
+    h = _REC.unpack_from(rec)
+    (_type, _size, probe, nreads, flags, pid, tid, uid, _pad, ts_enter, ts_exit, ret) = h[:12]
+    regs, comm, rflags = list(h[12:18]), text(h[18].split(b"\0", 1)[0]), h[19]
+    s = specs[probe]
+    source = "sleepable" if flags & UPF_SLEEPABLE else "nofault"
+    slots = {sl[0]: (sl, rflags[k]) for k in range(nreads)
+             for sl in [_SLOT.unpack_from(rec, _SLOTS_OFF + k * _SLOT.size)]}
+    args: dict = {}
+    reads: dict = {}
+    missing: list[str] = []
+    for i, a in enumerate(s.args):
+        if i in slots:
+            val, info = _read(rec, slots[i][0], slots[i][1], a, regs[i], source, pid, explain)
+            args[a.name], reads[a.name] = val, info
+            if info["status"] == "missing":
+                missing.append(a.name)
+        else:
+            args[a.name] = _int(*INT_TYPES[a.type], regs[i])
+    the_ret = None if s.ret == "void" else _int(*INT_TYPES[s.ret], ret)
+    return {"kind": "uprobe", "event": s.spec, "path": s.where.path if s.where else s.path,
+            "function": s.symbol, "offset": s.where.offset if s.where else None,
+            "ts": ts_enter, "ts_exit": ts_exit, "duration_ns": ts_exit - ts_enter, "cpu": cpu, "pid": pid,
+            "tid": tid, "comm": comm, "uid": uid, "args": args, "ret": the_ret,
+            "ret_str": None if the_ret is None else str(the_ret), "reads": reads, "missing": missing,
+            "source": source}
+
+
+def build(specs: list[str], opts: SourceOptions) -> UprobeSource:
+    """The uprobe source for every `uprobe:` spec of a session (see sources.PREFIXED)."""
+    parsed = [parse_spec(s) for s in specs]
+    if len(parsed) > const("UP_MAX_PROBES"):
+        raise SpecError(f"at most {const('UP_MAX_PROBES')} uprobe specs per session")
+    for p in parsed:
+        try:
+            p.where = resolve(p.path, p.symbol)
+        except SymbolError as e:
+            raise SpecError(f"{p.spec!r}: {e}") from None
+    from .caps import sleepable_kinds
+
+    use = choose_mode(opts.read_mode, sleepable_kinds())
+    return UprobeSource(parsed, opts, use)

@@ -1,0 +1,135 @@
+"""A user_events trace record (the RAW bytes of a perf sample: common_* fields, then the payload)
+decoded with the event's tracefs format; and the source's samples, which carry such a record or a
+discarded write together with what was only true when they were taken (see `SampleDecoder`).
+
+The bytes come from another process, so every length and offset is checked: a field past the end of
+the record, a __data_loc/__rel_loc pointing outside it, or a string without its NUL makes that field
+null with the reason in `errors`, and the event carries the payload's hex. Never a guessed value.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+
+from .abi import TRACE_ENTRY_SIZE
+from .formats import EventFormat, Field
+
+# A source sample: tag (kind, event index, bytes of the first part), then for KIND_TRACEPOINT the comm
+# read from /proc when the sample was drained (NO_COMM: the thread had exited) and the perf sample body
+# (TID, TIME, CPU, RAW); for KIND_DISCARDED a struct ue_record and the JSON of the watch's findings.
+TAG = struct.Struct("<BxHI")
+KIND_TRACEPOINT, KIND_DISCARDED = 1, 2
+NO_COMM = 0xFFFFFFFF
+_SAMPLE = struct.Struct("<IIQII I")  # pid, tid, time, cpu, res, raw size
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def loc_span(f: Field, rec: bytes) -> tuple[int, int]:
+    """(start, length) of a __data_loc/__rel_loc field's data within the record, unchecked."""
+    loc = int.from_bytes(rec[f.offset:f.offset + 4], "little")
+    off, length = loc & 0xFFFF, loc >> 16
+    start = f.offset + 4 + off if f.rel else off  # data_loc counts from the record start
+    return start, length
+
+
+def decode_field(f: Field, rec: bytes) -> tuple[object, str | None, bytes | None]:
+    """(value, error, raw bytes of a string that is not UTF-8)."""
+    end = f.offset + f.size
+    if end > len(rec):
+        return None, f"field at {f.offset}..{end} is past the end of the {len(rec)}-byte record", None
+    raw = rec[f.offset:end]
+    kind = f.kind
+    if kind == "int":
+        return int.from_bytes(raw, "little", signed=f.signed), None, None
+    if kind == "chars":
+        s = raw.split(b"\0", 1)[0]
+        return _text(s), None, None if _utf8(s) else s
+    if kind == "bytes":
+        return raw.hex(), None, None
+    start, length = loc_span(f, rec)
+    if start < TRACE_ENTRY_SIZE or start + length > len(rec):
+        return None, (f"data at {start}..{start + length} (loc 0x{int.from_bytes(raw, 'little'):08x}) is outside "
+                      f"the {len(rec)}-byte record"), None
+    data = rec[start:start + length]
+    if kind == "loc_bytes":
+        return data.hex(), None, None
+    if length == 0:
+        return "", None, None
+    if data[-1] != 0:
+        return None, f"string of {length} bytes at {start} does not end with a NUL", None
+    s = data[:-1].split(b"\0", 1)[0]
+    return _text(s), None, None if _utf8(s) else s
+
+
+def decode_record(fmt: EventFormat, rec: bytes) -> dict:
+    """{"fields": {...}, "status": "ok"|"malformed", "errors"?: {field: why}, "payload_hex"?: ...,
+    "hex"?: {field: exact bytes of strings that are not UTF-8}}."""
+    fields: dict = {}
+    errors: dict = {}
+    hexes: dict = {}
+    for f in fmt.fields:
+        val, err, raw = decode_field(f, rec)
+        fields[f.name] = val
+        if err:
+            errors[f.name] = err
+        if raw is not None:
+            hexes[f.name] = raw.hex()
+    out: dict = {"status": "malformed" if errors else "ok", "fields": fields}
+    if errors:
+        out["errors"] = errors
+        out["payload_hex"] = rec[TRACE_ENTRY_SIZE:].hex()
+    if hexes:
+        out["hex"] = hexes
+    return out
+
+
+def parse_sample(body: bytes) -> tuple[int, int, int, int, bytes]:
+    """(pid, tid, time, cpu, raw) of a sample with TID, TIME, CPU and RAW, in the kernel's order."""
+    pid, tid, ts, cpu, _res, n = _SAMPLE.unpack_from(body)
+    return pid, tid, ts, cpu, bytes(body[_SAMPLE.size:_SAMPLE.size + n])
+
+
+def pack_tracepoint(index: int, comm: bytes | None, body: bytes) -> bytes:
+    return TAG.pack(KIND_TRACEPOINT, index, NO_COMM if comm is None else len(comm)) + (comm or b"") + body
+
+
+def pack_discarded(rec: bytes, found: dict) -> bytes:
+    return TAG.pack(KIND_DISCARDED, 0, len(rec)) + rec + json.dumps(found).encode()
+
+
+class SampleDecoder:
+    """decode(sample, cpu) of the user_events source, live and at replay: a function of the sample's
+    bytes and the event formats only (no /proc, no tracefs), so a replay decodes what the live run did."""
+
+    def __init__(self, formats: Sequence[EventFormat]) -> None:
+        self.formats = list(formats)
+
+    def __call__(self, sample: bytes, cpu: int) -> dict:
+        kind, index, n = TAG.unpack_from(sample)
+        rest = sample[TAG.size:]
+        if kind == KIND_DISCARDED:
+            from .watch import discarded_event
+
+            return discarded_event(bytes(rest[:n]), cpu, json.loads(bytes(rest[n:])))
+        if kind != KIND_TRACEPOINT:
+            raise ValueError(f"unknown user_events sample kind {kind}")
+        fmt = self.formats[index]
+        comm = None if n == NO_COMM else bytes(rest[:n]).decode("utf-8", "surrogateescape")
+        pid, tid, ts, scpu, raw = parse_sample(rest if n == NO_COMM else rest[n:])
+        out = {"kind": "user_event", "event": fmt.tracepoint, "name": fmt.reg_name, "ts": ts, "cpu": scpu,
+               "pid": pid, "tid": tid, "comm": comm}
+        out.update(decode_record(fmt, raw))
+        return out

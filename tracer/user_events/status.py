@@ -1,0 +1,102 @@
+"""What is registered: `user_events_status` (one line per event, `NAME[ # Used by ftrace perf other]`,
+then `Active: N` and `Busy: N`) and the event directories `events/user_events*/<name>/`."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from .abi import USER_EVENTS_MULTI_SYSTEM, USER_EVENTS_SYSTEM
+from .formats import EventFormat, read_format
+
+SYSTEMS = (USER_EVENTS_SYSTEM, USER_EVENTS_MULTI_SYSTEM)
+
+
+@dataclass(frozen=True)
+class Status:
+    used_by: dict[str, tuple[str, ...]]  # tracepoint name -> ("ftrace", "perf", "other"); () when idle
+    active: int | None
+    busy: int | None
+
+
+def parse_status(text: str) -> Status:
+    used: dict[str, tuple[str, ...]] = {}
+    counts: dict[str, int] = {}
+    lines = text.splitlines()
+    i = 0
+    for i, line in enumerate(lines):  # noqa: B007 - the index is used after the loop
+        if not line.strip():
+            break
+        name, _, rest = line.partition(" #")
+        users = rest.strip()
+        users = users[len("Used by"):].split() if users.startswith("Used by") else []
+        used[name.strip()] = tuple(users)
+    for line in lines[i:]:
+        key, sep, val = line.partition(":")
+        if sep and val.strip().isdigit():
+            counts[key.strip()] = int(val)
+    return Status(used, counts.get("Active"), counts.get("Busy"))
+
+
+def read_status(root: Path) -> Status | None:
+    try:
+        return parse_status((root / "user_events_status").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def formats(root: Path) -> list[EventFormat]:
+    out = []
+    for system in SYSTEMS:
+        base = root / "events" / system
+        if not base.is_dir():
+            continue
+        for d in sorted(base.iterdir()):
+            if (d / "format").is_file():
+                out.append(read_format(d))
+    return out
+
+
+def _enabled_file(root: Path, fmt: EventFormat) -> bool:
+    try:
+        return (root / "events" / fmt.system / fmt.name / "enable").read_text().strip() not in ("", "0")
+    except OSError:
+        return False
+
+
+def list_events(root: Path) -> list[dict]:
+    """Every registered event with its fields and whether any tracer has it enabled."""
+    status = read_status(root)
+    out = []
+    seen = set()
+    for fmt in formats(root):
+        users = status.used_by.get(fmt.name, ()) if status else ()
+        seen.add(fmt.name)
+        out.append({
+            "event": fmt.tracepoint, "system": fmt.system, "name": fmt.name, "registered_name": fmt.reg_name,
+            "multi_format": fmt.system == USER_EVENTS_MULTI_SYSTEM, "id": fmt.id,
+            "enabled": bool(users) or _enabled_file(root, fmt), "used_by": list(users),
+            "fields": [f.to_json() for f in fmt.fields],
+        })
+    # Listed in the status file but without a directory (being created or deleted right now).
+    for name, users in (status.used_by.items() if status else ()):
+        if name not in seen:
+            out.append({"event": None, "system": None, "name": name, "registered_name": name, "multi_format": None,
+                        "id": None, "enabled": bool(users), "used_by": list(users), "fields": None,
+                        "note": "in user_events_status but no events/ directory"})
+    return out
+
+
+def match(formats_: list[EventFormat], spec: str) -> list[EventFormat]:
+    """Events named by `user_events:NAME`, `user_events_multi:NAME` (every format of NAME, or one
+    `NAME.<id>`), with globs in NAME."""
+    system, _, pattern = spec.partition(":")
+    out = []
+    for fmt in formats_:
+        if fmt.system != system:
+            continue
+        if fnmatch.fnmatchcase(fmt.name, pattern) or (
+                system == USER_EVENTS_MULTI_SYSTEM and fnmatch.fnmatchcase(fmt.reg_name, pattern)):
+            out.append(fmt)
+    return out

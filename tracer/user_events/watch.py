@@ -1,0 +1,231 @@
+"""Discarded user_events writes, seen from the writer's side (bpf/uevents_watch.bpf.c).
+
+When the kernel cannot copy a payload, or it fails validation, the event is dropped before any tracer
+sees it and the writer's write()/writev() returns -EFAULT. The watch reports each such write as an event
+with its user data missing: the write_index read from the writer's memory and, when the registration
+was seen (DIAG_IOCSREG while tracing), the event name. Limits (also in the README):
+  - registrations made before tracing started are not known: their name is null, with the reason;
+  - descriptors opened before tracing are found by a /proc/<pid>/fd scan at start; ones received later
+    by dup/fork/SCM_RIGHTS are recognised when they register an event or, at report time, through
+    /proc/<pid>/fd/<fd> (not possible once the process has exited: counted, not shown);
+  - a fork child's writes with its parent's registrations are named through kcmp(KCMP_FILE).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from ..kenv import BPF_DIR, bpf_source, prepare_bcc
+from ..layout import layout
+from ..perf import Batch, RingSet, bpf_output_attr, online_cpus
+from .decode import pack_discarded
+from .formats import parse_name_args
+
+_LAYOUT = layout()
+C = _LAYOUT.consts
+_REC = _LAYOUT.structs["ue_record"]
+_HDR = __import__("struct").Struct(_REC.fmt("name"))
+_SC = {C["UE_SC_WRITE"]: "write", C["UE_SC_WRITEV"]: "writev", C["UE_SC_IOCTL"]: "ioctl"}
+_NR_KCMP = {"x86_64": 312, "aarch64": 272}
+_KCMP_FILE = 0
+_libc = ct.CDLL(None, use_errno=True)
+
+
+def same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """Do these two descriptors share one open file (kcmp KCMP_FILE)? False when it cannot be told."""
+    nr = _NR_KCMP.get(os.uname().machine)
+    if nr is None:
+        return False
+    return _libc.syscall(nr, pid1, pid2, _KCMP_FILE, fd1, fd2) == 0
+
+
+def scan_fds(path: Path) -> list[tuple[int, int]]:
+    """(pid, fd) of every open descriptor of `path` (its user_events_data) right now."""
+    target = str(path)
+    out = []
+    for pdir in Path("/proc").iterdir():
+        if not pdir.name.isdigit():
+            continue
+        try:
+            fds = list((pdir / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    out.append((int(pdir.name), int(fd.name)))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+class _CpuRing:
+    """What the session polls for one CPU: the watch drains every CPU at once (registrations first, so
+    that a write on one CPU finds a registration made on another) and hands out this CPU's faults."""
+
+    def __init__(self, watch: Watch, ring: object) -> None:
+        self.watch = watch
+        self.ring = ring
+        self.fd = ring.fd  # type: ignore[attr-defined]
+        self.cpu = ring.cpu  # type: ignore[attr-defined]
+        self.pending: list[bytes] = []  # samples (decode.pack_discarded), decoded by discarded_event
+        self.lost = 0
+
+    def drain(self) -> Batch:
+        self.watch.collect()
+        out, self.pending = self.pending, []
+        lost, self.lost = self.lost, 0
+        return Batch(self.cpu, out, lost)
+
+    def close(self) -> None:
+        pass  # the Watch owns its rings
+
+
+class Watch:
+    def __init__(self, data_path: Path, pages: int, wanted: Callable[[int, int], bool]) -> None:
+        prepare_bcc()
+        from bcc import BPF
+
+        self.data_path = data_path
+        self.wanted = wanted
+        self.names: dict[tuple[int, int, int], str] = {}   # (pid, fd, write_index) -> name_args
+        self.counts: Counter = Counter()
+        self.rings: RingSet | None = None
+        self.bpf = BPF(src_file=str(bpf_source("uevents_watch.bpf.c")).encode(),
+                       cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+        try:
+            path = str(data_path).encode()[: C["UE_PATH_CAP"] - 1]
+            t = self.bpf["ue_conf_map"]
+            t[t.Key(0)] = t.Leaf.from_buffer_copy(
+                len(path).to_bytes(4, "little") + bytes(4) + path.ljust(C["UE_PATH_CAP"], b"\0"))
+            fds = self.bpf["ue_fds"]
+            for pid, fd in scan_fds(data_path):
+                fds[fds.Key(pid << 32 | fd)] = ct.c_uint8(1)
+                self.counts["fds_found_at_start"] += 1
+            self.rings = RingSet.open(online_cpus(), bpf_output_attr(pages * 4096 // 4), pages)
+            events = self.bpf["ue_events"]
+            for ring in self.rings.rings:
+                events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
+            self.cpu_rings = [_CpuRing(self, r) for r in self.rings.rings]
+        except Exception:
+            self.close()
+            raise
+
+    def collect(self) -> None:
+        if self.rings is None:
+            return
+        faults = []
+        regs = []
+        for cr in self.cpu_rings:
+            b = cr.ring.drain()  # type: ignore[attr-defined]
+            cr.lost += b.lost
+            for raw in b.samples:
+                rec = _HDR.unpack_from(raw)
+                (regs if rec[0] == C["UE_REC_REG"] else faults).append((rec, raw, cr))
+        for rec, raw, _cr in sorted(regs, key=lambda x: x[0][6]):
+            self._note_reg(rec, raw)
+        for rec, raw, cr in faults:
+            if not self.wanted(rec[3], rec[4]):
+                self.counts["discarded_filtered"] += 1
+                continue
+            found = self.findings(raw)
+            if found is not None:
+                cr.pending.append(pack_discarded(raw, found))
+
+    def _note_reg(self, rec: tuple, raw: bytes) -> None:
+        (_t, _sc, flags, pid, _tid, fd, _ts, _ret, _a, _c, _d, idx, _err, name_len) = rec[:14]
+        self.counts["registrations_seen"] += 1
+        if flags & C["UE_F_INDEX"]:
+            off = _REC.field("name").offset
+            self.names[(pid, fd, idx)] = raw[off:off + name_len].decode("utf-8", "surrogateescape")
+
+    def name_for(self, pid: int, fd: int, idx: int) -> tuple[str | None, str | None]:
+        """(name_args, None) or (None, why it is unknown)."""
+        got = self.names.get((pid, fd, idx))
+        if got is not None:
+            return got, None
+        for (p2, f2, i2), name_args in list(self.names.items()):
+            if i2 == idx and (p2, f2) != (pid, fd) and same_file(pid, fd, p2, f2):
+                return name_args, None
+        return None, (f"write_index {idx} was not registered on this descriptor while tracing "
+                      "(registered before tracing started, or on a descriptor that was not seen)")
+
+    def _is_data_fd(self, pid: int, fd: int, marked: bool) -> bool | None:
+        if marked:
+            return True
+        try:
+            return os.readlink(f"/proc/{pid}/fd/{fd}") == str(self.data_path)
+        except OSError:
+            return None  # process or descriptor gone: cannot tell
+
+    def findings(self, raw: bytes) -> dict | None:
+        """What only the running watch can tell about a fault record (through /proc, kcmp and the
+        registrations seen): {} or {"name_args"} or {"name_reason"}; None when it is not shown."""
+        rec = _HDR.unpack_from(raw)
+        flags, pid, fd, idx = rec[2], rec[3], rec[5], rec[11]
+        is_data = self._is_data_fd(pid, fd, bool(flags & C["UE_F_MARKED"]))
+        if is_data is None:
+            self.counts["efault_unattributed"] += 1
+            return None
+        if not is_data:
+            self.counts["efault_other_files"] += 1
+            return None
+        if not flags & C["UE_F_INDEX"]:
+            return {}
+        name_args, why = self.name_for(pid, fd, idx)
+        return {"name_args": name_args} if name_args is not None else {"name_reason": why}
+
+    def kernel_stats(self) -> dict[str, int]:
+        out = dict(self.counts)
+        if self.bpf is not None:
+            t = self.bpf["ue_stats"]
+            names = ("watch_registrations", "watch_faults", "watch_submit_fail", "watch_fds_opened")
+            for i, n in enumerate(names):
+                out[n] = sum(t[t.Key(i)])
+        return out
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+        if self.rings is not None:
+            self.rings.close()
+            self.rings = None
+
+
+def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
+    """The event of a discarded write: its ue_record and the watch's findings (Watch.findings)."""
+    rec = _HDR.unpack_from(raw)
+    (_t, sc, flags, pid, tid, fd, ts, ret, addr, count, data_addr, idx, err, _nl, _p0, _p1, comm) = rec
+    ev: dict = {"kind": "user_event", "status": "discarded", "event": None, "name": None, "ts": ts,
+                "cpu": cpu, "pid": pid, "tid": tid,
+                "comm": comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
+                "fd": fd, "syscall": _SC.get(sc, str(sc)), "ret": ret, "errno": -ret,
+                "write_index": None, "fields": None, "missing": ["payload"],
+                "recognised": "kernel" if flags & C["UE_F_MARKED"] else "proc"}
+    if flags & C["UE_F_INDEX"]:
+        ev["write_index"] = idx
+        name_args = found.get("name_args")
+        if name_args is not None:
+            try:
+                name = parse_name_args(name_args)[0]
+            except ValueError:
+                name = name_args.split(" ", 1)[0]
+            ev["name"] = name
+            ev["name_args"] = name_args
+            ev["event"] = f"user_events:{name}"
+        else:
+            ev["name_reason"] = found.get("name_reason")
+    elif flags & C["UE_F_SPLIT"]:
+        ev["name_reason"] = "the first iovec is shorter than the 4-byte write_index"
+    else:
+        ev["name_reason"] = f"write_index unreadable: errno {-err} at {data_addr or addr:#x}"
+    ev["addr"] = addr
+    ev["count" if sc == C["UE_SC_WRITE"] else "iovcnt"] = count
+    return ev
