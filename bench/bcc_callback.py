@@ -8,6 +8,7 @@ layout from bpf/record.h), then decoded into the same event dicts as tracer's st
 from __future__ import annotations
 
 import ctypes as ct
+import struct
 from collections.abc import Callable
 
 from tracer.layout import struct_of
@@ -41,22 +42,49 @@ class CallbackProbes(SyscallProbes):
         super().__init__(*args, **kw)
 
     def _open_rings(self, pages: int) -> None:
-        def on_record(cpu: int, data: int, size: int) -> None:
-            rec = ct.cast(data, _RecPtr).contents  # the classic bcc cast
-            self.last = self.decode(ct.string_at(data, rec.size), cpu)
-            self.count += 1
+        """bcc's open_perf_buffer, done through bcc's library on the `events` map tracer loaded (SyscallProbes
+        no longer holds a bcc BPF object): one bcc perf reader per CPU, one C-to-Python callback per record."""
+        from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, bcc_perf_buffer_opts, lib
 
-        def on_lost(count: int) -> None:
+        from tracer.perf import online_cpus
+
+        def on_lost(_cookie: object, count: int) -> None:
             self.lost += count
 
-        self.bpf["events"].open_perf_buffer(on_record, page_cnt=pages, lost_cb=on_lost)
+        self._cbs, readers = [], []
+        for cpu in online_cpus():
+            def on_record(_cookie: object, data: int, size: int, cpu: int = cpu) -> None:
+                rec = ct.cast(data, _RecPtr).contents  # the classic bcc cast
+                self.last = self.decode(ct.string_at(data, rec.size), cpu)
+                self.count += 1
+
+            fn, lost_fn = _RAW_CB_TYPE(on_record), _LOST_CB_TYPE(on_lost)
+            opts = bcc_perf_buffer_opts()
+            opts.pid, opts.cpu, opts.wakeup_events = -1, cpu, 1
+            reader = lib.bpf_open_perf_buffer_opts(fn, lost_fn, None, pages, ct.byref(opts))
+            if not reader:
+                raise OSError(f"bcc could not open a perf buffer on CPU {cpu}")
+            self._cbs.append((fn, lost_fn))
+            readers.append(reader)
+            self._map("events").update(struct.pack("<I", cpu), struct.pack("<I", lib.perf_reader_fd(reader)))
+        self._readers = (ct.c_void_p * len(readers))(*readers)
 
     def consume(self, count: int, timeout_ms: int = 100) -> int:
         """Poll until `count` more events were decoded (or a poll finds nothing); returns how many were."""
+        from bcc.libbcc import lib
+
         start = self.count
         while self.count - start < count:
             before = self.count
-            self.bpf.perf_buffer_poll(timeout_ms)
+            lib.perf_reader_poll(len(self._readers), self._readers, timeout_ms)
             if self.count == before:
                 break
         return self.count - start
+
+    def close(self) -> None:
+        from bcc.libbcc import lib
+
+        for reader in getattr(self, "_readers", ()):
+            lib.perf_reader_free(ct.c_void_p(reader))
+        self._readers = ()
+        super().close()

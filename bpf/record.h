@@ -46,6 +46,11 @@
 #define RF_NORETURN 1 /* emitted at entry: the syscall does not return (exit, exit_group) */
 #define RF_ACTIVE 2   /* in-flight state, between sys_enter and sys_exit */
 #define RF_EXIT_READS 4 /* exit re-reads were attempted (recovery on) */
+#define RF_SLEEPABLE 8  /* a sleepable program read some slot at entry (read_slot.src says which) */
+
+/* struct read_slot.src: who made the entry read (0: the nofault sys_enter program) */
+#define RSRC_FAULTED_IN 1 /* the nofault read failed; a sleepable copy faulted the page(s) in */
+#define RSRC_SLEEPABLE 2  /* read by a sleepable program (tp.s entry program or fentry.s) */
 
 /* struct sc_conf.flags */
 #define SC_TRACED 1
@@ -79,7 +84,7 @@ struct read_slot {
 	__u16 exit_off;
 	__u16 exit_len;
 	__u8 exit_same;    /* exit read equals the entry read: its bytes are not repeated */
-	__u8 pad0;
+	__u8 src;          /* RSRC_* */
 	__u16 pad1;
 	__u32 want;        /* bytes the argument asked for (struct size, usize, addrlen) */
 };

@@ -5,9 +5,18 @@
  * state per thread. sys_exit_*: add the return value, re-read the pointers (recovery of failed entry
  * reads; detection of memory changed during the call), send the record on the perf buffer.
  *
+ * With -DTRACER_SLEEPABLE (--read-mode sleepable, tracer/sleepable.py loads and attaches them), two
+ * kinds of sleepable readers are compiled in as well; neither may write to the perf event array, so
+ * sys_exit still sends every record and the stream stays one perf buffer:
+ *  - sys_enter_s_N, the entry programs made sleepable (tp.s: syscall tracepoints, same context): each
+ *    read falls back to bpf_copy_from_user when the nofault read fails;
+ *  - sys_fentry_s (fentry.s on __x64_sys_<name>, which runs right after the sys_enter tracepoint):
+ *    copies the reads the nofault sys_enter program could not make, into the same in-flight record.
+ * Reads they make carry RSRC_SLEEPABLE in read_slot.src and the record RF_SLEEPABLE.
+ *
  * Layout and constants: record.h (shared with tracer/layout.py). Compiled by bcc at run time.
  */
-#include "record.h"
+#include "reads.h"
 
 #ifndef INFLIGHT_ENTRIES
 #define INFLIGHT_ENTRIES 8192
@@ -27,9 +36,6 @@ struct sc_exit_ctx {
 	int pad;
 	long ret;
 };
-
-/* v clamped to max, in a form the verifier sees (the compiler may otherwise test a copy of v). */
-#define CLAMP(v, max) asm volatile("if %[x] <= %[m] goto +1; %[x] = %[m]" : [x] "+r"(v) : [m] "i"(max))
 
 BPF_PERF_OUTPUT(events);
 BPF_ARRAY(conf, struct tracer_conf, 1);
@@ -57,62 +63,7 @@ static __always_inline int wanted(struct tracer_conf *c, __u32 pid, __u32 tid)
 		return 0;
 	if ((c->flags & CF_TID) && !tids.lookup(&tid))
 		return 0;
-	if ((c->flags & CF_UID) && (__u32)bpf_get_current_uid_gid() != c->uid)
-		return 0;
-	if (c->flags & CF_COMM) {
-		char comm[TASK_COMM_LEN] = {};
-		bpf_get_current_comm(comm, sizeof(comm));
-		__u64 *a = (__u64 *)comm, *b = (__u64 *)c->comm;
-		if (a[0] != b[0] || a[1] != b[1])
-			return 0;
-	}
-	return 1;
-}
-
-/* Read one argument at *pos in r->data. Returns the status; sets *err and *len. Structs are read with
- * one helper call so that a struct is never half real and half zero. */
-static __always_inline int read_arg(struct sys_record *r, __u32 at, __u8 kind, __u64 ptr, __u32 want,
-				    __u32 cap, __s16 *err, __u16 *len)
-{
-	*err = 0;
-	*len = 0;
-	if (!ptr)
-		return RS_NULL;
-	if (at > DATA_CAP - READ_CAP - 1)
-		return RS_NOROOM;
-	__u64 pos = at;
-	CLAMP(pos, DATA_CAP - READ_CAP - 1);
-	if (kind == RK_STR) {
-		int n = bpf_probe_read_user_str(&r->data[pos], STR_CAP, (void *)ptr);
-		if (n < 0) {
-			*err = n;
-			return RS_FAULT;
-		}
-		*len = n > 0 ? n - 1 : 0;
-		if (n == STR_CAP) {
-			/* Filled the buffer: longer unless the byte at the cap is the NUL. */
-			char next = 0;
-			if (bpf_probe_read_user(&next, 1, (void *)(ptr + STR_CAP - 1)) || next)
-				return RS_TRUNC;
-		}
-		return RS_OK;
-	}
-	__u64 n = want;
-	int st = RS_OK;
-	if (cap > READ_CAP)
-		cap = READ_CAP;
-	if (n > cap) {
-		n = cap;
-		st = RS_TRUNC;
-	}
-	CLAMP(n, READ_CAP);
-	int e = bpf_probe_read_user(&r->data[pos], n, (void *)ptr);
-	if (e < 0) {
-		*err = e;
-		return RS_FAULT;
-	}
-	*len = n;
-	return st;
+	return conf_match(c);
 }
 
 /* Size the argument asks for, for the kinds whose size comes from another argument. */
@@ -172,7 +123,8 @@ static __always_inline __u32 data_end(struct sys_record *r)
 	return end;
 }
 
-static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc, __u64 *args, int k)
+static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc, __u64 *args, int k,
+				       const int sleepable)
 {
 	if (k >= sc->nreads)
 		return;
@@ -195,6 +147,7 @@ static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc,
 	s->enter_err = 0;
 	s->want = 0;
 	s->enter_status = RS_NONE;
+	s->src = 0;
 	if (a >= MAX_ARGS)
 		return;
 	if (kind == RK_SOCKADDR_OUT) {
@@ -204,11 +157,12 @@ static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc,
 		return;
 	}
 	s->want = kind == RK_STR ? 0 : want_size(sc, k, args);
-	s->enter_status = read_arg(r, pos, kind, args[a], s->want, sc->rd_size[k], &s->enter_err,
-				   &s->enter_len);
+	s->src = sleepable ? RSRC_SLEEPABLE : 0;
+	s->enter_status = read_user(r->data, pos, kind, args[a], s->want, sc->rd_size[k], &s->enter_err,
+				    &s->enter_len, &s->src, sleepable);
 }
 
-static __always_inline int handle_enter(void *ctx, int nr, __u64 *args)
+static __always_inline int handle_enter(void *ctx, int nr, __u64 *args, const int sleepable)
 {
 	__u32 zero = 0;
 	if (nr < 0 || nr >= 1024)
@@ -236,7 +190,7 @@ static __always_inline int handle_enter(void *ctx, int nr, __u64 *args)
 	}
 	r->type = REC_SYSCALL;
 	r->nr = nr;
-	r->flags = RF_ACTIVE;
+	r->flags = RF_ACTIVE | (sleepable ? RF_SLEEPABLE : 0);
 	r->pid = pid;
 	r->tid = tid;
 	r->uid = (__u32)bpf_get_current_uid_gid();
@@ -249,12 +203,13 @@ static __always_inline int handle_enter(void *ctx, int nr, __u64 *args)
 		r->args[i] = args[i];
 
 	r->nreads = 0;
-	enter_slot(r, sc, args, 0);
-	enter_slot(r, sc, args, 1);
-	enter_slot(r, sc, args, 2);
-	enter_slot(r, sc, args, 3);
+	enter_slot(r, sc, args, 0, sleepable);
+	enter_slot(r, sc, args, 1, sleepable);
+	enter_slot(r, sc, args, 2, sleepable);
+	enter_slot(r, sc, args, 3, sleepable);
 
-	if (sc->flags & SC_NORETURN) {
+	/* Sleepable entry programs cannot emit: they are attached to syscalls that return only. */
+	if (!sleepable && (sc->flags & SC_NORETURN)) {
 		r->flags |= RF_NORETURN;
 		emit(ctx, r, data_end(r));
 	}
@@ -305,8 +260,10 @@ static __always_inline void exit_slot(struct sys_record *r, struct sc_conf *sc, 
 			cap = s->want; /* what the kernel could write: shorter than `want` means truncated */
 		s->want = want;
 	}
+	__u8 rf = 0;
 	s->exit_off = pos;
-	s->exit_status = read_arg(r, pos, s->kind, r->args[a], want, cap, &s->exit_err, &s->exit_len);
+	s->exit_status = read_user(r->data, pos, s->kind, r->args[a], want, cap, &s->exit_err, &s->exit_len,
+				   &rf, 0);
 	if ((s->enter_status == RS_OK || s->enter_status == RS_TRUNC) &&
 	    (s->exit_status == RS_OK || s->exit_status == RS_TRUNC) && s->exit_len == s->enter_len &&
 	    same_bytes(r, s->enter_off, s->exit_off, s->exit_len))
@@ -366,13 +323,14 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 
 /* One entry program per argument count: a program may only read the context of the tracepoints
  * it is attached to, and sys_enter records are as long as the syscall's argument list. */
-#define ENTER_PROG(N)                                                        \
-	int sys_enter_##N(struct sc_enter_ctx *ctx)                          \
+#define ENTER_PROG_AS(N, name, sleepable)                                     \
+	int name(struct sc_enter_ctx *ctx)                                   \
 	{                                                                    \
 		__u64 args[MAX_ARGS] = {};                                   \
 		_Pragma("unroll") for (int i = 0; i < N; i++) args[i] = ctx->args[i]; \
-		return handle_enter(ctx, ctx->nr, args);                     \
+		return handle_enter(ctx, ctx->nr, args, sleepable);          \
 	}
+#define ENTER_PROG(N) ENTER_PROG_AS(N, sys_enter_##N, 0)
 
 ENTER_PROG(0)
 ENTER_PROG(1)
@@ -381,3 +339,70 @@ ENTER_PROG(3)
 ENTER_PROG(4)
 ENTER_PROG(5)
 ENTER_PROG(6)
+
+#ifdef TRACER_SLEEPABLE
+/* tp.s: the same entry programs, loaded with BPF_F_SLEEPABLE. */
+#define ENTER_PROG_S(N) ENTER_PROG_AS(N, sys_enter_s_##N, 1)
+
+ENTER_PROG_S(0)
+ENTER_PROG_S(1)
+ENTER_PROG_S(2)
+ENTER_PROG_S(3)
+ENTER_PROG_S(4)
+ENTER_PROG_S(5)
+ENTER_PROG_S(6)
+
+/* offsetof(struct pt_regs, orig_ax) on x86_64 (15 general registers before it; unchanged by FRED's
+ * unions). The syscall number, as sys_enter saw it. */
+#define PT_REGS_ORIG_AX 120
+
+/* fentry.s: slot k (constant) again, with bpf_copy_from_user, if the nofault entry read failed. The
+ * bytes go after the record's used data (the failed slot kept no room). */
+static __always_inline void copy_slot(struct sys_record *r, struct sc_conf *sc, int k)
+{
+	if (k >= r->nreads)
+		return;
+	struct read_slot *s = &r->reads[k];
+	__u8 a = s->arg;
+	if (s->enter_status != RS_FAULT || a >= MAX_ARGS)
+		return;
+	__u32 pos = data_end(r);
+	__s16 err = 0;
+	__u16 len = 0;
+	__u8 src = RSRC_SLEEPABLE;
+	int st = read_user(r->data, pos, s->kind, r->args[a], s->want, sc->rd_size[k], &err, &len, &src, 1);
+	if (st == RS_NOROOM)
+		return; /* the nofault outcome stands */
+	r->flags |= RF_SLEEPABLE;
+	s->src = src;
+	s->enter_status = st;
+	s->enter_err = err;
+	if (st == RS_OK || st == RS_TRUNC) {
+		s->enter_off = pos;
+		s->enter_len = len;
+	}
+}
+
+/* fentry.s on __x64_sys_<name>(const struct pt_regs *regs): ctx[0] is regs. The arguments were stored
+ * by sys_enter_N a moment before, in this thread's in-flight record. */
+int sys_fentry_s(__u64 *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r || !(r->flags & RF_ACTIVE))
+		return 0;
+	__u64 nr = ~0ULL;
+	bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(ctx[0] + PT_REGS_ORIG_AX));
+	if (nr >= 1024 || nr != r->nr)
+		return 0; /* not this syscall's record (sys_enter filtered it out; stale state) */
+	__u32 n = nr;
+	struct sc_conf *sc = sc_conf.lookup(&n);
+	if (!sc)
+		return 0;
+	copy_slot(r, sc, 0);
+	copy_slot(r, sc, 1);
+	copy_slot(r, sc, 2);
+	copy_slot(r, sc, 3);
+	return 0;
+}
+#endif

@@ -10,12 +10,13 @@
  */
 #include <uapi/linux/ptrace.h>
 #include "uprobe.h"
+#include "reads.h"
+
+_Static_assert(URF_FAULTED_IN == RSRC_FAULTED_IN, "read_user() sets RSRC_FAULTED_IN in rflags[k]");
 
 #ifndef UP_INFLIGHT_ENTRIES
 #define UP_INFLIGHT_ENTRIES 8192
 #endif
-
-#define CLAMP(v, max) asm volatile("if %[x] <= %[m] goto +1; %[x] = %[m]" : [x] "+r"(v) : [m] "i"(max))
 
 BPF_PERF_OUTPUT(up_events);
 BPF_ARRAY(up_filter, struct tracer_conf, 1);
@@ -42,82 +43,7 @@ static __always_inline int up_wanted(struct tracer_conf *c, __u32 pid, __u32 tid
 		return 0;
 	if ((c->flags & CF_TID) && !up_tids.lookup(&tid))
 		return 0;
-	if ((c->flags & CF_UID) && (__u32)bpf_get_current_uid_gid() != c->uid)
-		return 0;
-	if (c->flags & CF_COMM) {
-		char comm[TASK_COMM_LEN] = {};
-		bpf_get_current_comm(comm, sizeof(comm));
-		__u64 *a = (__u64 *)comm, *b = (__u64 *)c->comm;
-		if (a[0] != b[0] || a[1] != b[1])
-			return 0;
-	}
-	return 1;
-}
-
-/* One pointer argument into r->data at `at`. A nofault read first; when it fails and the program is
- * sleepable, bpf_copy_from_user faults the page(s) in and the read is made again (strings: the nofault
- * string helper then finds the NUL; bpf_copy_from_user has no string form without the kfunc).
- * `sleepable` is a constant at every call site, so the nofault programs never contain the call. */
-static __always_inline int up_read(struct uprobe_record *r, __u32 at, __u8 kind, __u64 ptr, __u32 want,
-				   __u32 cap, __s16 *err, __u16 *len, __u8 *rf, const int sleepable)
-{
-	*err = 0;
-	*len = 0;
-	if (!ptr)
-		return RS_NULL;
-	if (at > DATA_CAP - READ_CAP - 1)
-		return RS_NOROOM;
-	__u64 pos = at;
-	CLAMP(pos, DATA_CAP - READ_CAP - 1);
-	if (kind == RK_STR) {
-		int n = bpf_probe_read_user_str(&r->data[pos], STR_CAP, (void *)ptr);
-		if (n < 0 && sleepable) {
-			char one = 0;
-			int e = bpf_copy_from_user(&one, 1, (void *)ptr);
-			if (e < 0) {
-				*err = e;
-				return RS_FAULT;
-			}
-			*rf |= URF_FAULTED_IN;
-			n = bpf_probe_read_user_str(&r->data[pos], STR_CAP, (void *)ptr);
-			if (n < 0) { /* the string runs on into the next page: fault that one in too */
-				bpf_copy_from_user(&one, 1, (void *)((ptr | 4095) + 1));
-				n = bpf_probe_read_user_str(&r->data[pos], STR_CAP, (void *)ptr);
-			}
-		}
-		if (n < 0) {
-			*err = n;
-			return RS_FAULT;
-		}
-		*len = n > 0 ? n - 1 : 0;
-		if (n == STR_CAP) {
-			char next = 0;
-			if (bpf_probe_read_user(&next, 1, (void *)(ptr + STR_CAP - 1)) || next)
-				return RS_TRUNC;
-		}
-		return RS_OK;
-	}
-	__u64 n = want;
-	int st = RS_OK;
-	if (cap > READ_CAP)
-		cap = READ_CAP;
-	if (n > cap) {
-		n = cap;
-		st = RS_TRUNC;
-	}
-	CLAMP(n, READ_CAP);
-	int e = bpf_probe_read_user(&r->data[pos], n, (void *)ptr);
-	if (e < 0 && sleepable) {
-		e = bpf_copy_from_user(&r->data[pos], n, (void *)ptr);
-		if (e == 0)
-			*rf |= URF_FAULTED_IN;
-	}
-	if (e < 0) {
-		*err = e;
-		return RS_FAULT;
-	}
-	*len = n;
-	return st;
+	return conf_match(c);
 }
 
 static __always_inline __u32 up_want(struct sc_conf *sc, int k, __u64 *args)
@@ -155,13 +81,14 @@ static __always_inline void up_slot(struct uprobe_record *r, struct sc_conf *sc,
 	s->exit_off = 0;
 	s->exit_len = 0;
 	s->exit_same = 0;
+	s->src = 0;
 	s->want = 0;
 	s->enter_status = RS_NONE;
 	if (a >= MAX_ARGS)
 		return;
 	s->want = kind == RK_STR ? 0 : up_want(sc, k, r->args);
-	s->enter_status = up_read(r, pos, kind, r->args[a], s->want, sc->rd_size[k], &s->enter_err,
-				  &s->enter_len, &r->rflags[k], sleepable);
+	s->enter_status = read_user(r->data, pos, kind, r->args[a], s->want, sc->rd_size[k], &s->enter_err,
+				    &s->enter_len, &r->rflags[k], sleepable);
 }
 
 static __always_inline int up_enter(struct pt_regs *ctx, __u32 probe, const int sleepable)

@@ -14,6 +14,10 @@ import pytest
 CI = os.environ.get("CI") == "true"
 WORKLOADS = Path(__file__).parent / "workloads"
 CFLAGS = ("-O0", "-g", "-Wall", "-Wextra", "-Werror", "-pthread")
+# The program cache (tracer/bpfcache.py) of this test session, inherited by every tracer it starts: the
+# suite's first BPF loads compile (cold path), later ones load the cache (warm path).
+CACHE_DIR = tempfile.mkdtemp(prefix="tracer-cache-")
+os.environ["TRACER_CACHE_DIR"] = CACHE_DIR  # (TRACER_NO_CACHE=1 makes every load in the suite cold)
 
 
 def require(present: bool, what: str) -> None:
@@ -60,3 +64,7 @@ def bpf_env() -> None:
     for check in (caps.check_privileges(), caps.check_tracefs(mount=True), caps.check_bcc(), caps.check_headers(),
                   caps.check_syscall_tracepoints()):
         require(check.ok is True, f"{check.title}: {check.verdict} ({check.detail})")
+
+
+def pytest_sessionfinish() -> None:
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)

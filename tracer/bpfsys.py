@@ -12,6 +12,7 @@ import errno as errno_mod
 import os
 import re
 import struct
+from dataclasses import dataclass
 
 # bpf(2) syscall numbers by machine; only x86_64 is supported for now.
 _SYSCALL_NR = {"x86_64": 321}
@@ -31,6 +32,7 @@ BPF_F_SLEEPABLE = 1 << 4
 # Bytes of `union bpf_attr` we pass; the kernel accepts any size as long as bytes it does not know are zero.
 PROG_LOAD_ATTR_SIZE = 128
 PROG_NAME_LEN = 16  # BPF_OBJ_NAME_LEN, including the NUL
+FUNC_INFO_SIZE = 8  # struct bpf_func_info
 
 _LOG_SIZE = 1 << 20
 _LOG_SIZE_MAX = 1 << 26  # the kernel refuses log_size above UINT_MAX >> 2; 64 MiB is plenty
@@ -96,14 +98,21 @@ def pack_prog_load_attr(
     prog_name: str = "",
     expected_attach_type: int = 0,
     attach_btf_id: int = 0,
+    kern_version: int = 0,
+    btf_fd: int = 0,
+    func_info_addr: int = 0,
+    func_info_cnt: int = 0,
 ) -> bytes:
-    """`union bpf_attr` for BPF_PROG_LOAD (kern_version and prog_ifindex left 0), zero-padded."""
+    """`union bpf_attr` for BPF_PROG_LOAD (prog_ifindex left 0), zero-padded. func_info records are
+    struct bpf_func_info (8 bytes: insn_off, type_id in the BTF of btf_fd)."""
     buf = bytearray(PROG_LOAD_ATTR_SIZE)
     struct.pack_into("<IIQQIIQ", buf, 0, prog_type, insn_cnt, insns_addr, license_addr, log_level, log_size,
                      log_buf_addr)
-    struct.pack_into("<I", buf, 44, prog_flags)
+    struct.pack_into("<II", buf, 40, kern_version, prog_flags)
     struct.pack_into(f"{PROG_NAME_LEN}s", buf, 48, _check_name(prog_name))
-    struct.pack_into("<I", buf, 68, expected_attach_type)
+    struct.pack_into("<II", buf, 68, expected_attach_type, btf_fd)
+    if func_info_cnt:
+        struct.pack_into("<IQI", buf, 76, FUNC_INFO_SIZE, func_info_addr, func_info_cnt)
     struct.pack_into("<I", buf, 108, attach_btf_id)
     return bytes(buf)
 
@@ -135,12 +144,17 @@ def prog_load(
     attach_btf_id: int = 0,
     prog_name: str = "",
     log_level: int = 1,
+    kern_version: int = 0,
+    btf_fd: int = 0,
+    func_info: bytes = b"",
 ) -> int:
-    """BPF_PROG_LOAD; returns the program fd (the caller closes it). Raises BpfError with the verifier log."""
+    """BPF_PROG_LOAD; returns the program fd (the caller closes it). Raises BpfError with the verifier log.
+    func_info (bpf_func_info records, with btf_fd) names the program's functions for bpftool and the log."""
     if not insns or len(insns) % 8:
         raise ValueError(f"insns must be a non-empty multiple of 8 bytes, got {len(insns)}")
     insn_buf = ctypes.create_string_buffer(insns, len(insns))
     license_buf = ctypes.create_string_buffer(license.encode())
+    finfo_buf = ctypes.create_string_buffer(func_info, len(func_info)) if func_info else None
     log_size = _LOG_SIZE if log_level else 0
     while True:
         log_buf = ctypes.create_string_buffer(log_size) if log_size else None
@@ -148,7 +162,8 @@ def prog_load(
             pack_prog_load_attr(
                 prog_type, len(insns) // 8, ctypes.addressof(insn_buf), ctypes.addressof(license_buf),
                 log_level, log_size, ctypes.addressof(log_buf) if log_buf else 0, prog_flags, prog_name,
-                expected_attach_type, attach_btf_id,
+                expected_attach_type, attach_btf_id, kern_version, btf_fd,
+                ctypes.addressof(finfo_buf) if finfo_buf else 0, len(func_info) // FUNC_INFO_SIZE,
             ),
             PROG_LOAD_ATTR_SIZE,
         )
@@ -174,3 +189,173 @@ def raw_tracepoint_open(prog_fd: int, name: str | None = None) -> int:
     if fd < 0:
         raise BpfError(err, f"BPF_RAW_TRACEPOINT_OPEN: {os.strerror(err)}")
     return fd
+
+
+# --- maps, BTF and object info: the fd-based map API both load paths share --------------------------------
+
+BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_LOAD = 18
+BPF_BTF_GET_FD_BY_ID = 19
+
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_MAP_TYPES = (BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH)
+
+_MAP_INFO = struct.Struct("<IIIIII16sIIQQIII")  # struct bpf_map_info up to btf_value_type_id (76 bytes)
+_PROG_INFO_SIZE = 232  # struct bpf_prog_info as of 6.x; the kernel zero-fills or ignores the rest
+_PROG_INFO_BTF_ID = 128
+
+
+def _attr(data: bytes, size: int = PROG_LOAD_ATTR_SIZE) -> ctypes.Array[ctypes.c_char]:
+    return ctypes.create_string_buffer(data.ljust(size, b"\0"), size)
+
+
+def _check(ret: int, err: int, what: str) -> int:
+    if ret < 0:
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def possible_cpus() -> int:
+    """How many CPUs per-CPU maps hold a value for (/sys/devices/system/cpu/possible, e.g. "0-7")."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        return max(int(part.split("-")[-1]) for part in f.read().strip().split(",")) + 1
+
+
+def obj_get_info(fd: int, size: int) -> bytes:
+    """BPF_OBJ_GET_INFO_BY_FD into a zeroed buffer of `size` bytes (pointers inside left 0)."""
+    return obj_get_info_into(fd, ctypes.create_string_buffer(size))
+
+
+def obj_get_info_into(fd: int, info: ctypes.Array[ctypes.c_char]) -> bytes:
+    attr = _attr(struct.pack("<IIQ", fd, len(info), ctypes.addressof(info)), 16)
+    _check(*_sys_bpf(BPF_OBJ_GET_INFO_BY_FD, attr), "BPF_OBJ_GET_INFO_BY_FD")
+    return info.raw
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says about a map: enough to create the same map again."""
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+    btf_id: int = 0
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
+
+    @classmethod
+    def of_fd(cls, fd: int) -> MapInfo:
+        (type_, _id, key, value, entries, flags, name, _ifindex, _vmlinux_value, _dev, _ino, btf_id, btf_key,
+         btf_value) = _MAP_INFO.unpack_from(obj_get_info(fd, 88))
+        return cls(type_, key, value, entries, flags, name.rstrip(b"\0").decode(), btf_id, btf_key, btf_value)
+
+
+def prog_btf_id(fd: int) -> int:
+    """The id of the BTF object a loaded program carries (0: none)."""
+    return struct.unpack_from("<I", obj_get_info(fd, _PROG_INFO_SIZE), _PROG_INFO_BTF_ID)[0]
+
+
+def btf_get_fd_by_id(btf_id: int) -> int:
+    return _check(*_sys_bpf(BPF_BTF_GET_FD_BY_ID, _attr(struct.pack("<I", btf_id), 16)), "BPF_BTF_GET_FD_BY_ID")
+
+
+def btf_data(btf_id: int) -> bytes:
+    """The raw BTF blob of a loaded BTF object, as its loader passed it."""
+    fd = btf_get_fd_by_id(btf_id)
+    try:
+        size = struct.unpack_from("<QI", obj_get_info(fd, 32))[1]
+        blob = ctypes.create_string_buffer(size)
+        info = ctypes.create_string_buffer(struct.pack("<QI", ctypes.addressof(blob), size).ljust(32, b"\0"), 32)
+        obj_get_info_into(fd, info)
+        return blob.raw
+    finally:
+        os.close(fd)
+
+
+def btf_load(data: bytes) -> int:
+    """BPF_BTF_LOAD; returns the BTF fd (the caller closes it)."""
+    blob = ctypes.create_string_buffer(data, len(data))
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = _attr(struct.pack("<QQIII", ctypes.addressof(blob), ctypes.addressof(log), len(data), len(log), 1), 32)
+    fd, err = _sys_bpf(BPF_BTF_LOAD, attr)
+    if fd < 0:
+        raise BpfError(err, f"BPF_BTF_LOAD: {os.strerror(err)}", log.value.decode(errors="replace"))
+    return fd
+
+
+def map_create(info: MapInfo, btf_fd: int = 0) -> int:
+    """BPF_MAP_CREATE of a map like `info` (with its BTF key/value types when btf_fd is given)."""
+    name = _check_name(info.name) if info.name else b""
+    buf = bytearray(72)
+    struct.pack_into("<IIIII", buf, 0, info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+    struct.pack_into("16s", buf, 28, name)
+    if btf_fd and info.btf_key_type_id | info.btf_value_type_id:
+        struct.pack_into("<III", buf, 48, btf_fd, info.btf_key_type_id, info.btf_value_type_id)
+    fd, err = _sys_bpf(BPF_MAP_CREATE, _attr(bytes(buf), 72))
+    return _check(fd, err, f"BPF_MAP_CREATE {info.name}")
+
+
+class Map:
+    """Element access to a map by fd, whoever created it (bcc on a cold start, tracer on a warm one).
+
+    Keys and values are bytes of the map's key_size and value_size (values shorter than value_size are
+    zero-padded); per-CPU maps read as one value per possible CPU.
+    """
+
+    def __init__(self, fd: int, info: MapInfo | None = None) -> None:
+        self.fd = fd
+        self.info = info or MapInfo.of_fd(fd)
+        self.percpu = self.info.type in PERCPU_MAP_TYPES
+        self._stride = (self.info.value_size + 7) & ~7
+        self._ncpu = possible_cpus() if self.percpu else 1
+
+    def _op(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int = 0) -> tuple[int, int]:
+        if len(key) != self.info.key_size:
+            raise ValueError(f"map {self.info.name}: key of {len(key)} bytes, expected {self.info.key_size}")
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        attr = _attr(struct.pack("<I4xQQQ", self.fd, ctypes.addressof(kbuf),
+                                 ctypes.addressof(value) if value is not None else 0, flags), 32)
+        return _sys_bpf(cmd, attr)
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        size = self.info.value_size
+        if len(value) > size:
+            raise ValueError(f"map {self.info.name}: value of {len(value)} bytes, at most {size}")
+        data = value.ljust(self._stride, b"\0") * self._ncpu if self.percpu else value.ljust(size, b"\0")
+        vbuf = ctypes.create_string_buffer(data, len(data))
+        _check(*self._op(BPF_MAP_UPDATE_ELEM, key, vbuf, flags), f"update of map {self.info.name}")
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value (None when the key is absent); for per-CPU maps see lookup_percpu."""
+        if self.percpu:
+            raise TypeError(f"map {self.info.name} is per-CPU: use lookup_percpu")
+        vbuf = ctypes.create_string_buffer(self.info.value_size)
+        ret, err = self._op(BPF_MAP_LOOKUP_ELEM, key, vbuf)
+        if ret < 0 and err == errno_mod.ENOENT:
+            return None
+        _check(ret, err, f"lookup in map {self.info.name}")
+        return vbuf.raw
+
+    def lookup_percpu(self, key: bytes) -> list[bytes] | None:
+        vbuf = ctypes.create_string_buffer(self._stride * self._ncpu)
+        ret, err = self._op(BPF_MAP_LOOKUP_ELEM, key, vbuf)
+        if ret < 0 and err == errno_mod.ENOENT:
+            return None
+        _check(ret, err, f"lookup in map {self.info.name}")
+        raw, size = vbuf.raw, self.info.value_size
+        return [raw[i * self._stride: i * self._stride + size] for i in range(self._ncpu)]
+
+    def delete(self, key: bytes) -> bool:
+        ret, err = self._op(BPF_MAP_DELETE_ELEM, key, None)
+        if ret < 0 and err == errno_mod.ENOENT:
+            return False
+        _check(ret, err, f"delete from map {self.info.name}")
+        return True

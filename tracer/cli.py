@@ -32,7 +32,9 @@ def fail(message: str, code: int = 1) -> None:
 @click.version_option(__version__, prog_name="tracer")
 @click.option("--tracefs", "tracefs_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Use this tracefs root (sets TRACER_TRACEFS; e.g. a fake root for tests).")
-def cli(tracefs_dir: str | None = None) -> None:
+@click.option("--no-cache", is_flag=True,
+              help="Compile the BPF programs instead of loading them from the program cache (TRACER_NO_CACHE=1).")
+def cli(tracefs_dir: str | None = None, no_cache: bool = False) -> None:
     """eBPF syscall tracer that never shows a guessed value.
 
     Every argument read from user memory carries its status (ok, recovered, changed, missing,
@@ -43,6 +45,10 @@ def cli(tracefs_dir: str | None = None) -> None:
                  tracer trace %file -- CMD ARGS...   (trace CMD and its children)
                  tracer doctor
     """
+    if no_cache:
+        import os
+
+        os.environ["TRACER_NO_CACHE"] = "1"
     if tracefs_dir:
         import os
 
@@ -82,8 +88,9 @@ def live_options(only_missing: bool = True) -> list:
         click.option("--no-recover", is_flag=True,
                      help="No exit re-reads: show what a plain entry-only tracer would have seen."),
         *([only_missing_option()] if only_missing else []),
-        click.option("--buffer-pages", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Perf ring size per CPU, in pages (a power of two)."),
+        click.option("--buffer-pages", type=click.IntRange(min=1), default=None,
+                     help="Perf ring size per CPU, in pages (a power of two). Default: 128 MiB shared by the "
+                          "online CPUs, at least 256 pages each."),
     ]
 
 
@@ -103,18 +110,20 @@ def trace_options(f):
 def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary: bool, **opts: object) -> None:
     """Trace syscalls live: EVENT... [-- CMD ARGS...]
 
-    EVENT is a syscall name (openat2), a glob (open*), a group (%file, %net, %process) or a tracepoint
-    name (syscalls:sys_enter_openat2). Default: openat2. With `-- CMD ARGS`, CMD is started and it and
-    all its descendants are traced; tracer then exits with CMD's exit code.
+    EVENT is a syscall name (openat2), a glob (open*), a group (%file, %net, %process), a tracepoint
+    name (syscalls:sys_enter_openat2), a user-space probe (uprobe:PATH:SYMBOL(ARGS)[:RET]) or a
+    user_events event (user_events:NAME, globs allowed). Kinds mix in one command. Default: openat2.
+    With `-- CMD ARGS`, CMD is started and it and all its descendants are traced; tracer then exits
+    with CMD's exit code.
     """
     command = (ctx.obj or {}).get("command")
     code = run_trace(list(events) or ["openat2"], command, as_json, not no_summary, **opts)
     sys.exit(code)
 
 
-def make_session(events: list[str], *, pages: int, **opts) -> Session:
+def make_session(events: list[str], *, pages: int | None, **opts) -> Session:
     """A Session from CLI options; a bad event spec or ring size is a usage error (exit 2)."""
-    if pages & (pages - 1):
+    if pages is not None and pages & (pages - 1):
         fail(f"--buffer-pages {pages} is not a power of two (try {1 << pages.bit_length()})", 2)
     try:
         return Session(events, pages=pages, **opts)
@@ -169,17 +178,23 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
 
     def body() -> None:
         if not as_json and record is None:
-            what = ", ".join(s.name for s in session.syscalls[:8])
-            more = f" and {len(session.syscalls) - 8} more" if len(session.syscalls) > 8 else ""
+            names = [s.name for s in session.syscalls] + [spec for specs in session.other_specs.values()
+                                                            for spec in specs]
+            what = escape_text(", ".join(names[:8]))
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
             err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
         with record_progress(session):
-            for ev in session:
+            for batch in session.batches():
                 if not show:
                     continue
-                if ev.kind == "lost":
-                    out.lost(ev.data)
-                else:
-                    out.event(ev.data)
+                if isinstance(out, JsonOutput):
+                    out.events(batch)  # lost-record notices included, in order: one write per batch
+                    continue
+                for ev in batch:
+                    if ev["kind"] == "lost":
+                        out.lost(ev)
+                    else:
+                        out.event(ev)
 
     if not drive(session, body):
         return 0
@@ -378,7 +393,7 @@ def demo(as_json: bool) -> None:
         fail(f"{workload} is missing; run from a tracer source checkout")
     code = run_trace(["openat2"], [sys.executable, str(workload)], as_json, True, pids=(), tids=(), comm=None,
                      uid=None, follow=False, duration=None, count=None, no_recover=False, only_missing=False,
-                     buffer_pages=256)
+                     buffer_pages=None)
     sys.exit(code)
 
 
@@ -402,7 +417,7 @@ def monitor() -> None:
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
 def monitor_openat2(ctx: click.Context, policies: tuple[str, ...], with_default: bool, check: tuple[str, ...],
-                    show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int, no_recover: bool,
+                    show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int | None, no_recover: bool,
                     **opts: object) -> None:
     """Watch openat2 calls and raise alerts from a policy: [options] [-- CMD ARGS...]
 

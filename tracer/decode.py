@@ -29,6 +29,8 @@ RS_NONE, RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM, RS_SKIPPED = (
     const(n) for n in ("RS_NONE", "RS_OK", "RS_FAULT", "RS_TRUNC", "RS_NULL", "RS_NOROOM", "RS_SKIPPED"))
 RF_NORETURN = const("RF_NORETURN")
 RF_EXIT_READS = const("RF_EXIT_READS")
+RF_SLEEPABLE = const("RF_SLEEPABLE")  # some slot read by a sleepable program: decoded by decode_generic
+RSRC_SLEEPABLE, RSRC_FAULTED_IN = const("RSRC_SLEEPABLE"), const("RSRC_FAULTED_IN")
 _READ_OK = (RS_OK, RS_TRUNC)
 MAX_READS = const("MAX_READS")
 # Header and n read slots in one unpack, for n = 0..MAX_READS.
@@ -128,6 +130,7 @@ class Decoder:
     counts: dict[str, int] = field(default_factory=dict)
     # Caches of the hot path (see `decode`); bounded by _MEMO_MAX entries each.
     _plans: dict[int, _Plan] = field(default_factory=dict, repr=False)
+    _steps: dict[object, tuple] = field(default_factory=dict, repr=False)  # (nr, slot args) -> (plan, steps)
     _comms: dict[bytes, str] = field(default_factory=dict, repr=False)
     _rets: dict[int, str] = field(default_factory=dict, repr=False)
     _values: dict[tuple, dict] = field(default_factory=dict, repr=False)
@@ -143,9 +146,11 @@ class Decoder:
 
     def read(self, rec: bytes, slot: tuple, sc: Syscall, args: list[int], pid: int,
              ret: int | None) -> tuple[object, dict | None]:
-        (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, _p0, _p1, want) = slot
+        (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, src, _p1, want) = slot
         addr = args[argi]
         base = {"status": "ok", "source": "enter", "errno": None, "addr": addr}
+        if src & RSRC_SLEEPABLE:  # the entry read was made by a sleepable program (tp.s, fentry.s)
+            base["source"] = "sleepable"
 
         def data(off: int, n: int) -> bytes:
             return rec[_DATA_OFF + off: _DATA_OFF + off + n]
@@ -189,6 +194,10 @@ class Decoder:
                 info["exit"] = "skipped: the address space was replaced"
             if xs in _READ_OK and same:
                 info["verified_at_exit"] = True
+            if src & RSRC_FAULTED_IN:  # a nofault read failed: the sleepable copy faulted the page in
+                info["faulted_in"] = True
+                if self.explain is not None:
+                    info["region"] = self.explain(pid, addr)
             return val, info
         # es == RS_FAULT: the entry read failed.
         info = {**base, "errno": -eerr}
@@ -215,13 +224,18 @@ class Decoder:
         per-syscall argument plans, and caches of repeated values; uncommon read outcomes go through
         `read`. The result is the same dict, key for key and in the same order, as `decode_generic`."""
         n = rec[6]  # sys_record.nreads
-        if n > MAX_READS or len(rec) < _HDRS[n].size:
+        if n > MAX_READS or len(rec) < _HDRS[n].size or rec[7] & RF_SLEEPABLE:
             return self.decode_generic(rec, cpu)
         h = _HDRS[n].unpack_from(rec)
         nr = h[2]
-        plan = self._plans.get(nr)
-        if plan is None:
-            plan = self._plans[nr] = self._plan(nr)
+        # The plan for this syscall and this set of read slots (which argument each slot reads).
+        pkey = (nr, h[19:19 + 14 * n:14]) if n else nr
+        steps = self._steps.get(pkey)
+        if steps is None:
+            steps = self._steps_for(nr, pkey[1] if n else ())
+            if len(self._steps) < _MEMO_MAX:
+                self._steps[pkey] = steps
+        plan = steps[0]
         comm = self._comms.get(h[18])
         if comm is None:
             comm = self._comm(h[18])
@@ -240,10 +254,9 @@ class Decoder:
         syms: dict = {}
         reads: dict = {}
         missing: list[str] = []
-        by_arg = {h[k]: h[k:k + 14] for k in range(19, 19 + 14 * n, 14)} if n else None
-        for i, aname, conv, memo, symf in plan.args:
-            if by_arg is not None and i in by_arg:
-                s = by_arg[i]
+        for i, aname, conv, memo, symf, k in steps[1]:
+            if k:
+                s = h[k:k + 14]
                 # (arg, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, _, _, want)
                 xs = s[3]
                 if s[2] == RS_OK and s[1] in _FAST_KINDS and (xs == RS_NONE or (s[10] and xs in _READ_OK)):
@@ -342,6 +355,15 @@ class Decoder:
             symf = None if a.is_pointer else _symbol_fn(name, a)
             args.append((i, a.name, conv, {}, symf))
         return _Plan(name, f"syscalls:sys_enter_{name}", sc, tuple(args))
+
+    def _steps_for(self, nr: int, slot_args: tuple) -> tuple[_Plan, tuple]:
+        """The syscall's plan, and its arguments each with the index in the unpacked header of the read
+        slot that reads it (0: no slot; a repeated argument uses its last slot, as a dict would)."""
+        plan = self._plans.get(nr)
+        if plan is None:
+            plan = self._plans[nr] = self._plan(nr)
+        slot_at = {a: 19 + 14 * j for j, a in enumerate(slot_args)}
+        return plan, tuple((*a, slot_at.get(a[0], 0)) for a in plan.args)
 
     def _comm(self, raw: bytes) -> str:
         comm = text(raw.split(b"\0", 1)[0])

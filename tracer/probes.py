@@ -1,21 +1,27 @@
-"""Loading and attaching bpf/trace.bpf.c through bcc, configuring it, and detaching it.
+"""Loading and attaching bpf/trace.bpf.c (compiled by bcc, or from the program cache), configuring it,
+and detaching it.
 
-Everything the kernel holds for a session (programs, tracepoint links, perf events, rings) is owned
+Everything the kernel holds for a session (programs, maps, tracepoint links, perf events, rings) is owned
 by a `SyscallProbes` and released by `close()`, which is idempotent and called on every exit path.
+Configuration goes through bpfsys.Map (map fds) whichever way the object was loaded (tracer/bpfcache.py).
 """
 
 from __future__ import annotations
 
-import ctypes as ct
 import os
+import struct
 from dataclasses import dataclass, field
 
-from .kenv import BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
+from . import bpfcache, bpfsys, sleepable
+from .kenv import BPF_DIR, EnvironmentProblem
 from .layout import const, packer
 from .perf import RingSet, bpf_output_attr, online_cpus
 from .syscalls import Syscall
 
 DEFAULT_PAGES = 256  # per CPU: 1 MiB rings absorb ~4,000 typical records per CPU between drains
+SPEC = bpfcache.Spec("trace.bpf.c", (f"-I{BPF_DIR}", "-Wno-unused-function"))
+_U32 = struct.Struct("<I")
+_ONE = b"\1"
 
 
 @dataclass
@@ -29,24 +35,42 @@ class Filters:
 
 
 class SyscallProbes:
-    def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int = DEFAULT_PAGES) -> None:
-        prepare_bcc()
-        from bcc import BPF  # imported late: bcc compiles against the headers chosen above
-
+    def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int = DEFAULT_PAGES,
+                 sleepable_kind: str | None = None) -> None:
         self.syscalls = syscalls
         self.filters = filters
         self.rings: RingSet | None = None
         self.attached: list[str] = []
-        self.bpf = None
-        try:
-            self.bpf = BPF(src_file=str(bpf_source("trace.bpf.c")).encode(),
-                           cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+        self.obj: bpfcache.BpfObject | None = None
+        self.sleepers: sleepable.SleepableSyscalls | None = None  # --read-mode: tp.s/fentry.s readers
+
+        def begin(obj: bpfcache.BpfObject) -> None:
+            self.obj = obj
             self._configure()
             self._open_rings(pages)
+            # -- sleepable syscall reads (tracer/sleepable.py): before _attach, whose entry programs
+            # tp.s readers replace
+            if sleepable_kind:
+                self.sleepers = sleepable.SleepableSyscalls(sleepable_kind, self.syscalls, obj.insns,
+                                                            obj.license)
+            # -- end sleepable syscall reads
             self._attach()
+
+        spec = SPEC if not sleepable_kind else bpfcache.Spec(SPEC.source, (*SPEC.cflags, *sleepable.syscall_cflags()))
+        try:
+            bpfcache.start(spec, begin, self.close)
         except Exception:
             self.close()
             raise
+
+    @property
+    def warm(self) -> bool:
+        """Loaded from the program cache (no compile)."""
+        return bool(self.obj and self.obj.warm)
+
+    def _map(self, name: str) -> bpfsys.Map:
+        assert self.obj is not None
+        return self.obj.maps[name]
 
     def _configure(self) -> None:
         f = self.filters
@@ -60,11 +84,10 @@ class SyscallProbes:
         comm = (f.comm or "").encode()[:15]
         conf = packer("tracer_conf").pack(flags, os.getpid(), f.uid or 0, 0, comm)
         self._set("conf", 0, conf)
-        one = ct.c_uint8(1)
         for pid in f.pids:
-            self.bpf["pids"][ct.c_uint32(pid)] = one
+            self._map("pids").update(_U32.pack(pid), _ONE)
         for tid in f.tids:
-            self.bpf["tids"][ct.c_uint32(tid)] = one
+            self._map("tids").update(_U32.pack(tid), _ONE)
         sc = packer("sc_conf")
         nmax = const("MAX_READS")
         for s in self.syscalls:
@@ -77,42 +100,45 @@ class SyscallProbes:
                 bytes([r.lenarg for r in s.reads] + pad), *([r.size for r in s.reads] + pad)))
 
     def _set(self, table: str, key: int, value: bytes) -> None:
-        t = self.bpf[table]
-        leaf = t.Leaf.from_buffer_copy(value.ljust(ct.sizeof(t.Leaf), b"\0"))
-        t[t.Key(key)] = leaf
+        self._map(table).update(_U32.pack(key), value)
 
     def add_pid(self, pid: int) -> None:
-        self.bpf["pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
+        self._map("pids").update(_U32.pack(pid), _ONE)
 
     def _open_rings(self, pages: int) -> None:
         cpus = online_cpus()
         # Wake the reader when a quarter of a ring is used; the poll timeout bounds latency otherwise.
         self.rings = RingSet.open(cpus, bpf_output_attr(pages * 4096 // 4), pages)
-        events = self.bpf["events"]
         for ring in self.rings.rings:
-            events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
+            self._set("events", ring.cpu, _U32.pack(ring.fd))
 
     def _attach(self) -> None:
-        b = self.bpf
+        assert self.obj is not None
         for s in self.syscalls:
             fn = f"sys_enter_{len(s.args)}"
-            b.attach_tracepoint(tp=s.enter_tp, fn_name=fn)
+            if self.sleepers is None or not self.sleepers.replaces_enter(s):
+                self.obj.attach_tracepoint(s.enter_tp, fn)
             self.attached.append(s.enter_tp)
             if not s.noreturn:
-                b.attach_tracepoint(tp=s.exit_tp, fn_name="sys_exit")
+                self.obj.attach_tracepoint(s.exit_tp, "sys_exit")
                 self.attached.append(s.exit_tp)
 
     def stats(self) -> list[int]:
         """Per-counter sums over CPUs (record.h ST_*)."""
-        t = self.bpf["stats"]
-        return [sum(t[t.Key(i)]) for i in range(const("NSTATS"))]
+        t = self._map("stats")
+        return [sum(struct.unpack("<Q", v)[0] for v in t.lookup_percpu(_U32.pack(i)) or ())
+                for i in range(const("NSTATS"))]
 
     def close(self) -> None:
-        if self.bpf is not None:
+        self.attached = []
+        if self.sleepers is not None:
+            self.sleepers.close()
+            self.sleepers = None
+        if self.obj is not None:
             try:
-                self.bpf.cleanup()
+                self.obj.close()
             finally:
-                self.bpf = None
+                self.obj = None
         if self.rings is not None:
             self.rings.close()
             self.rings = None

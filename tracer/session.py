@@ -10,6 +10,7 @@ A session owns its BPF programs, perf rings and child command, and releases them
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -18,13 +19,16 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import le
 
 from . import syscalls
-from .perf import DRAIN_MAX
-from .probes import DEFAULT_PAGES, Filters
-from .sources import Source, SourceOptions, SyscallSource, builder, order_ts, split_specs
+from .perf import DRAIN_MAX, default_pages
+from .probes import Filters
+from .sources import Source, SourceOptions, SyscallSource, builder, split_specs
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
+FINAL_DRAIN_S = 1.0  # longest time spent showing what the rings hold once the session ends
 READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
 
 
@@ -54,12 +58,35 @@ class Event:
     @property
     def has_missing_data(self) -> bool:
         """Some pointer argument could not be read at entry (missing, recovered) or changed."""
-        if self.data.get("status") == "discarded":  # a user_events write the kernel dropped
-            return True
-        return any(r["status"] in ("missing", "recovered", "changed") for r in self.data.get("reads", {}).values())
+        return missing_data(self.data)
 
     def __repr__(self) -> str:
         return f"Event({self.data!r})"
+
+
+def _status(info: dict) -> str:
+    return info["status"]
+
+
+def missing_data(ev: dict) -> bool:
+    """Event.has_missing_data for an event dict."""
+    if ev.get("status") == "discarded":  # a user_events write the kernel dropped
+        return True
+    return any(r["status"] in ("missing", "recovered", "changed") for r in ev.get("reads", {}).values())
+
+
+def in_time_order(runs: list[list[dict]]) -> list[dict]:
+    """The events of several rings as one list ordered by sources.order_ts (its key is inlined here), as
+    a stable sort by that key would.
+    Each ring is nearly always in order already, so the keys are computed once, inline, and the sort
+    (on the keys only, in C) runs only when they are not ascending."""
+    events = runs[0] if len(runs) == 1 else [ev for run in runs for ev in run]
+    if len(events) < 2:
+        return events
+    keys = [ev.get("ts_exit") or ev["ts"] for ev in events]
+    if all(map(le, keys, islice(keys, 1, None))):
+        return events
+    return [events[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
 
 
 @dataclass
@@ -74,23 +101,37 @@ class Stats:
     user_events: Counter = field(default_factory=Counter)  # user_event status -> count (ok, malformed, discarded)
 
     def add(self, ev: dict) -> None:
-        self.events += 1
-        if ev.get("kind") == "user_event":
-            self.user_events[ev.get("status", "ok")] += 1
-            if ev.get("status") == "discarded":
-                self.user_events[f"discarded:{ev.get('event') or 'unknown event'}"] += 1
-        reads = ev.get("reads") or {}
-        if reads:
-            self.events_with_reads += 1
-        wrong = False
-        for arg, info in reads.items():
-            st = info["status"]
-            self.reads[st] += 1
-            self.by_arg[f"{ev.get('syscall') or ev.get('function')}.{arg}"][st] += 1
+        self.add_many((ev,))
+
+    def add_many(self, evs: Sequence[dict]) -> None:
+        """Count events a batch at a time: events are grouped by what the counters look at (kind, status,
+        name, read names and statuses), and each group is counted once, times its size."""
+        groups: dict[tuple, int] = {}
+        get = groups.get
+        for ev in evs:
+            reads = ev.get("reads")
+            if reads:
+                key = (ev.get("kind"), ev.get("status", "ok"), ev.get("event"),
+                       ev.get("syscall") or ev.get("function"), tuple(reads), tuple(map(_status, reads.values())))
+            else:
+                key = (ev.get("kind"), ev.get("status", "ok"), ev.get("event"), None, (), ())
+            groups[key] = get(key, 0) + 1
+        self.events += len(evs)
+        for (kind, status, event, name, args, statuses), n in groups.items():
+            if kind == "user_event":
+                self.user_events[status] += n
+                if status == "discarded":
+                    self.user_events[f"discarded:{event or 'unknown event'}"] += n
+            if not args:
+                continue
+            self.events_with_reads += n
+            for arg, st in zip(args, statuses, strict=True):
+                self.reads[st] += n
+                self.by_arg[f"{name}.{arg}"][st] += n
             # A plain entry-only tracer would have shown nothing (or zeros) for a recovered read and
             # missed the change for a changed one.
-            wrong |= st in ("recovered", "changed")
-        self.wrong_without_recovery += wrong
+            if "recovered" in statuses or "changed" in statuses:
+                self.wrong_without_recovery += n
 
 
 class Session:
@@ -109,14 +150,15 @@ class Session:
         count: int | None = None,
         only_missing: bool = False,
         explain: bool = True,
-        pages: int = DEFAULT_PAGES,
+        pages: int | None = None,
         read_mode: str = "auto",
         callback: Callable[[Event], None] | None = None,
         record: str | os.PathLike | None = None,
         force: bool = False,
     ) -> None:
         """`record`: also write what the session delivers to this capture file (tracer/capture.py),
-        created with mode 0600; an existing file is an error unless `force`."""
+        created with mode 0600; an existing file is an error unless `force`. `pages`: perf ring size per
+        CPU (a power of two); by default perf.default_pages() (a memory budget shared by the CPUs)."""
         self.event_specs = list(events)
         plain, self.other_specs = split_specs(list(events))
         self.syscalls = syscalls.resolve(plain) if plain else []
@@ -128,7 +170,7 @@ class Session:
         self.count = count
         self.only_missing = only_missing
         self.explain = explain
-        self.pages = pages
+        self.pages = pages or default_pages()
         self.read_mode = read_mode  # auto | sleepable | nofault (sources.SourceOptions)
         self.callback = callback
         # Called after the consumer has taken every event of a drain batch (e.g. JsonOutput.flush).
@@ -265,15 +307,24 @@ class Session:
 
     # -- events ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Event]:
+        for batch in self.batches():
+            yield from map(Event, batch)
+
+    def batches(self) -> Iterator[list[dict]]:
+        """The events of each drain as one list of event dicts (what `for ev in session` yields one by
+        one, as Event objects): the cheap way to consume a fast stream. The `batch_done` hooks run once
+        the consumer asks for the next batch."""
         if not self.sources:
             self.start()
         deadline = self.started + self.duration if self.duration else None
         draining = 0  # polls left after the command ended, to collect its last records
         while not self._stop:
             self._wait(0 if self._backlog() else POLL_MS)
-            yield from self._drain()  # never more than --count events in all
-            for done in self.batch_done:
-                done()
+            batch = self._drain()  # never more than --count events in all
+            if batch:
+                yield batch
+                for done in self.batch_done:
+                    done()
             if self._count_reached():
                 return
             if deadline is not None and time.monotonic() >= deadline:
@@ -284,14 +335,41 @@ class Session:
                 draining -= 1
                 if draining == 0:
                     break
-        # What the rings hold now, in bounded batches; never chase a producer that keeps writing.
+        # What the rings hold now, in bounded batches; never chase a producer that keeps writing, and
+        # never for longer than FINAL_DRAIN_S (a big ring, overloaded, holds ~100,000 records): what is
+        # left then is released unread and reported as lost.
         rounds = max((getattr(r, "size", 0) for _src, r in self._rings), default=0) // DRAIN_MAX + 1
+        end = time.monotonic() + FINAL_DRAIN_S
         for _ in range(rounds):
             if self._count_reached():
                 break
-            yield from self._drain()
+            batch = self._drain()
+            if batch:
+                yield batch
+                for done in self.batch_done:
+                    done()
             if not self._backlog():
                 break
+            if time.monotonic() >= end:
+                dropped = self._discard()
+                if dropped:
+                    yield dropped
+                break
+
+    def _discard(self) -> list[dict]:
+        """Release what the rings still hold, unread, as lost records (one notice per ring)."""
+        out = []
+        for src, ring in self._rings:
+            n = ring.discard() if getattr(ring, "backlog", False) else 0
+            if n:
+                self.stats.lost += n
+                self.stats.lost_per_cpu[ring.cpu] += n
+                out.append({"kind": "lost", "source": src.name, "cpu": ring.cpu, "count": n})
+                if self.recorder is not None:
+                    self.recorder.lost(src, ring.cpu, n)
+        if self.recorder is not None:
+            self.recorder.flush()
+        return out
 
     def _backlog(self) -> bool:
         """A ring still holds records after a bounded drain (perf.DRAIN_MAX)."""
@@ -306,34 +384,47 @@ class Session:
         except InterruptedError:
             pass
 
-    def _drain(self) -> list[Event]:
-        out: list[Event] = []
-        events: list[dict] = []
+    def _drain(self) -> list[dict]:
+        """One bounded drain of every ring: lost-record notices first, then the decoded events in time
+        order. The garbage collector is off meanwhile: a batch allocates thousands of containers, none
+        of them in a cycle, and gen-0 collections every 700 allocations rescanned them over and over."""
+        if not gc.isenabled():
+            return self._drain_batch()
+        gc.disable()
+        try:
+            return self._drain_batch()
+        finally:
+            gc.enable()
+
+    def _drain_batch(self) -> list[dict]:
+        out: list[dict] = []
+        runs: list[list[dict]] = []
         for src, ring in self._rings:
             batch = ring.drain()
             if batch.lost:
                 self.stats.lost += batch.lost
                 self.stats.lost_per_cpu[batch.cpu] += batch.lost
-                out.append(Event({"kind": "lost", "source": src.name, "cpu": batch.cpu, "count": batch.lost}))
+                out.append({"kind": "lost", "source": src.name, "cpu": batch.cpu, "count": batch.lost})
                 if self.recorder is not None:
                     self.recorder.lost(src, batch.cpu, batch.lost)
             if batch.samples:
-                decode = src.decode
-                cpu = batch.cpu
-                events.extend(decode(raw, cpu) for raw in batch.samples)
-        events.sort(key=order_ts)
+                runs.append(list(map(src.decode, batch.samples, repeat(batch.cpu))))
+        events = in_time_order(runs)
+        if self.only_missing:
+            events = [d for d in events if missing_data(d)]
+        if self.count is not None:
+            del events[max(self.count - self.stats.events, 0):]
+        if self.recorder is None and self.callback is None:
+            self.stats.add_many(events)
+            out += events
+            return out
         for data in events:
-            ev = Event(data)
-            if self.only_missing and not ev.has_missing_data:
-                continue
-            if self._count_reached():
-                break
             self.stats.add(data)
             if self.recorder is not None:
                 self.recorder.event(data)
             if self.callback is not None:
-                self.callback(ev)
-            out.append(ev)
+                self.callback(Event(data))
+            out.append(data)
         if self.recorder is not None:
             self.recorder.flush()  # one write per drain batch
         return out

@@ -14,6 +14,8 @@ import functools
 import gzip
 import json
 import os
+import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -272,6 +274,56 @@ class LoadError(EnvironmentProblem):
         super().__init__(f"{what}: {err.strerror} ({_errname(err.errno)}){log}")
 
 
+# bpf/reads.h calls kfuncs through placeholder helper numbers (bcc cannot emit kfunc calls): kfunc name ->
+# the placeholder's macro there. resolve_kfuncs() turns those calls into real kfunc calls.
+KFUNC_PLACEHOLDERS = {"bpf_copy_from_user_str": "KFUNC_COPY_FROM_USER_STR"}
+BPF_PSEUDO_KFUNC_CALL = 2  # call insn src_reg: imm is a BTF FUNC id (off 0: in vmlinux BTF)
+_BPF_CALL, _BPF_LD_IMM64 = 0x85, 0x18
+
+
+@functools.cache
+def kfunc_placeholders() -> dict[int, str]:
+    """{placeholder helper number: kfunc name}, read from bpf/reads.h (its one definition)."""
+    from tracer.kenv import bpf_source
+
+    text = bpf_source("reads.h").read_text()
+    out = {}
+    for kfunc, macro in KFUNC_PLACEHOLDERS.items():
+        m = re.search(rf"^#define {macro} (0x[0-9a-fA-F]+|\d+)\s*$", text, re.M)
+        if m is None:
+            raise KeyError(f"bpf/reads.h defines no {macro}")
+        out[int(m[1], 0)] = kfunc
+    return out
+
+
+def has_kfunc(name: str) -> bool:
+    """Whether the running kernel's BTF has kfunc `name` (a FUNC of that name)."""
+    try:
+        btf.func_id(name)
+    except (OSError, KeyError, btf.BtfError):
+        return False
+    return True
+
+
+def kfunc_cflags() -> list[str]:
+    """bcc cflags enabling the kfunc paths of bpf/reads.h this kernel has (bpf_copy_from_user_str: 6.12+)."""
+    return ["-DTRACER_COPY_STR_KFUNC"] if has_kfunc("bpf_copy_from_user_str") else []
+
+
+def resolve_kfuncs(insns: bytes, func_id: Callable[[str], int] = btf.func_id) -> bytes:
+    """Rewrite calls of placeholder helpers (bpf/reads.h) into kfunc calls: src_reg BPF_PSEUDO_KFUNC_CALL,
+    imm the kfunc's BTF id in vmlinux. Other instructions are returned unchanged."""
+    holders = kfunc_placeholders()
+    out = bytearray(insns)
+    i = 0
+    while i + 8 <= len(out):
+        code, regs, _off, imm = struct.unpack_from("<BBhi", out, i)
+        if code == _BPF_CALL and regs >> 4 == 0 and imm in holders:
+            struct.pack_into("<BBhi", out, i, code, BPF_PSEUDO_KFUNC_CALL << 4, 0, func_id(holders[imm]))
+        i += 16 if code == _BPF_LD_IMM64 else 8  # a 64-bit load's second half is not an instruction
+    return bytes(out)
+
+
 def compiled_insns(bpf: object, fn_name: str) -> bytes:
     """The instructions bcc compiled for function fn_name (map references already hold map fds)."""
     lib, name = _libbcc(), fn_name.encode()
@@ -287,8 +339,21 @@ def load_compiled(bpf: object, fn_name: str, prog_type: int, *, sleepable: bool 
     """BPF_PROG_LOAD of a bcc-compiled function, sleepable if asked; returns the fd (the caller closes it).
     Raises LoadError carrying the verifier log's tail."""
     license = (_libbcc().bpf_module_license(bpf.module) or b"GPL").decode()  # type: ignore[attr-defined]
+    return load_insns(compiled_insns(bpf, fn_name), fn_name, prog_type, license=license, sleepable=sleepable,
+                      expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
+
+
+def load_insns(insns: bytes, fn_name: str, prog_type: int, *, license: str = "GPL", sleepable: bool = False,
+               expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
+    """BPF_PROG_LOAD of compiled instructions (kfunc placeholders resolved); returns the fd. Raises LoadError
+    carrying the verifier log's tail."""
     try:
-        return bpfsys.prog_load(prog_type, compiled_insns(bpf, fn_name), license=license,
+        insns = resolve_kfuncs(insns)
+    except (KeyError, OSError, btf.BtfError) as e:
+        raise LoadError(f"program {fn_name}: cannot resolve its kfunc calls",
+                        bpfsys.BpfError(errno_mod.ENOENT, str(e))) from None
+    try:
+        return bpfsys.prog_load(prog_type, insns, license=license,
                                 prog_flags=bpfsys.BPF_F_SLEEPABLE if sleepable else 0,
                                 expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
                                 prog_name=fn_name[:bpfsys.PROG_NAME_LEN - 1])
@@ -317,18 +382,116 @@ class UprobeLink:
             self.pfd = -1
 
 
-def syscall_read_mode(read_mode: str, kinds: dict[str, dict]) -> str:
-    """How syscall pointer arguments are read for --read-mode: "nofault" (entry read + exit recovery).
+SYSCALL_KINDS = ("tp.s", "fentry.s")  # in order of preference: tp.s reads at entry in one program
 
-    Sleepable syscall reads need tp.s or fentry.s; `sleepable` is refused with the kernel's reasons when
-    neither loads, and `auto` falls back to nofault.
+
+def syscall_read_mode(read_mode: str, kinds: dict[str, dict]) -> str:
+    """How syscall pointer arguments are read for --read-mode: "tp.s" or "fentry.s" (sleepable readers, see
+    SleepableSyscalls) or "nofault" (entry read + exit recovery).
+
+    `auto` takes the best kind the kernel accepts, else nofault; `sleepable` is refused with the kernel's
+    reasons when neither loads.
     """
-    if read_mode in ("auto", "nofault"):
+    if read_mode == "nofault":
         return "nofault"
-    usable = [k for k in ("tp.s", "fentry.s") if kinds.get(k, {}).get("ok")]
-    if not usable:
-        why = "; ".join(f"{k}: {kinds.get(k, {}).get('reason', 'not probed')}" for k in ("tp.s", "fentry.s"))
-        raise EnvironmentProblem(f"--read-mode sleepable: this kernel loads no sleepable syscall programs ({why}); "
-                                 "use --read-mode auto (nofault reads with exit recovery)")
-    raise EnvironmentProblem(f"--read-mode sleepable: the kernel accepts {', '.join(usable)}, but sleepable syscall "
-                             "reads are not implemented yet; use --read-mode auto")
+    usable = [k for k in SYSCALL_KINDS if kinds.get(k, {}).get("ok")]
+    if usable:
+        return usable[0]
+    if read_mode == "auto":
+        return "nofault"
+    why = "; ".join(f"{k}: {kinds.get(k, {}).get('reason', 'not probed')}" for k in SYSCALL_KINDS)
+    raise EnvironmentProblem(f"--read-mode sleepable: this kernel loads no sleepable syscall programs ({why}); "
+                             "use --read-mode auto (nofault reads with exit recovery)")
+
+
+def syscall_cflags() -> list[str]:
+    """bcc cflags compiling bpf/trace.bpf.c's sleepable readers in (sys_enter_s_N, sys_fentry_s)."""
+    return ["-DTRACER_SLEEPABLE", *kfunc_cflags()]
+
+
+def fentry_target(syscall: str) -> str:
+    """The x86_64 syscall stub a fentry.s reader attaches to: it gets the syscall's struct pt_regs *."""
+    return f"__x64_sys_{syscall}"
+
+
+class SleepableSyscalls:
+    """The sleepable readers of bpf/trace.bpf.c (compiled with syscall_cflags()) for the syscalls that read
+    user memory at entry, loaded with BPF_F_SLEEPABLE and attached; close() detaches and closes them.
+
+    tp.s: sys_enter_s_<nargs> is loaded as a sleepable BPF_PROG_TYPE_TRACEPOINT program and attached to
+    syscalls:sys_enter_<name> the way bcc attaches tracepoints (perf_event_open + PERF_EVENT_IOC_SET_BPF,
+    the path caps.probe_tp() checks), *instead of* the nofault sys_enter_<nargs> (see `replaces_enter`).
+    fentry.s: sys_fentry_s is loaded once per syscall as BPF_PROG_TYPE_TRACING/BPF_TRACE_FENTRY with the
+    BTF id of __x64_sys_<name> and attached with BPF_RAW_TRACEPOINT_OPEN; the nofault sys_enter program
+    stays and runs first. Syscalls whose stub is not in the kernel's BTF keep nofault reads (`uncovered`).
+    `insns(fn)` gives the compiled instructions of function fn.
+    """
+
+    def __init__(self, kind: str, syscalls: list, insns: Callable[[str], bytes], license: str = "GPL") -> None:
+        if kind not in SYSCALL_KINDS:
+            raise ValueError(f"sleepable syscall reader kind {kind!r}: one of {', '.join(SYSCALL_KINDS)}")
+        self.kind = kind
+        self.fds: list[int] = []
+        self.perf_fds: list[int] = []  # tp.s attachments
+        self.links: list[int] = []  # fentry.s attachments
+        self.covered: list[str] = []
+        self.uncovered: list[str] = []
+        try:
+            for s in syscalls:
+                if self.wanted(s):
+                    self._load_attach(s, insns, license)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def wanted(s: object) -> bool:
+        """Syscalls that return and read user memory at entry (a kernel-filled sockaddr is read at exit)."""
+        from tracer.layout import const
+
+        out = const("RK_SOCKADDR_OUT")
+        return not s.noreturn and any(r.kind != out for r in s.reads)  # type: ignore[attr-defined]
+
+    def replaces_enter(self, s: object) -> bool:
+        """Whether this reader takes the place of the nofault sys_enter program for syscall s (tp.s)."""
+        return self.kind == "tp.s" and s.name in self.covered  # type: ignore[attr-defined]
+
+    def attr_for(self, s: object) -> dict:
+        """prog_type and attach fields of the BPF_PROG_LOAD for syscall s's reader."""
+        if self.kind == "tp.s":
+            return {"fn": f"sys_enter_s_{len(s.args)}", "prog_type": bpfsys.BPF_PROG_TYPE_TRACEPOINT}  # type: ignore[attr-defined]
+        return {"fn": "sys_fentry_s", "prog_type": bpfsys.BPF_PROG_TYPE_TRACING,
+                "expected_attach_type": bpfsys.BPF_TRACE_FENTRY,
+                "attach_btf_id": btf.func_id(fentry_target(s.name))}  # type: ignore[attr-defined]
+
+    def _load_attach(self, s: object, insns: Callable[[str], bytes], license: str) -> None:
+        name = s.name  # type: ignore[attr-defined]
+        try:
+            attr = self.attr_for(s)
+        except (OSError, KeyError, btf.BtfError):
+            self.uncovered.append(name)  # no BTF FUNC for the stub: nofault reads stay
+            return
+        fn = attr.pop("fn")
+        fd = load_insns(insns(fn), fn, attr.pop("prog_type"), license=license, sleepable=True, **attr)
+        self.fds.append(fd)
+        if self.kind == "tp.s":
+            pfd = _libbcc().bpf_attach_tracepoint(fd, b"syscalls", f"sys_enter_{name}".encode())
+            if pfd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"attaching sleepable {fn} to syscalls:sys_enter_{name} failed: "
+                                   f"{os.strerror(err)}")
+            self.perf_fds.append(pfd)
+        else:
+            try:
+                self.links.append(bpfsys.raw_tracepoint_open(fd))
+            except bpfsys.BpfError as e:
+                raise OSError(e.errno, f"attaching sleepable {fn} to {fentry_target(name)} failed: "
+                                       f"{e.strerror}") from None
+        self.covered.append(name)
+
+    def close(self) -> None:
+        for pfd in self.perf_fds:
+            _libbcc().bpf_close_perf_event_fd(pfd)
+        for fd in self.links + self.fds:
+            os.close(fd)
+        self.perf_fds, self.links, self.fds = [], [], []

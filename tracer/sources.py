@@ -76,12 +76,14 @@ class SyscallSource(Source):
 
     def __init__(self, specs: Sequence[syscalls.Syscall], opts: SourceOptions) -> None:
         self.syscalls = list(specs)
-        if opts.read_mode != "auto":  # auto never needs the probes: nofault is always there
+        self.read_mode = "nofault"  # or the sleepable reader kind: tp.s, fentry.s (tracer/sleepable.py)
+        if opts.read_mode != "nofault":
             from .caps import sleepable_kinds
             from .sleepable import syscall_read_mode
 
-            syscall_read_mode(opts.read_mode, sleepable_kinds())
-        self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages)
+            self.read_mode = syscall_read_mode(opts.read_mode, sleepable_kinds())
+        sleepable_kind = None if self.read_mode == "nofault" else self.read_mode
+        self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages, sleepable_kind)
         self.rings = self.probes.rings
         self.decoder = Decoder(syscalls.by_nr(), opts.explain)
         self.decode = self.decoder.decode  # type: ignore[method-assign]

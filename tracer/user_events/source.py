@@ -173,7 +173,9 @@ class UserEventsSource(Source):
         self.decode = SampleDecoder(self.formats)  # type: ignore[method-assign]
         self.watch = None
         rings: list = []
-        pages = max(8, opts.pages // 4)
+        # Rings per event and CPU: the session's budget is sized for syscall rates; user_events are
+        # written by the programs themselves, far rarer. 1 MiB per event and CPU at most.
+        pages = max(8, min(opts.pages // 4, 256))
         try:
             for index, fmt in enumerate(self.formats):
                 if fmt.id is None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ..kenv import BPF_DIR, bpf_source, prepare_bcc
+from .. import bpfcache, bpfsys
+from ..kenv import BPF_DIR
 from ..layout import layout
 from ..perf import Batch, RingSet, bpf_output_attr, online_cpus
 from .decode import pack_discarded
@@ -27,6 +29,7 @@ from .formats import parse_name_args
 
 _LAYOUT = layout()
 C = _LAYOUT.consts
+SPEC = bpfcache.Spec("uevents_watch.bpf.c", (f"-I{BPF_DIR}", "-Wno-unused-function"))
 _REC = _LAYOUT.structs["ue_record"]
 _HDR = __import__("struct").Struct(_REC.fmt("name"))
 _SC = {C["UE_SC_WRITE"]: "write", C["UE_SC_WRITEV"]: "writev", C["UE_SC_IOCTL"]: "ioctl"}
@@ -87,33 +90,31 @@ class _CpuRing:
 
 class Watch:
     def __init__(self, data_path: Path, pages: int, wanted: Callable[[int, int], bool]) -> None:
-        prepare_bcc()
-        from bcc import BPF
-
         self.data_path = data_path
         self.wanted = wanted
         self.names: dict[tuple[int, int, int], str] = {}   # (pid, fd, write_index) -> name_args
         self.counts: Counter = Counter()
         self.rings: RingSet | None = None
-        self.bpf = BPF(src_file=str(bpf_source("uevents_watch.bpf.c")).encode(),
-                       cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+        self.obj: bpfcache.BpfObject | None = None  # programs attach when loaded (TRACEPOINT_PROBEs)
         try:
-            path = str(data_path).encode()[: C["UE_PATH_CAP"] - 1]
-            t = self.bpf["ue_conf_map"]
-            t[t.Key(0)] = t.Leaf.from_buffer_copy(
-                len(path).to_bytes(4, "little") + bytes(4) + path.ljust(C["UE_PATH_CAP"], b"\0"))
-            fds = self.bpf["ue_fds"]
-            for pid, fd in scan_fds(data_path):
-                fds[fds.Key(pid << 32 | fd)] = ct.c_uint8(1)
-                self.counts["fds_found_at_start"] += 1
-            self.rings = RingSet.open(online_cpus(), bpf_output_attr(pages * 4096 // 4), pages)
-            events = self.bpf["ue_events"]
-            for ring in self.rings.rings:
-                events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
-            self.cpu_rings = [_CpuRing(self, r) for r in self.rings.rings]
+            bpfcache.start(SPEC, lambda obj: self._begin(obj, pages), self.close)
         except Exception:
             self.close()
             raise
+
+    def _begin(self, obj: bpfcache.BpfObject, pages: int) -> None:
+        self.obj = obj
+        self.counts["fds_found_at_start"] = 0
+        maps: dict[str, bpfsys.Map] = obj.maps
+        path = str(self.data_path).encode()[: C["UE_PATH_CAP"] - 1]
+        maps["ue_conf_map"].update(bytes(4), len(path).to_bytes(4, "little") + bytes(4) + path)
+        for pid, fd in scan_fds(self.data_path):
+            maps["ue_fds"].update(struct.pack("<Q", pid << 32 | fd), b"\1")
+            self.counts["fds_found_at_start"] += 1
+        self.rings = RingSet.open(online_cpus(), bpf_output_attr(pages * 4096 // 4), pages)
+        for ring in self.rings.rings:
+            maps["ue_events"].update(struct.pack("<I", ring.cpu), struct.pack("<I", ring.fd))
+        self.cpu_rings = [_CpuRing(self, r) for r in self.rings.rings]
 
     def collect(self) -> None:
         if self.rings is None:
@@ -181,19 +182,19 @@ class Watch:
 
     def kernel_stats(self) -> dict[str, int]:
         out = dict(self.counts)
-        if self.bpf is not None:
-            t = self.bpf["ue_stats"]
+        if self.obj is not None:
+            t = self.obj.maps["ue_stats"]
             names = ("watch_registrations", "watch_faults", "watch_submit_fail", "watch_fds_opened")
             for i, n in enumerate(names):
-                out[n] = sum(t[t.Key(i)])
+                out[n] = sum(struct.unpack("<Q", v)[0] for v in t.lookup_percpu(struct.pack("<I", i)) or ())
         return out
 
     def close(self) -> None:
-        if self.bpf is not None:
+        if self.obj is not None:
             try:
-                self.bpf.cleanup()
+                self.obj.close()
             finally:
-                self.bpf = None
+                self.obj = None
         if self.rings is not None:
             self.rings.close()
             self.rings = None
