@@ -353,6 +353,11 @@ class Map:
         raw, size = vbuf.raw, self.info.value_size
         return [raw[i * self._stride: i * self._stride + size] for i in range(self._ncpu)]
 
+    def counters(self, n: int) -> list[int]:
+        """Keys 0..n-1 of a per-CPU array of u64 counters, each summed over the CPUs."""
+        return [sum(int.from_bytes(v[:8], "little") for v in self.lookup_percpu(i.to_bytes(4, "little")) or ())
+                for i in range(n)]
+
     def delete(self, key: bytes) -> bool:
         ret, err = self._op(BPF_MAP_DELETE_ELEM, key, None)
         if ret < 0 and err == errno_mod.ENOENT:

@@ -125,9 +125,7 @@ class SyscallProbes:
 
     def stats(self) -> list[int]:
         """Per-counter sums over CPUs (record.h ST_*)."""
-        t = self._map("stats")
-        return [sum(struct.unpack("<Q", v)[0] for v in t.lookup_percpu(_U32.pack(i)) or ())
-                for i in range(const("NSTATS"))]
+        return self._map("stats").counters(const("NSTATS"))
 
     def close(self) -> None:
         self.attached = []

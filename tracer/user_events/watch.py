@@ -31,7 +31,7 @@ _LAYOUT = layout()
 C = _LAYOUT.consts
 SPEC = bpfcache.Spec("uevents_watch.bpf.c", (f"-I{BPF_DIR}", "-Wno-unused-function"))
 _REC = _LAYOUT.structs["ue_record"]
-_HDR = __import__("struct").Struct(_REC.fmt("name"))
+_HDR = struct.Struct(_REC.fmt("name"))
 _SC = {C["UE_SC_WRITE"]: "write", C["UE_SC_WRITEV"]: "writev", C["UE_SC_IOCTL"]: "ioctl"}
 _NR_KCMP = {"x86_64": 312, "aarch64": 272}
 _KCMP_FILE = 0
@@ -183,10 +183,8 @@ class Watch:
     def kernel_stats(self) -> dict[str, int]:
         out = dict(self.counts)
         if self.obj is not None:
-            t = self.obj.maps["ue_stats"]
             names = ("watch_registrations", "watch_faults", "watch_submit_fail", "watch_fds_opened")
-            for i, n in enumerate(names):
-                out[n] = sum(struct.unpack("<Q", v)[0] for v in t.lookup_percpu(struct.pack("<I", i)) or ())
+            out.update(zip(names, self.obj.maps["ue_stats"].counters(len(names)), strict=True))
         return out
 
     def close(self) -> None:
