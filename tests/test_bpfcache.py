@@ -98,7 +98,9 @@ def test_entries_not_owned_by_root_or_writable_by_others_are_not_loaded(cache: P
     cache.chmod(0o777)
     with pytest.raises(bpfcache.StaleEntry, match="not owned by root"):
         bpfcache.read_entry(SPEC, key)
+    assert bpfcache.untrusted_dir(cache) and not bpfcache.usable_dir()  # and no write either: said once
     cache.chmod(0o755)
+    assert bpfcache.untrusted_dir(cache) is None and bpfcache.usable_dir()
     assert bpfcache.read_entry(SPEC, key) is not None
     # A symlink planted in place of the entry is not followed.
     target = tmp_path / "elsewhere.json"

@@ -84,9 +84,9 @@ def tracefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def write_capture(path: Path, *, trailer: bool = True, explain: bool = True) -> list[dict]:
+def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, force: bool = False) -> list[dict]:
     """Records a fake session the way Session does; returns the events it delivered, lost included."""
-    w = CaptureWriter(path)
+    w = CaptureWriter(path, force)
     calls: list[tuple[int, int]] = []
 
     def explainer(pid: int, addr: int) -> dict:
@@ -182,7 +182,16 @@ def test_existing_file_needs_force(capfile, tracefs: Path) -> None:
     assert path.read_bytes() == before
     w = CaptureWriter(path, force=True)
     w.close()
-    assert not path.exists(), "a capture whose session never started is removed"
+    assert path.read_bytes() == before, "a session that never started keeps the file it would have replaced"
+    assert [p.name for p in path.parent.iterdir() if "tracer-new" in p.name] == []
+    path.write_bytes(b"old")
+    assert write_capture(path, force=True) and Capture(path).problem is None  # started: replaced
+    assert [p.name for p in path.parent.iterdir() if "tracer-new" in p.name] == []
+    with pytest.raises(CaptureExists, match="not a regular file; --force replaces regular files only"):
+        CaptureWriter(Path("/dev/null"), force=True)
+    fresh = path.with_name("fresh.cap")
+    CaptureWriter(fresh).close()
+    assert not fresh.exists(), "a new capture whose session never started is removed"
     link = path.with_suffix(".lnk")
     link.symlink_to(path.parent / "target")
     with pytest.raises(CaptureExists):
@@ -372,6 +381,13 @@ def test_jsonl_export_is_the_json_lines_stream(capfile, tmp_path: Path) -> None:
         assert write_jsonl(Capture(path), f) == 5
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[:-1] == delivered and lines[-1]["kind"] == "summary" and lines[-1]["events"] == 4
+    assert "capture_problem" not in lines[-1]
+    cut = tmp_path / "cut.cap"
+    cut.write_bytes(path.read_bytes()[:-40])
+    with out.open("w") as f:
+        write_jsonl(Capture(cut), f)
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["kind"] == "summary" and last["capture_problem"]["kind"] == "truncated"
 
 
 def test_event_api(capfile) -> None:

@@ -230,9 +230,7 @@ def proc_links(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple]:
 
 def fired(policy: Policy | str, ev: dict) -> dict[str, dict]:
     if isinstance(policy, str):
-        rules, errors = parse_text(policy)
-        assert errors == []
-        policy = Policy(rules, ["test"])
+        policy = load_text(policy)
     return {a.rule: a.detail for a in Monitor(policy).check(ev)}
 
 
@@ -281,6 +279,32 @@ def test_unreadable_path_fails_closed(proc_links) -> None:
     bad_how = event("/tmp/x", how_missing=True)
     assert fired(DEFAULT, bad_how) == {"unreadable": {"unreadable": ["how"], "could_match": ["world-writable-create"]}}
     assert fired(DEFAULT, event(None, reads={"filename": {"status": "missing"}}) | {"missing": ["filename"]})
+
+
+def test_truncated_path_decides_nothing(proc_links) -> None:
+    """A path longer than the read limit is only a prefix: no target is claimed, and neither path nor
+    filename globs can clear the call (padding a path must not evade a rule)."""
+    prefix = "/etc/" + "a/../" * 101  # what the read kept of /etc/a/../.../shadow
+    trunc = {"filename": {"status": "truncated", "truncated": True}}
+    ev = event(prefix, reads=trunc)
+    alerts = Monitor(DEFAULT).check(ev)
+    assert ev["target"]["path"] is None and ev["target"]["basis"] == "truncated"
+    assert "truncated after 510 bytes" in ev["target"]["unknown"]
+    assert [a.rule for a in alerts] == ["unresolved"]
+    assert "shadow-access" in alerts[0].detail["could_match"]
+    assert "truncated" in alerts[0].description
+    base = '[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\n'
+    assert [a.rule for a in Monitor(load_text(base + 'filename = "*shadow"\n')).check(event(prefix, reads=trunc))] \
+        == ["unresolved"]
+    # The same rule on the whole path fires; on an unrelated complete path it stays quiet.
+    assert fired(base + 'filename = "*shadow"\n', event("/etc/shadow")) == {"r": {}}
+    assert fired(base + 'filename = "*shadow"\n', event("/etc/hostname")) == {}
+
+
+def load_text(text: str) -> Policy:
+    rules, errors = parse_text(text)
+    assert errors == []
+    return Policy(rules, ["test"])
 
 
 def test_recovered_is_matched_and_not_unreadable(proc_links) -> None:

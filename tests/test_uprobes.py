@@ -54,6 +54,7 @@ def test_parse_spec_types_names_and_ret() -> None:
     ("uprobe:/x:f(int,int,int,int,int,int,int)", "at most 6"),
     ("uprobe:/x:f(str,str,str,str,str)", "at most 4 str/buf"),
     ("uprobe:/x:f(int):float", "only :RET"),
+    ("uprobe:/x:f:void", ":RET needs an argument list before it, e.g. /x:f():void"),
 ])
 def test_parse_spec_errors(spec: str, says: str) -> None:
     with pytest.raises(uprobes.SpecError, match=says.replace("(", r"\(").replace(")", r"\)")):
@@ -304,3 +305,21 @@ def test_live_unknown_symbol_is_usage_error(bpf_env, pie: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "no function no_such_fn" in proc.stderr
+
+
+def test_console_shows_buffers_as_hex_not_strings() -> None:
+    """A buf[N] argument's value is the hex of its bytes; on the console it must not pass for a string."""
+    import io
+
+    from rich.console import Console
+
+    from tracer.output import ConsoleOutput
+
+    buf = io.StringIO()
+    out = ConsoleOutput(Console(file=buf, width=300, color_system=None))
+    out.event({"kind": "uprobe", "function": "f", "ts": 1, "comm": "w", "pid": 1, "tid": 1,
+               "args": {"s": "7878", "b": "7878"}, "ret": 0, "ret_str": "0", "missing": [],
+               "reads": {"s": {"status": "ok", "addr": 1, "len": 4},
+                         "b": {"status": "ok", "addr": 2, "len": 2, "size": 2}}})
+    line = buf.getvalue()
+    assert 's="7878"' in line and "b=<hex 7878>" in line, line

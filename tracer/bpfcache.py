@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -210,6 +211,36 @@ def entry_path(spec: Spec, key: str) -> Path:
 
 def _trusted(st: os.stat_result) -> bool:
     return st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def untrusted_dir(d: Path) -> str | None:
+    """Why entries under `d` could be swapped by another user (None when they cannot): `d` or an
+    ancestor not owned by root/us, or writable by group/others without the sticky bit."""
+    d = d.resolve()
+    for p in (d, *d.parents):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if p == d and not _trusted(st):
+            return f"{p} is not owned by root or is writable by group/others"
+        if p != d and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return f"{p} is writable by group/others"
+    return None
+
+
+@functools.cache
+def _warn_untrusted(d: Path, why: str) -> None:
+    sys.stderr.write(f"tracer: program cache disabled: {why} (fix its mode, or set {CACHE_DIR_ENV})\n")
+
+
+def usable_dir() -> bool:
+    """The cache directory is safe to read and write; says once why when it is not."""
+    d = cache_dir()
+    why = untrusted_dir(d)
+    if why:
+        _warn_untrusted(d, why)
+    return why is None
 
 
 def read_entry(spec: Spec, key: str) -> Compiled | None:
@@ -488,7 +519,7 @@ class CachedObject(BpfObject):
 def open_object(spec: Spec, read: bool = True) -> BpfObject:
     """The object for `spec`: from the cache when an entry for its key is there (and `read`), else
     compiled by bcc, then saved for the next start. Raises StaleEntry only from a cache entry."""
-    cache = enabled()
+    cache = enabled() and usable_dir()
     key = cache_key(spec) if cache else ""
     if cache and read:
         try:

@@ -113,20 +113,34 @@ def session_header(session: Session) -> dict:
     }
 
 
-def create_private(path: Path, force: bool = False) -> int:
+def create_private(path: Path, force: bool = False) -> tuple[int, Path | None]:
     """A new file, mode 0600 whatever the umask (captures hold paths and arguments): O_EXCL, so an
-    existing file is an error unless `force` replaces it."""
+    existing file is an error unless `force`. With `force`, an existing file is kept until the new
+    one is worth having: the new one is staged beside it (returned second) and `commit_private` moves
+    it into place, so a run that fails to start loses nothing."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    target, staged = path, None
+    if force and (path.is_symlink() or path.exists()):
+        if not (path.is_symlink() or path.is_file()):
+            raise CaptureExists(f"{path} exists and is not a regular file; --force replaces regular files only")
+        staged = target = path.with_name(f".{path.name}.{os.getpid()}.tracer-new")
     try:
-        if force and (path.is_symlink() or path.is_file()):
-            path.unlink()
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(target, flags, 0o600)
     except FileExistsError:
         raise CaptureExists(f"{path} exists; choose another file or pass --force to replace it") from None
     except OSError as e:
         raise CaptureError(f"cannot create {path}: {e.strerror}") from None
     os.fchmod(fd, 0o600)
-    return fd
+    return fd, staged
+
+
+def commit_private(staged: Path | None, path: Path) -> None:
+    """Put a staged file (see create_private) in place of the one it replaces."""
+    if staged is not None:
+        try:
+            os.replace(staged, path)
+        except OSError as e:
+            raise CaptureError(f"cannot replace {path}: {e.strerror}") from None
 
 
 class CaptureWriter:
@@ -135,7 +149,8 @@ class CaptureWriter:
 
     def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
         self.path = Path(path)
-        self.fd: int | None = create_private(self.path, force)
+        self.fd: int | None
+        self.fd, self.staged = create_private(self.path, force)
         self.buf = bytearray()
         self.size = 0
         self.records = 0
@@ -171,6 +186,8 @@ class CaptureWriter:
         self._frame(b"H", json.dumps({**header, "sources": entries}).encode())
         self.started = True
         self.flush()
+        commit_private(self.staged, self.path)  # tracing has started: now the old file may go
+        self.staged = None
 
     def _wrap_decode(self, index: int, src: Source) -> None:
         decode = src.decode
@@ -239,7 +256,7 @@ class CaptureWriter:
             os.close(self.fd)
             self.fd = None
             if not self.started:  # nothing useful in it: the session never started
-                self.path.unlink(missing_ok=True)
+                (self.staged or self.path).unlink(missing_ok=True)
 
 
 # --- reading --------------------------------------------------------------------------------------

@@ -348,7 +348,7 @@ def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, for
     """Convert a capture: FILE --format jsonl|chrome [-o OUT] [EVENT...] [filters]"""
     import os
 
-    from .capture import create_private
+    from .capture import commit_private, create_private
     from .export import write_chrome, write_jsonl
 
     cap, keep = open_capture(file, events, **filters)
@@ -357,10 +357,17 @@ def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, for
         if path is None:
             write(cap, sys.stdout, keep)
         else:
-            with open(create_private(path, force), "w", encoding="utf-8") as stream:
-                write(cap, stream, keep)
-                stream.flush()
-                os.fsync(stream.fileno())
+            fd, staged = create_private(path, force)
+            try:
+                with open(fd, "w", encoding="utf-8") as stream:
+                    write(cap, stream, keep)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+            except BaseException:
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
+                raise
+            commit_private(staged, path)
     except BrokenPipeError:
         sys.exit(0)
     except CaptureError as e:

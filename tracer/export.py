@@ -24,7 +24,11 @@ def write_jsonl(capture: Capture, stream: IO[str], keep: Filter | None = None) -
     for ev in capture.events(keep):
         stream.write(ev.to_json() + "\n")
         n += 1
-    stream.write(json.dumps(capture.summary()) + "\n")
+    summary = capture.summary()
+    if capture.problem is not None:  # the file itself must say it is incomplete, not only stderr
+        p = capture.problem
+        summary["capture_problem"] = {"kind": p.kind, "offset": p.offset, "detail": p.detail}
+    stream.write(json.dumps(summary) + "\n")
     return n
 
 

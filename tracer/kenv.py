@@ -30,7 +30,8 @@ def tracefs_root(mount: bool = True) -> Path:
     if env:
         root = Path(env)
         if not (root / "events").is_dir():
-            raise EnvironmentProblem(f"{TRACEFS_ENV}={env} has no events/ directory; point it at a tracefs root")
+            raise EnvironmentProblem(f"tracefs root {env} (--tracefs or {TRACEFS_ENV}) has no events/ directory; "
+                                     "point it at a tracefs root such as /sys/kernel/tracing")
         return root
     for root in TRACEFS_CANDIDATES:
         try:

@@ -109,11 +109,15 @@ def dfd_path(ev: dict) -> dict:
     return out
 
 
-def target(filename: str | None, how: dict | None, dirinfo: dict) -> dict:
+def target(filename: str | None, how: dict | None, dirinfo: dict, truncated: bool = False) -> dict:
     """The absolute path the call targets: exact for an absolute path, best effort via the dfd
-    directory otherwise, or unknown with the reason."""
+    directory otherwise, or unknown with the reason (a truncated path is only a prefix: unknown)."""
     if filename is None:
         return {"path": None, "best_effort": False, "basis": "unknown", "unknown": "path unreadable"}
+    if truncated:
+        return {"path": None, "best_effort": False, "basis": "truncated",
+                "unknown": f"path truncated after {len(filename.encode('utf-8', 'surrogateescape'))} bytes "
+                           "(the read limit): only its beginning is known"}
     in_root = bool(how and how.get("resolve", 0) & RESOLVE_IN_ROOT)
     if filename.startswith("/") and not in_root:
         return {"path": normpath(filename), "best_effort": False, "basis": "absolute"}
@@ -149,9 +153,11 @@ def _views(ev: dict, dirinfo: dict) -> Iterator[View]:
             vals.append((info.get("value_at_exit"), arg))
         return vals
 
+    finfo = reads.get("filename", {})
+    truncated = finfo.get("status") == "truncated" or bool(finfo.get("truncated"))
     for (fn, a), (how, b) in product(values("filename"), values("how")):
         at_exit = " and ".join(x for x in (a, b) if x)
-        yield View(ev, fn, how, target(fn, how, dirinfo), f"{at_exit} at exit" if at_exit else "entry")
+        yield View(ev, fn, how, target(fn, how, dirinfo, truncated), f"{at_exit} at exit" if at_exit else "entry")
 
 
 def _status(view: View, arg: str) -> str:
@@ -176,9 +182,9 @@ def _path_glob(view: View, globs: tuple[str, ...]) -> tuple[Tri, bool]:
     match it; a best-effort non-match is unknown too unless no directory could make the path match."""
     if view.filename is None:
         return (False, False) if _status(view, "filename") == "null" else (None, False)
-    if _status(view, "filename") == "truncated":
-        return None, False
     t = view.target
+    if t["basis"] == "truncated":  # a prefix decides nothing: fail closed
+        return None, False
     if t["path"] is not None and any(glob_match(g, t["path"]) for g in globs):
         return True, t["best_effort"]
     if t["path"] is not None and not t["best_effort"]:
@@ -218,7 +224,9 @@ def evaluate(rule: Rule, view: View) -> tuple[Tri, list[str], bool]:
         hit, be = _path_glob(view, g["not_path"])
         conds["not_path"] = None if (hit and be) else _negate(hit)  # best effort never clears
     ev = view.ev
-    for key, value in (("filename", view.filename), ("comm", ev["comm"])):
+    # A truncated filename is only a prefix: its globs are unknown, never a clean non-match.
+    name = None if view.target["basis"] == "truncated" else view.filename
+    for key, value in (("filename", name), ("comm", ev["comm"])):
         if key in g:
             conds[key] = _glob_list(value, g[key])
         if "not_" + key in g:

@@ -90,9 +90,11 @@ class ConsoleOutput:
         wall = (ts + self.mono_to_wall) / 1e9
         return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
 
-    def value(self, val: object, kind_hint: str = "") -> str:
+    def value(self, val: object, is_hex: bool = False) -> str:
         if val is None:
             return "NULL"
+        if is_hex and isinstance(val, str):  # a buffer's bytes, as hex: not to be taken for a string
+            return f"<hex {val}>"
         if isinstance(val, str):
             return f'"{escape_text(val)}"'
         if isinstance(val, dict):
@@ -154,13 +156,14 @@ class ConsoleOutput:
                     t.append(f" in {escape_text(where)}", STATUS_STYLE[st])
                 t.append(">", STATUS_STYLE[st])
                 continue
-            t.append(self.value(val))
+            is_hex = isinstance(val, str) and "size" in info  # uprobe buf[N]: hex of its bytes
+            t.append(self.value(val, is_hex))
             if st == "recovered":
                 where = _describe_region(info.get("region"))
                 t.append(f" [recovered at exit; entry read failed errno {info['errno']}"
                          + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st])
             elif st == "changed":
-                t.append(f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'))}]",
+                t.append(f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'), is_hex)}]",
                          STATUS_STYLE[st])
             elif st == "truncated":
                 t.append(" [truncated]", STATUS_STYLE[st])

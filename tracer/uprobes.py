@@ -93,6 +93,8 @@ def parse_spec(spec: str) -> UprobeSpec:
             ret = after[1:]
         rest = head
     path, sep, symbol = rest.rpartition(":")
+    if "(" not in spec and symbol in (*INT_TYPES, "void") and ":" in path:
+        raise SpecError(f"{spec!r}: :RET needs an argument list before it, e.g. {path}():{symbol}")
     if not sep or not path or not symbol:
         raise SpecError(f"{spec!r}: expected uprobe:PATH:SYMBOL(ARGS), e.g. "
                         "uprobe:/usr/lib/x86_64-linux-gnu/libc.so.6:openat(int,str,int)")
