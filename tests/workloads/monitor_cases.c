@@ -24,17 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096
+#include "workload.h"
 
 static const char *dir = "/tmp";
 static char files[8][512];
 static int nfiles;
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(99);
-}
 
 static long openat2_at(int dfd, const char *path, void *how)
 {

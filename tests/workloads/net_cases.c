@@ -22,23 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static void out(const char *fmt, ...)
-{
-	char buf[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	buf[n++] = '\n';
-	if (write(1, buf, n) != n)
-		_exit(99);
-}
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(99);
-}
+#include "workload.h"
 
 #define U(p) ((unsigned long)(p))
 #define R(r) ((r) < 0 ? -errno : (r))

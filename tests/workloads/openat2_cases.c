@@ -28,48 +28,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096
+#include "workload.h"
+
 #define WINDOW 65536 /* >= the kernel's fault-around window (fault_around_bytes, 64 KiB by default) */
 
 static const char *dir = "/tmp";
 static char cleanup[8][512];
 static int ncleanup;
 
-static void die(const char *what)
-{
-	perror(what);
-	exit(99);
-}
-
-static void out(const char *fmt, ...)
-{
-	char buf[4096];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0 || n >= (int)sizeof(buf) - 1)
-		die("output line too long");
-	buf[n++] = '\n';
-	if (write(1, buf, n) != n)
-		die("write");
-}
-
 static long openat2_raw(int dfd, const char *path, void *how, size_t usize)
 {
 	long r = syscall(SYS_openat2, dfd, path, how, usize);
 	return r < 0 ? -errno : r;
-}
-
-static int mapped(const volatile void *p)
-{
-	static int fd = -1;
-	uint64_t e = 0;
-	if (fd < 0 && (fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
-		die("/proc/self/pagemap");
-	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)p / PAGE) * 8) != sizeof(e))
-		die("pread pagemap");
-	return (int)(e >> 63);
 }
 
 static pid_t gettid_(void)

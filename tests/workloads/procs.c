@@ -23,17 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static void out(const char *fmt, ...)
-{
-	char buf[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	buf[n++] = '\n';
-	if (write(1, buf, n) != n)
-		_exit(99);
-}
+#include "workload.h"
 
 static long open_hostname(void)
 {

@@ -19,24 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define PAGE 4096
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(99);
-}
-
-static int mapped(const volatile void *p)
-{
-	static int fd = -1;
-	uint64_t e = 0;
-	if (fd < 0 && (fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
-		die("/proc/self/pagemap");
-	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)p / PAGE) * 8) != sizeof(e))
-		die("pread pagemap");
-	return (int)(e >> 63);
-}
+#include "workload.h"
 
 __attribute__((noinline, used, visibility("default"))) int uprobe_target_fn(int n, const char *s,
 									      const unsigned char *buf, long len)

@@ -1,0 +1,50 @@
+/* Helpers shared by the C workloads under tests/workloads/ (each stays one .c file plus this header):
+ * fail loudly, print one JSON line per report, and ask the kernel whether a page is resident.
+ * `static inline`, so a workload that uses only some of them still builds with -Wall -Werror.
+ */
+#ifndef TRACER_WORKLOAD_H
+#define TRACER_WORKLOAD_H
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static inline void die(const char *what)
+{
+	perror(what);
+	exit(99);
+}
+
+/* One line on stdout with a single write(2), so lines from threads and children never interleave. */
+static inline void out(const char *fmt, ...)
+{
+	char buf[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0 || n >= (int)sizeof(buf) - 1)
+		die("output line too long");
+	buf[n++] = '\n';
+	if (write(1, buf, n) != n)
+		die("write");
+}
+
+/* Is the page holding p present in this process's page table? (bit 63 of its /proc/self/pagemap entry) */
+static inline int mapped(const volatile void *p)
+{
+	static int fd = -1;
+	uint64_t e = 0;
+	if (fd < 0 && (fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
+		die("/proc/self/pagemap");
+	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)p / PAGE) * 8) != sizeof(e))
+		die("pread pagemap");
+	return (int)(e >> 63);
+}
+
+#endif
