@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import bpfsys
 from .kenv import BPF_DIR, bpf_source, kernel_headers, tracefs_root
+from .perf import RingSet, output_rings
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,33 @@ def _tp_of(fn: str) -> str | None:
         cat, ev = fn[12:].split("__", 1)
         return f"{cat}:{ev}"
     return None
+
+
+class ObjectOwner:
+    """Holds a loaded BpfObject and the perf rings of its BPF_PERF_OUTPUT map; close() releases both,
+    whatever fails, and may be called again."""
+
+    obj: BpfObject | None = None
+    rings: RingSet | None = None
+
+    def open_output(self, map_name: str, pages: int) -> RingSet:
+        """Rings on every CPU, their fds placed in the object's output map."""
+        assert self.obj is not None
+        self.rings = output_rings(pages)
+        out = self.obj.maps[map_name]
+        for ring in self.rings.rings:
+            out.update(ring.cpu.to_bytes(4, "little"), ring.fd.to_bytes(4, "little"))
+        return self.rings
+
+    def close(self) -> None:
+        try:
+            if self.obj is not None:
+                self.obj.close()
+        finally:
+            self.obj = None
+            if self.rings is not None:
+                self.rings.close()
+                self.rings = None
 
 
 class BpfObject:

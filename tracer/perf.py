@@ -238,6 +238,12 @@ def bpf_output_attr(wakeup_bytes: int) -> bytes:
     return pack_attr(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_BPF_OUTPUT, PERF_SAMPLE_RAW, wakeup_bytes)
 
 
+def output_rings(pages: int) -> RingSet:
+    """A ring of `pages` on every online CPU for a BPF_PERF_OUTPUT map. The reader is woken when a
+    quarter of a ring is used (capped, see pack_attr); the session's poll timeout bounds latency otherwise."""
+    return RingSet.open(online_cpus(), bpf_output_attr(pages * 4096 // 4), pages)
+
+
 def online_cpus() -> list[int]:
     text = open("/sys/devices/system/cpu/online").read().strip()
     cpus: list[int] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from . import bpfcache, bpfsys, sleepable
 from .kenv import BPF_DIR, EnvironmentProblem
 from .layout import const, packer
-from .perf import RingSet, bpf_output_attr, online_cpus
+from .perf import RingSet
 from .syscalls import Syscall
 
 DEFAULT_PAGES = 256  # per CPU: 1 MiB rings absorb ~4,000 typical records per CPU between drains
@@ -34,7 +34,7 @@ class Filters:
     recover: bool = True
 
 
-class SyscallProbes:
+class SyscallProbes(bpfcache.ObjectOwner):
     def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int = DEFAULT_PAGES,
                  sleepable_kind: str | None = None) -> None:
         self.syscalls = syscalls
@@ -47,7 +47,7 @@ class SyscallProbes:
         def begin(obj: bpfcache.BpfObject) -> None:
             self.obj = obj
             self._configure()
-            self._open_rings(pages)
+            self.open_output("events", pages)
             # -- sleepable syscall reads (tracer/sleepable.py): before _attach, whose entry programs
             # tp.s readers replace
             if sleepable_kind:
@@ -105,12 +105,6 @@ class SyscallProbes:
     def add_pid(self, pid: int) -> None:
         self._map("pids").update(_U32.pack(pid), _ONE)
 
-    def _open_rings(self, pages: int) -> None:
-        cpus = online_cpus()
-        # Wake the reader when a quarter of a ring is used; the poll timeout bounds latency otherwise.
-        self.rings = RingSet.open(cpus, bpf_output_attr(pages * 4096 // 4), pages)
-        for ring in self.rings.rings:
-            self._set("events", ring.cpu, _U32.pack(ring.fd))
 
     def _attach(self) -> None:
         assert self.obj is not None
@@ -132,14 +126,7 @@ class SyscallProbes:
         if self.sleepers is not None:
             self.sleepers.close()
             self.sleepers = None
-        if self.obj is not None:
-            try:
-                self.obj.close()
-            finally:
-                self.obj = None
-        if self.rings is not None:
-            self.rings.close()
-            self.rings = None
+        super().close()
 
 
 def load_error(e: Exception) -> EnvironmentProblem:

@@ -24,7 +24,7 @@ from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
 from .kenv import BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
 from .layout import const, packer
-from .perf import RingSet, bpf_output_attr, online_cpus
+from .perf import output_rings
 from .probes import Filters
 from .sources import Source, SourceOptions
 from .syscalls import UnknownEvent
@@ -164,7 +164,7 @@ class UprobeSource(Source):
             self.bpf = BPF(src_file=str(bpf_source("uprobe.bpf.c")).encode(),
                            cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
             self._configure(opts.filters)
-            self.rings = RingSet.open(online_cpus(), bpf_output_attr(opts.pages * 4096 // 4), opts.pages)
+            self.rings = output_rings(opts.pages)
             events = self.bpf["up_events"]
             for ring in self.rings.rings:
                 events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)

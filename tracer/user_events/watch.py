@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import bpfcache, bpfsys
 from ..kenv import BPF_DIR
 from ..layout import layout
-from ..perf import Batch, RingSet, bpf_output_attr, online_cpus
+from ..perf import Batch, RingSet
 from .decode import pack_discarded
 from .formats import parse_name_args
 
@@ -88,7 +88,7 @@ class _CpuRing:
         pass  # the Watch owns its rings
 
 
-class Watch:
+class Watch(bpfcache.ObjectOwner):
     def __init__(self, data_path: Path, pages: int, wanted: Callable[[int, int], bool]) -> None:
         self.data_path = data_path
         self.wanted = wanted
@@ -111,10 +111,7 @@ class Watch:
         for pid, fd in scan_fds(self.data_path):
             maps["ue_fds"].update(struct.pack("<Q", pid << 32 | fd), b"\1")
             self.counts["fds_found_at_start"] += 1
-        self.rings = RingSet.open(online_cpus(), bpf_output_attr(pages * 4096 // 4), pages)
-        for ring in self.rings.rings:
-            maps["ue_events"].update(struct.pack("<I", ring.cpu), struct.pack("<I", ring.fd))
-        self.cpu_rings = [_CpuRing(self, r) for r in self.rings.rings]
+        self.cpu_rings = [_CpuRing(self, r) for r in self.open_output("ue_events", pages).rings]
 
     def collect(self) -> None:
         if self.rings is None:
@@ -186,16 +183,6 @@ class Watch:
             names = ("watch_registrations", "watch_faults", "watch_submit_fail", "watch_fds_opened")
             out.update(zip(names, self.obj.maps["ue_stats"].counters(len(names)), strict=True))
         return out
-
-    def close(self) -> None:
-        if self.obj is not None:
-            try:
-                self.obj.close()
-            finally:
-                self.obj = None
-        if self.rings is not None:
-            self.rings.close()
-            self.rings = None
 
 
 def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
