@@ -41,9 +41,10 @@ class CallbackProbes(SyscallProbes):
         self.lost = 0
         super().__init__(*args, **kw)
 
-    def _open_rings(self, pages: int) -> None:
-        """bcc's open_perf_buffer, done through bcc's library on the `events` map tracer loaded (SyscallProbes
-        no longer holds a bcc BPF object): one bcc perf reader per CPU, one C-to-Python callback per record."""
+    def open_output(self, map_name: str, pages: int) -> None:  # type: ignore[override]
+        """bcc's open_perf_buffer, done through bcc's library on the output map tracer loaded (SyscallProbes
+        holds no bcc BPF object on a warm start): one bcc perf reader per CPU, one C-to-Python callback per
+        record, in place of tracer's batched rings (bpfcache.ObjectOwner.open_output)."""
         from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, bcc_perf_buffer_opts, lib
 
         from tracer.perf import online_cpus
@@ -66,7 +67,7 @@ class CallbackProbes(SyscallProbes):
                 raise OSError(f"bcc could not open a perf buffer on CPU {cpu}")
             self._cbs.append((fn, lost_fn))
             readers.append(reader)
-            self._map("events").update(struct.pack("<I", cpu), struct.pack("<I", lib.perf_reader_fd(reader)))
+            self._map(map_name).update(struct.pack("<I", cpu), struct.pack("<I", lib.perf_reader_fd(reader)))
         self._readers = (ct.c_void_p * len(readers))(*readers)
 
     def consume(self, count: int, timeout_ms: int = 100) -> int:

@@ -1,17 +1,21 @@
-"""tracer's performance figures against its targets, in one run on this machine (as root, ~2 minutes).
+"""tracer's performance figures against its goals, beside bpftrace and strace in the same run (as root).
 
-    .venv/bin/python bench/run.py [--records N] [--quick]
+    .venv/bin/python bench/run.py [--records N] [--quick | --smoke]
 
-1. consumer throughput: records/s decoded into event dicts (one core's CPU time), tracer's stream
-   against bcc's callback-per-record pattern on the same records (bench/bcc_callback.py);
-2. lost records at offered rates of 50k, 200k, 500k and 1M openat2 calls/s with the default buffer, for
-   a 1 s burst each, then 200k/s sustained for 5 s (what the buffer absorbs vs what the consumer keeps up with);
-3. added cost per traced openat2 (tight loop): untraced, tracer, bpftrace, strace;
-4. `tracer trace openat2`: time from start to the first event, peak RSS; with an empty program cache
-   (cold: bcc compiles) and then with the entry that start wrote (warm).
+1. consumer stages in this process: records/s decoded (tracer's stream; bcc's callback-per-record
+   pattern on the same records, bench/bcc_callback.py), where a record's CPU time goes;
+2. side by side, as a user runs them, on the same tight openat2 loop: `tracer trace --json` to a file,
+   tracer's console output to a file, bpftrace (the same reads) to a file, strace: events per consumer
+   CPU-second, CPU added to the traced program per call, BPF time per call (bpf_stats), SIGINT to exit;
+3. lost records: `tracer trace --json` at 200k openat2 calls/s sustained for 5 s (and 1 s bursts at
+   higher rates), default buffer;
+4. start-up: time to the first event with an empty program cache (cold: bcc compiles) and with the entry
+   that start wrote (warm), peak RSS; `trace %file` (every file syscall): first event and SIGINT to exit.
 
-Load comes from bench/loadgen.c (compiled here). The bench process runs on CPU 0 and the load
-generator on CPU 1 where a single CPU is wanted. Prints the machine load (other work skews figures).
+Every cost is CPU time (getrusage of the load generator, /proc schedstat of the consumer, bpf_stats of
+the programs), not wall time, so that other work on the machine does not distort it; the load average is
+printed with the figures. Load comes from bench/loadgen.c (compiled here), pinned to CPU 1.
+--smoke runs every step on a few thousand calls (seconds; the test suite runs it so the bench cannot rot).
 """
 
 from __future__ import annotations
@@ -20,13 +24,12 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
+
+from measure import Traced, enable_bpf_stats, loadavg, per_call_ns, prog_ids, prog_stats  # noqa: E402
 
 from tracer import syscalls  # noqa: E402
 from tracer.decode import Decoder  # noqa: E402
@@ -43,6 +48,7 @@ from tracer.probes import Filters  # noqa: E402
 from tracer.session import Session  # noqa: E402
 
 COMM = "tracer-loadgen"
+MEASURED = "/nonexistent-tracer-bench/measured"  # the path of measured calls; pokes use another
 BIG_PAGES = 8192  # 32 MiB per CPU: holds a whole burst, so the consumer is timed alone
 # The same work as tracer's openat2 program: both pointers read at entry, one record sent at exit.
 BPFTRACE = (
@@ -82,10 +88,6 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def build_loadgen(tmp: Path) -> Path:
     exe = tmp / "loadgen"
     subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(exe), str(HERE / "loadgen.c")], check=True)
@@ -97,16 +99,17 @@ class Loadgen:
         self.exe = exe
 
     def run(self, calls: int, rate: float = 0, threads: int = 1, cpu: int | None = 1, kind: str = "openat2",
-            wrap: list[str] | None = None) -> dict:
-        cmd = [*(wrap or []), str(self.exe), "-s", kind, "-n", str(calls), "-r", str(rate), "-t", str(threads)]
+            wrap: list[str] | None = None, path: str = MEASURED) -> dict:
+        cmd = [*(wrap or []), str(self.exe), "-s", kind, "-n", str(calls), "-r", str(rate), "-t", str(threads),
+               "-p", path]
         if cpu is not None:
             cmd += ["-c", str(cpu)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
         return json.loads(out[-1])
 
-    def ns_per_call(self, calls: int, repeat: int = 3, wrap: list[str] | None = None) -> float:
-        """Median over `repeat` tight loops on CPU 1 (single thread)."""
-        return statistics.median(self.run(calls, wrap=wrap)["ns_per_call"] for _ in range(repeat))
+    def cpu_per_call(self, calls: int, repeat: int = 3) -> float:
+        """CPU ns per call of the load generator itself, median of `repeat` tight loops on CPU 1."""
+        return statistics.median(self.run(calls)["cpu_ns_per_call"] for _ in range(repeat))
 
 
 def emitted(s: Session) -> tuple[int, int]:
@@ -227,177 +230,159 @@ def throughput(lg: Loadgen, records: int) -> None:
             say(f"    bcc callback, {label:<17} {got:>8,} events  {cpu:6.3f} s CPU  {got / cpu:>10,.0f} records/s")
     finally:
         p.close()
-    ROWS.append(Row("records/s decoded (tracer stream, 1 core)", figures["stream"], "rec/s", 1_000_000,
+    ROWS.append(Row("records/s decoded (tracer stream, 1 core)", figures["stream"], "rec/s",
                     note="Session.batches(), as the CLI consumes it"))
     ROWS.append(Row("  records/s, `for ev in session` (Event objects)", figures["stream, per Event"], "rec/s"))
     ROWS.append(Row("  ratio vs bcc callback + reference decoder", figures["stream"] / figures["reference decoder"],
-                    "x", 4.0, note="per-record callback and field-by-field decode, as before this work"))
+                    "x", note="per-record callback and field-by-field decode, as before this work"))
     ROWS.append(Row("  ratio vs bcc callback + same fast decoder", figures["stream"] / figures["same decoder"], "x",
                     note="what batching alone buys"))
     ROWS.append(Row("records/s through JsonOutput (to /dev/null)", figures["stream+json"], "rec/s"))
 
 
-# --- 2. lost records vs offered rate, 3. added cost ---------------------------------------------------
+# --- 2. side by side: tracer (JSON, console), bpftrace, strace ------------------------------------------
 
-class Consumer(threading.Thread):
-    """Iterates a session in the background, as a tracer process does."""
-
-    def __init__(self, s: Session) -> None:
-        super().__init__(daemon=True)
-        self.s = s
-        self.events = 0
-
-    def run(self) -> None:
-        for batch in self.s.batches():
-            self.events += sum(1 for ev in batch if ev["kind"] == "syscall")
-
-    def settle(self, target: int, timeout: float = 5.0) -> None:
-        end = time.monotonic() + timeout
-        while self.events < target and time.monotonic() < end:
-            time.sleep(0.02)
+def poke(lg: Loadgen) -> Callable[[], None]:
+    """A few calls on another path: output appears once the tracer is attached (not counted as measured)."""
+    return lambda: lg.run(20, path="/nonexistent-tracer-bench/poke")
 
 
-def live(lg: Loadgen, quick: bool, calls_tight: int) -> None:
-    rates = (50_000, 200_000) if quick else (50_000, 200_000, 500_000, 1_000_000)
-    say(f"\n[3] untraced openat2 tight loop ({calls_tight:,} calls, median of 3)")
-    base = lg.ns_per_call(calls_tight)
-    say(f"    {base:.0f} ns/call")
+def tracer_cmd(*args: str) -> list[str]:
+    return [str(ROOT / ".venv/bin/tracer"), "trace", *args, "-n", COMM]
+
+
+def side_by_side(lg: Loadgen, calls: int, tmp: Path) -> None:
+    say(f"\n[2] the same tight openat2 loop ({calls:,} calls on CPU 1), traced by each consumer writing to a file; "
+        f"load average {loadavg()}")
+    base = lg.cpu_per_call(calls)
+    say(f"    untraced: {base:,.0f} ns CPU per call (the load generator's own getrusage)")
     pages = default_pages()
-    say(f"\n[2] lost records vs offered rate, default buffer ({pages} pages = {pages * 4 // 1024} MiB per CPU, "
-        f"{len(online_cpus())} CPUs): a 1 s burst per rate, then 5 s sustained at 200k/s")
-    s = Session(["openat2"], comm=COMM)
-    s.start()
-    c = Consumer(s)
-    c.start()
-    try:
-        for rate, secs in [(r, 1) for r in rates] + [(200_000, 5)]:
-            threads = 1 if rate <= 200_000 else 2
-            e0, f0 = emitted(s)
-            ev0 = c.events
-            t0 = time.monotonic()
-            r = lg.run(rate * secs, rate=rate, threads=threads, cpu=1 if threads == 1 else None)
-            e1, f1 = emitted(s)
-            c.settle(ev0 + e1 - e0, timeout=30)
-            caught_up = time.monotonic() - t0
-            lost = f1 - f0
-            say(f"    offered {rate:>9,}/s for {secs} s ({threads} thread{'s' * (threads > 1)}): achieved "
-                f"{r['rate']:>9,.0f}/s, {r['calls']:>9,} calls, {c.events - ev0:>9,} events, {lost:>8,} lost "
-                f"({lost / r['calls']:.1%}); consumer caught up after {caught_up:.1f} s")
-            if rate == 200_000 and secs == 1:
-                ROWS.append(Row("lost records at 200k openat2/s for 1 s, default buffer", lost, "records", 0, False,
-                                note=f"achieved {r['rate']:,.0f}/s; caught up after {caught_up:.1f} s"))
-            elif secs > 1:
-                ROWS.append(Row(f"lost at 200k/s sustained {secs} s (achieved {r['rate'] / 1000:,.0f}k/s)",
-                                100 * lost / r["calls"], "%", higher_is_better=False,
-                                note=f"consumer: {(c.events - ev0) / caught_up:,.0f} events/s while catching up"))
-            else:
-                ROWS.append(Row(f"lost at {rate // 1000}k/s for 1 s (achieved {r['rate'] / 1000:,.0f}k/s)",
-                                100 * lost / r["calls"], "%", higher_is_better=False))
-        say(f"\n[3] traced by tracer (recovery on), tight loop ({calls_tight:,} calls, median of 3)")
-        e0, f0 = emitted(s)
-        ours = lg.ns_per_call(calls_tight)
-        e1, f1 = emitted(s)
-        say(f"    {ours:.0f} ns/call ({f1 - f0:,} of {e1 - e0 + f1 - f0:,} records lost: consumer slower than "
-            "the loop)")
-    finally:
-        s.stop()
-        c.join(2)
-        s.close()
-    ROWS.append(Row("ns added per traced openat2 (recovery on)", ours - base, "ns", 400, False,
-                    note=f"untraced {base:.0f} ns, traced {ours:.0f} ns"))
+    consumers = [("tracer --json", tracer_cmd("openat2", "--json"), None),
+                 ("tracer console", tracer_cmd("openat2"), None)]
     bpftrace = shutil.which("bpftrace")
-    if bpftrace:
-        say("\n[3] traced by bpftrace (equivalent one-liner, output to /dev/null)")
-        bt = subprocess.Popen([bpftrace, "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
-        lines = [0]
-
-        def read() -> None:
-            for _ in bt.stdout:
-                lines[0] += 1
-
-        try:
-            threading.Thread(target=read, daemon=True).start()
-            end = time.monotonic() + 30
-            while lines[0] < 100 and bt.poll() is None and time.monotonic() < end:  # attached once it prints
-                lg.run(200)
-                time.sleep(0.1)
-            if lines[0] < 100:
-                raise RuntimeError("no output from bpftrace")
-            before = lines[0]
-            theirs = lg.ns_per_call(calls_tight)
-            time.sleep(0.5)
-            say(f"    {theirs:.0f} ns/call ({lines[0] - before:,} lines printed for {3 * calls_tight:,} calls)")
-            ROWS.append(Row("ns added per openat2, bpftrace (same reads)", theirs - base, "ns", note="for scale"))
-        except Exception as e:  # a bpftrace that cannot compile the script here
-            say(f"    bpftrace failed: {e}")
-        finally:
-            bt.send_signal(signal.SIGINT)
-            try:
-                bt.wait(10)
-            except subprocess.TimeoutExpired:
-                bt.kill()
+    if bpftrace:  # the same ring size as tracer's default
+        consumers.append(("bpftrace", [bpftrace, "-e", BPFTRACE], {**os.environ, "BPFTRACE_PERF_RB_PAGES": str(pages)}))
     else:
-        say("\n[3] bpftrace not installed: row skipped (apt-get install -y bpftrace)")
+        say("    bpftrace not installed: its column is missing (apt-get install -y bpftrace)")
+    fig: dict[str, dict] = {}
+    for label, cmd, env in consumers:  # events: lines naming the measured path
+        fig[label] = one_consumer(lg, label, cmd, env, calls, base, tmp)
     strace = shutil.which("strace")
     if strace:
-        n = max(calls_tight // 20, 2000)
-        say(f"\n[3] traced by strace -e trace=openat2 ({n:,} calls)")
-        theirs = lg.ns_per_call(n, repeat=1, wrap=[strace, "-f", "-qq", "-e", "trace=openat2", "-o", os.devnull])
-        say(f"    {theirs:.0f} ns/call")
-        ROWS.append(Row("ns added per openat2, strace", theirs - base, "ns", note="for scale"))
+        n = max(calls // 20, 2000)
+        r = lg.run(n, wrap=[strace, "-f", "-qq", "-e", "trace=openat2", "-o", os.devnull])
+        fig["strace"] = {"added": r["cpu_ns_per_call"] - base}
+        say(f"    strace: {r['cpu_ns_per_call']:,.0f} ns CPU per call ({n:,} calls), +{fig['strace']['added']:,.0f} ns")
     else:
-        say("\n[3] strace not installed: row skipped (apt-get install -y strace)")
+        say("    strace not installed (apt-get install -y strace)")
+    js, con, bt = fig["tracer --json"], fig["tracer console"], fig.get("bpftrace")
+    ROWS.append(Row("events per consumer CPU-s, tracer --json", js["rate"], "ev/s", 300_000,
+                    note=f"{js['events']:,} events in {js['cpu']:.3f} s CPU"))
+    if bt:
+        ROWS.append(Row("  ratio to bpftrace (printf to a file)", js["rate"] / bt["rate"], "x", 1.5,
+                        note=f"bpftrace {bt['rate']:,.0f} ev/s: {bt['events']:,} events in {bt['cpu']:.3f} s CPU"))
+    ROWS.append(Row("events per consumer CPU-s, tracer console", con["rate"], "ev/s", 100_000,
+                    note=f"{con['events']:,} events in {con['cpu']:.3f} s CPU"))
+    ROWS.append(Row("CPU added per traced openat2, tracer", js["added"], "ns", note=f"untraced {base:,.0f} ns"))
+    if bt:
+        ROWS.append(Row("  ratio to bpftrace's CPU added", js["added"] / bt["added"], "x", 0.3, False,
+                        note=f"bpftrace +{bt['added']:,.0f} ns"))
+    if "strace" in fig:
+        ROWS.append(Row("  strace's CPU added, for scale", fig["strace"]["added"], "ns"))
+    if js["bpf"]:
+        ROWS.append(Row("BPF time per call, tracer (enter + exit)", sum(js["bpf"].values()), "ns", 1000, False,
+                        note=", ".join(f"{k} {v:,.0f}" for k, v in sorted(js["bpf"].items()))))
+    if bt and bt["bpf"]:
+        ROWS.append(Row("  bpftrace, for scale", sum(bt["bpf"].values()), "ns",
+                        note=", ".join(f"{k} {v:,.0f}" for k, v in sorted(bt["bpf"].items()))))
+
+
+def one_consumer(lg: Loadgen, label: str, cmd: list[str], env: dict | None, calls: int,
+                 base: float, tmp: Path) -> dict:
+    t = Traced(cmd, tmp / f"{label.replace(' ', '_')}.out", env)
+    try:
+        t.wait_attached(poke(lg))
+        c0 = t.settle()
+        ids = prog_ids(t.pid)
+        st0 = prog_stats(ids)
+        r = lg.run(calls)
+        c1 = t.settle()
+        bpf = per_call_ns(st0, prog_stats(ids), calls)
+    finally:
+        exit_s = t.stop()
+    events = t.lines(MEASURED.encode())
+    cpu = (c1 - c0) / 1e9
+    f = {"events": events, "cpu": cpu, "rate": events / cpu if cpu else 0.0, "bpf": bpf,
+         "added": r["cpu_ns_per_call"] - base}
+    say(f"    {label:<15} {events:>9,} events (of ~{calls:,}) in {cpu:6.3f} s consumer CPU: {f['rate']:>9,.0f} ev/s; "
+        f"+{f['added']:,.0f} ns CPU per call; BPF " + (", ".join(f"{k} {v:,.0f} ns" for k, v in sorted(bpf.items()))
+                                                      or "(no stats)") + f"; SIGINT to exit {exit_s:.2f} s")
+    return f
+
+
+# --- 3. lost records ----------------------------------------------------------------------------------
+
+def losses(lg: Loadgen, rates: list[tuple[int, float]], tmp: Path) -> None:
+    say(f"\n[3] lost records, `tracer trace openat2 --json` to a file, default buffer ({default_pages()} pages per "
+        f"CPU, {len(online_cpus())} CPUs); load average {loadavg()}")
+    for rate, secs in rates:
+        threads = 1 if rate <= 200_000 else 2
+        t = Traced(tracer_cmd("openat2", "--json"), tmp / "loss.out")
+        try:
+            t.wait_attached(poke(lg))
+            c0 = t.settle()
+            r = lg.run(int(rate * secs), rate=rate, threads=threads, cpu=1 if threads == 1 else None)
+            c1 = t.settle()
+        finally:
+            t.stop()
+        summary = json.loads(open(t.out, "rb").read().splitlines()[-1])
+        lost, events = summary.get("lost", -1), summary.get("events", 0)
+        say(f"    offered {rate:>9,}/s for {secs:g} s: achieved {r['rate']:>9,.0f}/s, {r['calls']:>9,} calls, "
+            f"{events:>9,} events, {lost:>8,} lost ({lost / r['calls']:.1%}); consumer CPU {(c1 - c0) / 1e9:.2f} s")
+        name = f"lost at {rate // 1000}k openat2/s for {secs:g} s (achieved {r['rate'] / 1000:,.0f}k/s)"
+        ROWS.append(Row(name, lost, "records", 0 if rate <= 200_000 else None, False))
 
 
 # --- 4. start-up and memory ----------------------------------------------------------------------------
 
-def startup(lg: Loadgen) -> None:
-    say("\n[4] `tracer trace openat2 --json` under a 2,000 calls/s load: time to first event; peak RSS "
-        "(then 1 s at 200k/s); first with an empty program cache (compiles), then with the entry it wrote")
+def startup(lg: Loadgen, smoke: bool, tmp: Path) -> None:
+    say(f"\n[4] start-up: `tracer trace openat2 --json` until its first event (the loop is poked every 10 ms), "
+        f"then 1 s at 200k/s for the peak RSS; load average {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="tracer-bench-cache-") as cache:
-        for state in ("cold", "warm"):
-            entries = len(os.listdir(cache))
-            first, rss = start_once(lg, cache)
-            say(f"      program cache {state}: {entries} entries before the start, {len(os.listdir(cache))} after")
-            ROWS.append(Row(f"time from start to first event ({state} cache)", first, "s", 1.5, False))
+        env = {**os.environ, "TRACER_CACHE_DIR": cache}
+        env.pop("TRACER_NO_CACHE", None)
+        for state in (("warm",) if smoke else ("cold", "warm")):
+            if smoke:  # warmed by a first start whose compile is not a figure
+                            start_once(lg, ["openat2"], env, tmp, 0, "cold")
+            first, rss, exit_s = start_once(lg, ["openat2"], env, tmp, 2_000 if smoke else 200_000, state)
+            ROWS.append(Row(f"time from start to first event ({state} cache)", first, "s",
+                            0.5 if state == "warm" else None, False))
             ROWS.append(Row(f"peak RSS of tracer trace ({state} cache)", rss, "MiB", 120, False))
+        first, _rss, exit_s = start_once(lg, ["%file"], env, tmp, 0, "warm")
+        ROWS.append(Row("`trace %file`: start to first event (warm)", first, "s", 1.0, False))
+        ROWS.append(Row("`trace %file`: SIGINT to exit", exit_s, "s", 1.0, False))
 
 
-def start_once(lg: Loadgen, cache: str) -> tuple[float | None, float]:
-    bg = subprocess.Popen([str(lg.exe), "-n", "40000", "-r", "2000", "-c", "1"], stdout=subprocess.DEVNULL)
-    env = {**os.environ, "TRACER_CACHE_DIR": cache}
-    env.pop("TRACER_NO_CACHE", None)
-    with tempfile.NamedTemporaryFile(prefix="tracer-bench-", suffix=".jsonl") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/tracer"), "trace", "openat2", "--json", "--no-summary",
-                                 "-n", COMM, "--duration", "6"], stdout=out, stderr=subprocess.PIPE, env=env)
-        first = None
-        while proc.poll() is None and time.perf_counter() - t0 < 20:
-            if os.path.getsize(out.name) > 0:
-                first = time.perf_counter() - t0
-                break
-            time.sleep(0.005)
-        if first is not None:
-            lg.run(200_000, rate=200_000, cpu=1)
-        # The tracer's own high-water mark, read while it runs: wait4's ru_maxrss would also count the
-        # RSS this (large) bench process had when it forked, which Linux carries across exec.
-        hwm_kb = 0
-        while proc.poll() is None:
-            hwm_kb = max(hwm_kb, vm_hwm_kb(proc.pid))
-            time.sleep(0.05)
-        status = proc.returncode
-        bg.kill()
-        bg.wait()
-        lines = sum(1 for _ in open(out.name))
-    rss = hwm_kb / 1024
-    say(f"    first event after {first if first is not None else float('nan'):.3f} s; peak RSS {rss:.1f} MiB; "
-        f"{lines:,} lines; exit status {status}")
-    return first, rss
+def start_once(lg: Loadgen, events: list[str], env: dict, tmp: Path, burst: int,
+               label: str) -> tuple[float, float, float]:
+    t = Traced(tracer_cmd(*events, "--json"), tmp / "start.out", env)
+    try:
+        first = t.wait_attached(poke(lg))
+        if burst:
+            lg.run(burst, rate=200_000)
+        rss = vm_hwm_kb(t.pid) / 1024
+    finally:
+        exit_s = t.stop()
+    err = t.proc.stderr.read().decode(errors="replace").strip()
+    (tmp / "start.err").write_text(err)
+    say(f"    {' '.join(events):<8} ({label}) first event after {first:.3f} s; peak RSS {rss:.1f} MiB; SIGINT to exit "
+        f"{exit_s:.2f} s; exit status {t.proc.returncode}" + (f"; stderr: {err[-200:]}" if err else ""))
+    return first, rss, exit_s
 
 
 def vm_hwm_kb(pid: int) -> int:
-    """Peak resident set of a live process (VmHWM in /proc/PID/status), 0 once it is gone."""
+    """Peak resident set of a live process (VmHWM in /proc/PID/status), 0 once it is gone. (wait4's
+    ru_maxrss would also count this bench's RSS at fork, which Linux carries across exec.)"""
     try:
         for line in open(f"/proc/{pid}/status"):
             if line.startswith("VmHWM:"):
@@ -418,8 +403,9 @@ def table() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=100_000, help="records per throughput run (default 100000)")
+    ap.add_argument("--records", type=int, default=200_000, help="records per throughput run (default 200000)")
     ap.add_argument("--quick", action="store_true", help="fewer rates, shorter loops")
+    ap.add_argument("--smoke", action="store_true", help="every step on a few thousand calls (seconds)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/run.py: run as root (it loads BPF programs)", file=sys.stderr)
@@ -428,14 +414,26 @@ def main() -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     say(f"tracer benchmark: {os.cpu_count()} CPUs ({cpu}), Linux {os.uname().release}, "
         f"Python {sys.version.split()[0]}; load average at start {loadavg()}")
+    stats_fd = enable_bpf_stats()
+    if stats_fd is None:
+        say("bpf_stats could not be enabled: no BPF time per call")
+    records = 3_000 if a.smoke else a.records
+    calls = 5_000 if a.smoke else 50_000 if a.quick else 300_000
+    rates = [(20_000, 0.5)] if a.smoke else [(200_000, 5.0)] if a.quick else \
+        [(200_000, 5.0), (500_000, 1.0), (1_000_000, 1.0)]
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tracer-bench-") as tmp:
-        lg = Loadgen(build_loadgen(Path(tmp)))
-        throughput(lg, a.records)
-        live(lg, a.quick, 50_000 if a.quick else 200_000)
-        startup(lg)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tracer-bench-") as tmp:
+            lg = Loadgen(build_loadgen(Path(tmp)))
+            throughput(lg, records)
+            side_by_side(lg, calls, Path(tmp))
+            losses(lg, rates, Path(tmp))
+            startup(lg, a.smoke, Path(tmp))
+    finally:
+        if stats_fd is not None:
+            os.close(stats_fd)
     table()
-    say(f"\nload average at end {loadavg()} (other work on this machine lowers every figure); "
+    say(f"\nload average at end {loadavg()} (figures are CPU time: other work raises them less than wall time); "
         f"bench took {time.monotonic() - t0:.0f} s")
     return 0
 
