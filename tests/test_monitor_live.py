@@ -1,7 +1,8 @@
-"""`tracer monitor openat2` with real BPF: tests/workloads/monitor_cases.c makes openat2 calls that must
-raise an exact set of alerts under the bundled default policy (every default rule, plus the monitor's
-own unreadable / changed / unresolved alerts), and calls that must raise none. Three monitor runs, started
-in parallel once for the module, serve every assertion.
+"""`tracer monitor` with real BPF: tests/workloads/monitor_cases.c makes openat2 calls that must raise an
+exact set of alerts under the bundled default policy (every default rule, plus the monitor's own
+unreadable / changed / unresolved alerts), calls that must raise none, and calls of the rest of the open
+family (open, openat, creat, open_by_handle_at). The monitor runs, started in parallel once for the
+module, serve every assertion.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Monitored:
 def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
     exe = build_c("monitor_cases")
     tmp = tmp_path_factory.mktemp("monitor")
-    dirs = {name: tmp / name for name in ("triggers", "benign", "console")}
+    dirs = {name: tmp / name for name in ("triggers", "benign", "console", "family")}
     for d in dirs.values():
         d.mkdir()
     console_env = {**workload_env(dirs["console"]), "TERM": "dumb", "COLUMNS": "400"}
@@ -58,6 +59,8 @@ def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
         "benign": (("monitor", "openat2", "--json", "--all", "--", exe, "benign"),
                    workload_env(dirs["benign"], EXIT_CODE="5")),
         "console": (("monitor", "openat2", "--", exe, "escape"), console_env),
+        "family": (("monitor", "--json", "--all", "--", exe, "family"), workload_env(dirs["family"])),
+        "cat": (("monitor", "--", "cat", "/etc/shadow"), {**console_env, "TERM": "dumb"}),
     })
     return Monitored(runs, dirs)
 
@@ -104,7 +107,7 @@ def test_each_call_raises_exactly_its_alerts(triggered) -> None:
     assert fired == set(DEFAULT_IDS) | {"unreadable", "unresolved", "changed"}, "every default rule fires"
     for _, ev, alerts in triggered.values():
         for a in alerts:
-            assert a["kind"] == "alert" and a["event"] == ev and a["severity"] in ("medium", "high", "critical")
+            assert a["kind"] == "alert" and a["event"] == ev and a["severity"] in ("low", "medium", "high", "critical")
 
 
 def test_absolute_paths_are_certain(triggered) -> None:
@@ -141,11 +144,12 @@ def test_unplaceable_call_raises_unresolved(triggered, monitored: Monitored) -> 
 def test_unreadable_path_fails_closed(triggered) -> None:
     _, ev, (alert,) = triggered["badptr"]
     assert ev["args"]["filename"] is None and ev["reads"]["filename"]["status"] == "missing"
-    assert alert["severity"] == "high" and alert["unreadable"] == ["filename"]
+    # The call returned EFAULT: the kernel could not read it either, nothing was opened (low severity).
+    assert ev["ret"] == -14 and alert["severity"] == "low" and alert["unreadable"] == ["filename"]
     assert alert["could_match"] == ["proc-mem", "raw-memory-device", "shadow-access", "ssh-private-key"]
     assert "errno 14 at 0x1" in alert["description"]
     _, ev, (alert,) = triggered["how_badptr"]
-    assert ev["args"]["how"] is None and alert["unreadable"] == ["how"]
+    assert ev["args"]["how"] is None and alert["unreadable"] == ["how"] and alert["severity"] == "low"
     assert alert["could_match"] == ["sensitive-write", "sensitive-write-follows-symlinks", "world-writable-create"]
 
 
@@ -202,3 +206,82 @@ def test_console_alerts_escaped(monitored: Monitored) -> None:
                         "(absolute, lexical: symlinks not resolved)")
     assert lines[3].startswith("1 openat2 calls checked, 1 alerts (sensitive-write-follows-symlinks: 1)")
     assert len(lines) == 4
+
+
+# --- the whole open family (tracer monitor with no SYSCALL) ----------------------------------------------
+
+FAMILY_EXPECTED = {
+    "f_open_shadow": ("open", "/etc/shadow", {"shadow-access"}),
+    "f_openat_dfd_shadow": ("openat", "shadow", {"shadow-access"}),
+    "f_openat_passwd": ("openat", "/etc/passwd", set()),
+    "f_creat_etc": ("creat", "/etc/tracer-monitor-test.d/x", {"sensitive-write-follows-symlinks"}),
+    "f_creat_world": ("creat", None, {"world-writable-create"}),
+    "f_openat_badptr": ("openat", None, {"unreadable"}),
+    "f_handle_shadow": ("open_by_handle_at", None, {"unresolved"}),
+}
+
+
+def family_calls(run: Run) -> dict[str, tuple[dict, dict, list[dict]]]:
+    """case -> (report, event, alerts): each report matched to the next event of its thread with the same
+    syscall and return value (the workload's other opens, e.g. the dynamic loader's, come in between)."""
+    alerts: dict[tuple, list[dict]] = defaultdict(list)
+    events: dict[tuple, dict] = {}
+    for line in run.lines:
+        ev = line.get("event") if line.get("kind") == "alert" else line if line.get("kind") == "syscall" else None
+        if ev is not None:
+            key = (ev["pid"], ev["tid"], ev["ts"])
+            events[key] = ev
+            if line["kind"] == "alert":
+                alerts[key].append(line)
+    order = sorted(events, key=lambda k: k[2])
+    out, i = {}, 0
+    for r in run.workload:
+        while i < len(order) and not (order[i][1] == r["tid"] and events[order[i]]["syscall"] == r["syscall"]
+                                      and events[order[i]]["ret"] == r["ret"]):
+            i += 1
+        assert i < len(order), f"no event for {r}\n{run.describe()}"
+        out[r["case"]] = (r, events[order[i]], alerts.get(order[i], []))
+        i += 1
+    return out
+
+
+def test_whole_family_watched_by_default(monitored: Monitored) -> None:
+    run = monitored.runs["family"]
+    expect_ok(run, rc=3)
+    assert run.summary["syscalls"] == ["open", "openat", "openat2", "creat", "open_by_handle_at"]
+    got = family_calls(run)
+    assert set(got) == set(FAMILY_EXPECTED)
+    for case, (syscall, path, rules) in FAMILY_EXPECTED.items():
+        _, ev, alerts = got[case]
+        assert ev["syscall"] == syscall, case
+        if path is not None:
+            assert ev["args"]["pathname" if syscall == "creat" else "filename"] == path, case
+        assert {a["rule"] for a in alerts} == rules, (case, alerts)
+    # Nothing else alerts: the loader's opens, the workload's open of /etc.
+    assert sum(len(a) for _, _, a in got.values()) == len([x for x in run.lines if x.get("kind") == "alert"])
+    _, ev, (alert,) = got["f_openat_dfd_shadow"]
+    assert alert["best_effort"] is True and ev["target"] == {"path": "/etc/shadow", "best_effort": True,
+                                                             "basis": "fd"}
+    _, ev, (alert,) = got["f_creat_world"]
+    assert ev["args"]["mode"] == 0o666 and ev["ret"] >= 0
+    _, ev, (alert,) = got["f_handle_shadow"]
+    assert ev["target"]["basis"] == "handle" and alert["could_match"]["shadow-access"] == ["path"]
+
+
+def test_efault_unreadable_is_low(monitored: Monitored) -> None:
+    """The call itself returned EFAULT: the kernel could not read the path either, nothing was opened."""
+    _, ev, (alert,) = family_calls(monitored.runs["family"])["f_openat_badptr"]
+    assert ev["ret"] == -14 and ev["reads"]["filename"]["status"] == "missing"
+    assert alert["severity"] == "low" and alert["kernel_efault"] is True
+    assert "the kernel could not read its arguments either and nothing was opened" in alert["description"]
+
+
+def test_cat_shadow_raises_shadow_access(monitored: Monitored) -> None:
+    """`tracer monitor -- cat /etc/shadow`: glibc opens with openat; the default policy catches it."""
+    run = monitored.runs["cat"]
+    expect_ok(run, rc=3)
+    assert run.stderr.startswith("monitoring open, openat, openat2, creat, open_by_handle_at with 8 rules from ")
+    lines = run.stdout.splitlines()
+    assert " CRITICAL  shadow-access  Open of a password hash database" in lines
+    call = lines[lines.index(" CRITICAL  shadow-access  Open of a password hash database") + 1]
+    assert 'openat(dfd=AT_FDCWD, filename="/etc/shadow", flags=O_RDONLY' in call and call.endswith(" = 3")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tracer import globs
 from tracer import monitor as mon
 from tracer.monitor import Monitor, could_match_below, glob_match, normpath, target
 from tracer.output import AlertOutput
@@ -179,6 +180,43 @@ def test_bad_policy_on_a_run_exits_2_before_tracing(tmp_path: Path) -> None:
 ])
 def test_glob_match(glob: str, path: str, hit: bool) -> None:
     assert glob_match(glob, path) is hit
+
+
+def test_many_double_stars_cost_glob_times_path() -> None:
+    """Four `**` against a 250-component path: a backtracking matcher takes ~98 s per event; the DP
+    matcher does at most len(glob) x len(path) component tests (timing figures: bench, not here)."""
+    deep = "/" + "/".join(f"d{i}" for i in range(250))
+    assert not glob_match("/**/**/**/**/x", deep)
+    assert glob_match("/**/**/**/**/d249", deep) and glob_match("/**/d3/**/d100/**/**/d249", deep)
+    assert not glob_match("/**/d100/**/d3/**", deep)  # order matters
+    assert could_match_below("/**/**/**/**/x", "/".join(["a"] * 200 + ["x"]))
+    assert not could_match_below("/**/**/**/x", "/".join(["a"] * 200))
+
+
+def test_glob_cost_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound itself, counted: component tests <= glob components x path components."""
+    tests = 0
+    real = globs._component
+
+    def counting(pat: str):
+        test = real(pat)
+        if test is None:
+            return None
+
+        def counted(s: str) -> bool:
+            nonlocal tests
+            tests += 1
+            return test(s)
+        return counted
+
+    monkeypatch.setattr(globs, "_component", counting)
+    globs.compile_glob.cache_clear()
+    deep = "/" + "/".join(["a"] * 250)
+    for g in ("/**/**/**/**/x", "/**/a/**/a/**/a/**/b", "/**/*/**/*/**/*/**/*/x"):
+        tests = 0
+        assert not glob_match(g, deep)
+        assert 0 < tests <= len(g.split("/")) * len(deep.split("/")), (g, tests)
+    globs.compile_glob.cache_clear()
 
 
 def test_lexical_pruning_of_relative_paths() -> None:

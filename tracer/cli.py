@@ -407,32 +407,31 @@ def demo(as_json: bool) -> None:
 # --- tracer monitor (tracer/monitor.py, tracer/policy.py) -------------------------------------------
 
 
-@cli.group()
-def monitor() -> None:
-    """Security monitoring with alerts from a policy. Exit status 3 when any alert fired."""
-
-
-@monitor.command("openat2", context_settings={"ignore_unknown_options": False})
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("syscall_names", nargs=-1, metavar="[SYSCALL]...")
 @lambda f: apply_options(f, live_options(only_missing=False))
 @click.option("--policy", "policies", multiple=True, metavar="FILE",
               help="Policy file (TOML, repeatable); replaces the bundled default policy unless --with-default.")
 @click.option("--with-default", is_flag=True, help="Load the bundled default policy as well as the --policy files.")
 @click.option("--check-policy", "check", multiple=True, metavar="FILE",
-              help="Only validate FILE: every error as FILE:LINE: message, exit 0 (valid) or 2.")
+              help="Only validate FILE (repeatable; rule ids must be unique across them): every error as "
+                   "FILE:LINE: message, exit 0 (valid) or 2.")
 @click.option("--all", "show_all", is_flag=True, help="Also show calls that raise no alert.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout: alerts (and calls, with --all).")
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
-def monitor_openat2(ctx: click.Context, policies: tuple[str, ...], with_default: bool, check: tuple[str, ...],
-                    show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int | None, no_recover: bool,
-                    **opts: object) -> None:
-    """Watch openat2 calls and raise alerts from a policy: [options] [-- CMD ARGS...]
+def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[str, ...], with_default: bool,
+            check: tuple[str, ...], show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int | None,
+            no_recover: bool, **opts: object) -> None:
+    """Watch opens and raise alerts from a policy: [SYSCALL]... [options] [-- CMD ARGS...]
 
+    SYSCALL: open, openat, openat2, creat, open_by_handle_at; default: all of them that this kernel has.
     Fails closed: unreadable arguments, arguments changed during the call, calls a rule could match but
     the monitor cannot place, and lost records raise alerts of their own. Exit status: 0 no alert, 3 an
     alert fired (also with -- CMD, whatever CMD's status), 1 runtime failure, 2 usage or policy error.
     """
-    from .monitor import run_monitor
+    from . import syscalls
+    from .monitor import family_on_kernel, run_monitor
     from .policy import PolicyError, check_files, load_for_run
 
     if check:
@@ -442,9 +441,18 @@ def monitor_openat2(ctx: click.Context, policies: tuple[str, ...], with_default:
     except PolicyError as e:
         sys.stderr.write(f"{e}\n")
         sys.exit(2)
-    session = make_session(["openat2"], command=(ctx.obj or {}).get("command"), recover=not no_recover,
+    try:
+        names, missing = family_on_kernel(list(syscall_names), syscalls.table())
+    except ValueError as e:
+        fail(str(e), 2)
+    except OSError as e:
+        fail(f"cannot list the syscall tracepoints: {e}")
+    if not names:
+        fail(f"this kernel has none of {', '.join(missing)} as syscall tracepoints")
+    session = make_session(names, command=(ctx.obj or {}).get("command"), recover=not no_recover,
                            pages=buffer_pages, **opts)
-    sys.exit(run_monitor(session, policy, drive, show_all=show_all, as_json=as_json, summary=not no_summary))
+    sys.exit(run_monitor(session, policy, drive, show_all=show_all, as_json=as_json, summary=not no_summary,
+                         missing=missing))
 
 
 # -- user_events (tracer/user_events) ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""openat2 security monitor: places each call's target path, matches policy rules, raises alerts.
+"""Security monitor of the open family: places each call's target path, matches policy rules, raises alerts.
 
 Fail closed. Each rule condition is true, false or unknown; a rule fires when all its conditions are
 true, is cleared when one is false, and is *undecided* otherwise. The monitor raises its own alerts:
@@ -15,53 +15,49 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from functools import cache
 from itertools import product
 
 from .decode import AT_FDCWD
+from .globs import could_match_below, glob_match
 from .policy import OPEN_FLAGS, RESOLVE_NAMES, SEVERITIES, Policy, Rule
 
 RESOLVE_IN_ROOT = RESOLVE_NAMES["RESOLVE_IN_ROOT"]
 _ACCMODE_NAMES = ("O_RDONLY", "O_WRONLY", "O_RDWR")
 BUILTIN = {
-    "unreadable": ("high", "openat2 arguments could not be read: the monitor cannot clear this call"),
-    "changed": ("high", "openat2 argument changed while the call ran"),
+    "unreadable": ("high", "arguments could not be read: the monitor cannot clear this call"),
+    "changed": ("high", "an argument changed while the call ran"),
     "unresolved": ("medium", "a rule could match this call but the monitor cannot tell"),
-    "lost": ("high", "openat2 records were lost: those calls were not checked"),
+    "lost": ("high", "records were lost: those calls were not checked"),
 }
+# The open family. openat2 takes its flags, mode and resolve flags from user memory (struct open_how,
+# which can be unreadable or change); the others take them in registers, which the tracepoint records.
+FAMILY = ("open", "openat", "openat2", "creat", "open_by_handle_at")
+_CREAT_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_TRUNC  # creat(2) is open(path, these, mode)
+
+
+def path_arg(ev: dict) -> str | None:
+    """The argument that holds the path (None: open_by_handle_at names its file by a handle)."""
+    return {"creat": "pathname", "open_by_handle_at": None}.get(ev["syscall"], "filename")
+
+
+def dfd_of(ev: dict) -> int:
+    args = ev["args"]
+    return args["dfd"] if "dfd" in args else args.get("mountdirfd", AT_FDCWD)
+
+
+def how_of(ev: dict) -> dict | None:
+    """openat2's open_how as read, or the same fields from the other calls' registers."""
+    args = ev["args"]
+    if ev["syscall"] == "openat2":
+        return args.get("how")
+    if ev["syscall"] == "creat":
+        return {"flags": _CREAT_FLAGS, "mode": args.get("mode", 0), "resolve": 0}
+    return {"flags": args.get("flags", 0), "mode": args.get("mode", 0), "resolve": 0}
 
 Tri = bool | None  # True, False, or None for unknown
 
 
-# --- globs over path components -----------------------------------------------------------------
-
-
-def _parts(path: str) -> tuple[str, ...]:
-    return tuple(path.split("/"))
-
-
-@cache
-def _glob_parts(glob: str) -> tuple[str, ...]:
-    return _parts(glob)
-
-
-def _match_parts(pat: tuple[str, ...], parts: tuple[str, ...]) -> bool:
-    """`*`, `?`, `[...]` within one component; a `**` component spans any number of components."""
-    if not pat:
-        return not parts
-    if pat[0] == "**":
-        return any(_match_parts(pat[1:], parts[k:]) for k in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], pat[0]) and _match_parts(pat[1:], parts[1:])
-
-
-def glob_match(glob: str, path: str) -> bool:
-    return _match_parts(_glob_parts(glob), _parts(path))
-
-
-def could_match_below(glob: str, rel: str) -> bool:
-    """Could `glob` match DIR/rel for some directory DIR? (rel normalised, without leading `..`.)"""
-    pat, tail = _glob_parts(glob), _parts(rel)
-    return any(_match_parts(pat[i:], tail) for i in range(1, len(pat)))
+# --- paths ------------------------------------------------------------------------------------------
 
 
 def normpath(path: str) -> str:
@@ -95,7 +91,7 @@ def _readlink(pid: int, tid: int, what: str) -> tuple[str | None, str | None]:
 
 def dfd_path(ev: dict) -> dict:
     """The directory dfd refers to: the cwd for AT_FDCWD, else /proc/PID/fd/DFD; always best effort."""
-    dfd = ev["args"].get("dfd")
+    dfd = dfd_of(ev)
     if dfd == AT_FDCWD:
         via, what = "cwd", "cwd"
     elif isinstance(dfd, int) and dfd >= 0:
@@ -107,6 +103,10 @@ def dfd_path(ev: dict) -> dict:
     if why:
         out["unknown"] = why
     return out
+
+
+HANDLE_TARGET = {"path": None, "best_effort": False, "basis": "handle",
+                 "unknown": "opened by file handle: the call names no path"}
 
 
 def target(filename: str | None, how: dict | None, dirinfo: dict, truncated: bool = False) -> dict:
@@ -141,23 +141,27 @@ class View:
     how: dict | None
     target: dict
     label: str = "entry"  # which values: "entry", or the args taken at exit
+    arg: str | None = "filename"  # the path argument (None: open_by_handle_at)
 
 
 def _views(ev: dict, dirinfo: dict) -> Iterator[View]:
     args, reads = ev["args"], ev.get("reads", {})
 
-    def values(arg: str) -> list[tuple[object, str | None]]:
-        info = reads.get(arg, {})
-        vals = [(args.get(arg), None)]
+    def values(arg: str | None, entry: object) -> list[tuple[object, str | None]]:
+        info = reads.get(arg, {}) if arg else {}
+        vals = [(entry, None)]
         if info.get("status") == "changed":
             vals.append((info.get("value_at_exit"), arg))
         return vals
 
-    finfo = reads.get("filename", {})
+    parg = path_arg(ev)
+    finfo = reads.get(parg, {}) if parg else {}
     truncated = finfo.get("status") == "truncated" or bool(finfo.get("truncated"))
-    for (fn, a), (how, b) in product(values("filename"), values("how")):
+    hows = values("how", how_of(ev)) if ev["syscall"] == "openat2" else [(how_of(ev), None)]
+    for (fn, a), (how, b) in product(values(parg, args.get(parg) if parg else None), hows):
         at_exit = " and ".join(x for x in (a, b) if x)
-        yield View(ev, fn, how, target(fn, how, dirinfo, truncated), f"{at_exit} at exit" if at_exit else "entry")
+        tgt = target(fn, how, dirinfo, truncated) if parg else HANDLE_TARGET
+        yield View(ev, fn, how, tgt, f"{at_exit} at exit" if at_exit else "entry", parg)
 
 
 def _status(view: View, arg: str) -> str:
@@ -181,7 +185,7 @@ def _path_glob(view: View, globs: tuple[str, ...]) -> tuple[Tri, bool]:
     """(matches, on best-effort grounds). Unknown when the target cannot be placed and a glob could
     match it; a best-effort non-match is unknown too unless no directory could make the path match."""
     if view.filename is None:
-        return (False, False) if _status(view, "filename") == "null" else (None, False)
+        return (False, False) if view.arg and _status(view, view.arg) == "null" else (None, False)
     t = view.target
     if t["basis"] == "truncated":  # a prefix decides nothing: fail closed
         return None, False
@@ -306,13 +310,9 @@ class Monitor:
             elif any(r[0] is None for r in results):
                 undecided[rule.id] = sorted({u for r in results for u in r[1]})
         severity = {r.id: r.severity for r in self.rules}
-        missing = [a for a in ("filename", "how") if a in ev.get("missing", ())]
+        missing = [a for a in (path_arg(ev), "how") if a and a in ev.get("missing", ())]
         if missing:
-            reads = ev["reads"]
-            why = "; ".join(f"{a}: errno {reads[a].get('errno')} at {reads[a]['addr']:#x}" for a in missing)
-            alerts.append(builtin("unreadable", f"openat2 {' and '.join(missing)} could not be read ({why}): "
-                                  "the monitor cannot clear this call", unreadable=missing,
-                                  could_match=sorted(undecided)))
+            alerts.append(_unreadable(ev, missing, sorted(undecided)))
         elif undecided and not alerts:  # a call that raised an alert is not cleared anyway
             sev = max_severity(severity[r] for r in undecided)
             alerts.append(builtin("unresolved", f"could match {', '.join(sorted(undecided))} but "
@@ -320,9 +320,9 @@ class Monitor:
         for arg, info in ev.get("reads", {}).items():
             if info["status"] == "changed":
                 before, after = ev["args"].get(arg), info.get("value_at_exit")
-                alerts.append(builtin("changed", f"openat2 {arg} changed while the call ran: {_show(before)} at "
-                                      f"entry, {_show(after)} at exit", changed={"arg": arg, "entry": before,
-                                                                                 "exit": after}))
+                alerts.append(builtin("changed", f"{ev['syscall']} {arg} changed while the call ran: "
+                                      f"{_show(before)} at entry, {_show(after)} at exit",
+                                      changed={"arg": arg, "entry": before, "exit": after}))
         return alerts
 
     @staticmethod
@@ -341,6 +341,23 @@ class Monitor:
         return list(dict.fromkeys(out))
 
 
+EFAULT = 14
+
+
+def _unreadable(ev: dict, missing: list[str], could_match: list[str]) -> Alert:
+    """The monitor could not read the call's path or open_how. When the call itself returned EFAULT the
+    kernel could not read its arguments either and opened nothing: an attempt, reported at low severity."""
+    reads = ev["reads"]
+    why = "; ".join(f"{a}: errno {reads[a].get('errno')} at {reads[a]['addr']:#x}" for a in missing)
+    what = f"{ev['syscall']} {' and '.join(missing)} could not be read ({why})"
+    if ev.get("ret") == -EFAULT:
+        return builtin("unreadable", f"{what}; the call returned EFAULT: the kernel could not read its arguments "
+                       "either and nothing was opened", "low", unreadable=missing, could_match=could_match,
+                       kernel_efault=True)
+    return builtin("unreadable", f"{what}: the monitor cannot clear this call", unreadable=missing,
+                   could_match=could_match)
+
+
 def _show(v: object) -> str:
     if isinstance(v, dict) and "flags_str" in v:
         return f"{{flags={v['flags_str']}, mode={v['mode']:#o}, resolve={v['resolve_str']}}}"
@@ -353,10 +370,27 @@ def lost_alert(count: int, cpu: int | None = None, source: str = "syscalls") -> 
                    lost={"count": count, "cpu": cpu, "source": source})
 
 
-# --- a monitor run (tracer monitor openat2) --------------------------------------------------------------
+# --- a monitor run (tracer monitor [SYSCALL...]) ---------------------------------------------------------
 
 
-def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool) -> int:
+def family_on_kernel(names: list[str], available) -> tuple[list[str], list[str]]:
+    """(what to watch, what is missing): the named syscalls, or the open family as far as this kernel
+    has it (arm64 has no open or creat). A name outside the family is a usage error (ValueError)."""
+    bad = [n for n in names if n not in FAMILY]
+    if bad:
+        raise ValueError(f"tracer monitor watches the open family ({', '.join(FAMILY)}), not {', '.join(bad)}")
+    if names:
+        return list(dict.fromkeys(names)), []
+    return [n for n in FAMILY if n in available], [n for n in FAMILY if n not in available]
+
+
+def watched(session, missing: list[str]) -> str:
+    names = ", ".join(s.name for s in session.syscalls)
+    return f"{names} ({', '.join(missing)}: not on this kernel)" if missing else names
+
+
+def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool,
+                missing: list[str] = ()) -> int:
     """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
     CLI's session runner (start, iterate through the body, one-line failures, clean-up)."""
     from collections import Counter
@@ -375,9 +409,9 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
         if not as_json:
             from rich.console import Console
 
-            Console(stderr=True, highlight=False).print(
-                f"monitoring openat2 with {len(monitor.rules)} rules from {', '.join(policy.files)} — Ctrl-C to stop",
-                markup=False, style="dim")
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"monitoring {watched(session, missing)} with {len(monitor.rules)} rules from "
+                f"{', '.join(policy.files)} — Ctrl-C to stop", markup=False, style="dim")
         for ev in session:
             if ev.kind == "lost":
                 emit(None, [lost_alert(ev.count, ev.cpu, ev.source)])
@@ -393,11 +427,12 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     k = session.kernel_counts
     dropped = k.get("state_full", 0) + k.get("submit_fail", 0)
     if dropped:  # calls the kernel side could not hand over: unchecked
-        emit(None, [builtin("lost", f"{dropped} openat2 calls were not delivered by the kernel (in-flight table "
+        emit(None, [builtin("lost", f"{dropped} calls were not delivered by the kernel (in-flight table "
                             "full or perf output failed): they were not checked", lost={"count": dropped,
                                                                                       "kernel": dict(k)})])
     if summary:
-        out.monitor_summary({**session.summary(), "alerts": sum(fired.values()),
+        out.monitor_summary({**session.summary(), "syscalls": [s.name for s in session.syscalls],
+                             "alerts": sum(fired.values()),
                              "alerts_by_rule": dict(sorted(fired.items()))})
     if fired:
         return 3

@@ -256,7 +256,9 @@ class AlertOutput(ConsoleOutput):
 
     def monitor_summary(self, s: dict) -> None:
         by_rule = ", ".join(f"{k}: {v}" for k, v in s["alerts_by_rule"].items())
-        t = Text(f"{s['events']} openat2 calls checked, {s['alerts']} alerts" + (f" ({by_rule})" if by_rule else ""),
+        names = s.get("syscalls") or ["open-family"]
+        what = names[0] if len(names) == 1 else "open-family"
+        t = Text(f"{s['events']} {what} calls checked, {s['alerts']} alerts" + (f" ({by_rule})" if by_rule else ""),
                  "bold red" if s["alerts"] else "")
         if s["lost"]:
             t.append(f"; {s['lost']} records lost", "bold red")
