@@ -16,6 +16,7 @@ from typing import NamedTuple
 from .layout import const, packer
 from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
 from .sockaddr import decode_sockaddr
+from .symbols import BY_CONTEXT, STRUCTS, context_symbols, renderer
 from .syscalls import Arg, Syscall
 
 _HDR = packer("sys_record", "reads")
@@ -86,7 +87,8 @@ def at_flags_str(v: int) -> str:
 
 
 def arg_symbol(sc: str, arg: Arg, v: int) -> str | None:
-    """A symbolic rendering of an integer argument where one is known."""
+    """A symbolic rendering of an integer argument where one is known (tracer/symbols.py for the
+    syscall-specific ones; arguments whose meaning depends on another one: symbols.context_symbols)."""
     n = arg.name
     if n.endswith("dfd") and v == AT_FDCWD:
         return "AT_FDCWD"
@@ -96,25 +98,36 @@ def arg_symbol(sc: str, arg: Arg, v: int) -> str | None:
         return mode_str(v)
     if n in ("flag", "flags") and sc in _AT_FLAG_SYSCALLS:
         return at_flags_str(v)
-    return None
+    fn = renderer(sc, n)
+    return fn(v) if fn is not None else None
 
 
 def _symbol_fn(sc: str, arg: Arg) -> Callable[[int], str | None] | None:
     """arg_symbol for one argument, or None when it never has a symbol."""
     n = arg.name
     if (n.endswith("dfd") or (n == "flags" and sc in ("open", "openat")) or (n == "mode" and arg.ctype == "umode_t")
-            or (n in ("flag", "flags") and sc in _AT_FLAG_SYSCALLS)):
+            or (n in ("flag", "flags") and sc in _AT_FLAG_SYSCALLS) or renderer(sc, n) is not None):
         return lambda v: arg_symbol(sc, arg, v)
     return None
 
 
+def _with_context(sc: str, args: dict, syms: dict) -> dict:
+    """syms plus the context-dependent symbols of this call, in argument order."""
+    more = context_symbols(sc, args)
+    if not more:
+        return syms
+    syms.update(more)
+    return {k: syms[k] for k in args if k in syms}
+
+
 class _Plan(NamedTuple):
     """What `decode` needs per syscall number: names, and per argument (index, name, int conversion,
-    symbol memo, symbol function)."""
+    symbol memo, symbol function); `context`: some argument's symbol depends on another argument."""
     name: str
     event: str
     sc: Syscall | None
     args: tuple
+    context: bool = False
 
 
 def text(b: bytes) -> str:
@@ -143,6 +156,16 @@ class Decoder:
         if kind in (RK_SOCKADDR, RK_SOCKADDR_OUT):
             return decode_sockaddr(raw)
         return raw.hex()
+
+    def struct_value(self, sc: Syscall | None, argi: int, kind: int, raw: bytes, want: int) -> object:
+        """`value`, or the decoded struct where tracer/symbols.py knows the argument (clone3's uargs)."""
+        if sc is not None and argi < len(sc.args):
+            fn = STRUCTS.get((sc.name, sc.args[argi].name))
+            if fn is not None:
+                val = fn(raw)
+                if val is not None:
+                    return val
+        return self.value(kind, raw, want)
 
     def read(self, rec: bytes, slot: tuple, sc: Syscall, args: list[int], pid: int,
              ret: int | None) -> tuple[object, dict | None]:
@@ -180,13 +203,13 @@ class Decoder:
             raw = data(eoff, elen)
             info = {**base}
             fill(info, raw)
-            val = self.value(kind, raw, want)
+            val = self.struct_value(sc, argi, kind, raw, want)
             if es == RS_TRUNC:
                 info["status"] = "truncated"
                 info["truncated"] = True
             if xs in _READ_OK and not same:
                 info["status"] = "changed"
-                info["value_at_exit"] = self.value(kind, data(xoff, xlen), want)
+                info["value_at_exit"] = self.struct_value(sc, argi, kind, data(xoff, xlen), want)
                 info["len_at_exit"] = xlen
             elif xs == RS_FAULT:
                 info["exit_errno"] = -xerr
@@ -207,7 +230,7 @@ class Decoder:
             fill(info, raw)
             if xs == RS_TRUNC:
                 info["truncated"] = True
-            val: object = self.value(kind, raw, want)
+            val: object = self.struct_value(sc, argi, kind, raw, want)
         else:
             info["status"] = "missing"
             if xs == RS_FAULT:
@@ -304,6 +327,8 @@ class Decoder:
                 if sym is not None:
                     syms[aname] = sym
         ev["args"] = out_args
+        if plan.context:
+            syms = _with_context(plan.name, out_args, syms)
         if syms:
             ev["args_str"] = syms
         ev["ret"] = the_ret
@@ -354,7 +379,7 @@ class Decoder:
             conv = _CONV_NONE if a.is_pointer else _CONVS.get(a.ctype, _CONV_NONE)
             symf = None if a.is_pointer else _symbol_fn(name, a)
             args.append((i, a.name, conv, {}, symf))
-        return _Plan(name, f"syscalls:sys_enter_{name}", sc, tuple(args))
+        return _Plan(name, f"syscalls:sys_enter_{name}", sc, tuple(args), name in BY_CONTEXT)
 
     def _steps_for(self, nr: int, slot_args: tuple) -> tuple[_Plan, tuple]:
         """The syscall's plan, and its arguments each with the index in the unpacked header of the read
@@ -408,6 +433,7 @@ class Decoder:
             if sym is not None:
                 syms[a.name] = sym
         ev["args"] = out_args
+        syms = _with_context(name, out_args, syms)
         if syms:
             ev["args_str"] = syms
         ev["ret"] = the_ret

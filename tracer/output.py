@@ -115,6 +115,11 @@ class ConsoleOutput:
                 at = "@" if d.get("abstract") else ""
                 return f'{{{fam}, "{at}{escape_text(d["path"])}"}}'
             return f"{{{fam}, {d.get('raw', '')}}}"
+        if "exit_signal" in d and "flags_str" in d:  # clone3's struct clone_args: as strace shows it
+            parts = [f"flags={d['flags_str']}", f"exit_signal={d.get('exit_signal_str') or d['exit_signal']}"]
+            parts += [f"{k}={v:#x}" for k, v in d.items()
+                      if isinstance(v, int) and v and k not in ("flags", "exit_signal")]
+            return "{" + ", ".join(parts) + "}"
         return "{" + ", ".join(f"{k}={escape_text(str(v))}" for k, v in d.items()) + "}"
 
     def event(self, ev: dict) -> None:

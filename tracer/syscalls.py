@@ -39,6 +39,8 @@ _PATH_NAMED_NAME = {"umount", "acct"}
 # `const char *` arguments that are not NUL-terminated strings.
 _NOT_STRING = {"buf", "u_msg_ptr"}
 _NORETURN = {"exit", "exit_group"}
+# Bytes of a clone3 struct clone_args read: 88 in Linux 5.7+ (CLONE_ARGS_SIZE_VER2); room for later fields.
+CLONE_ARGS_CAP = 128
 _EXEC = {"execve", "execveat"}
 
 
@@ -113,6 +115,8 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
             reads.append(Read(i, const("RK_STR"), size=const("STR_CAP")))
         elif t == "struct open_how *" and "usize" in names:
             reads.append(Read(i, const("RK_OPEN_HOW"), names.index("usize"), const("HOW_CAP")))
+        elif t == "struct clone_args *" and "size" in names:  # clone3: decoded by symbols.clone_args
+            reads.append(Read(i, const("RK_BUF_LEN"), names.index("size"), CLONE_ARGS_CAP))
         elif t == "struct sockaddr *" and i + 1 < len(args):
             lt = args[i + 1].ctype
             kind = const("RK_SOCKADDR_OUT") if lt == "int *" else const("RK_SOCKADDR")

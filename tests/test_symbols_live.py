@@ -1,0 +1,86 @@
+"""Symbolic decoding live: tests/workloads/decode_cases.c makes socket, setsockopt, fcntl, access, mmap,
+mprotect, signal, clone, clone3 and wait calls with known arguments; `tracer trace --json` must show
+each one's symbols exactly (and the console line strace's way)."""
+
+from __future__ import annotations
+
+import pytest
+from test_trace_live import expect_ok, run_tracer
+
+pytestmark = pytest.mark.usefixtures("bpf_env")
+
+EVENTS = ("socket", "setsockopt", "shutdown", "fcntl", "access", "faccessat", "mmap", "mprotect", "rt_sigaction",
+          "kill", "tgkill", "clone", "clone3", "wait4", "waitid")
+
+
+@pytest.fixture(scope="module")
+def traced(build_c) -> tuple[dict, list[dict], str]:
+    exe = build_c("decode_cases")
+    run = run_tracer("trace", *EVENTS, "--json", "--no-summary", "--", exe)
+    expect_ok(run)
+    (report,) = run.workload
+    console = run_tracer("trace", "socket", "clone", "--", exe, env={"TERM": "dumb", "COLUMNS": "300"})
+    expect_ok(console)
+    return report, run.of(report["pid"]), console.stderr + console.stdout
+
+
+def calls(events: list[dict], name: str, **args: int) -> list[dict]:
+    return [e for e in events if e["syscall"] == name and all(e["args"].get(k) == v for k, v in args.items())]
+
+
+def test_socket_family_type_protocol(traced) -> None:
+    _, events, _ = traced
+    socks = [e["args_str"] for e in calls(events, "socket")]
+    assert socks == [{"family": "AF_INET", "type": "SOCK_STREAM|SOCK_CLOEXEC", "protocol": "IPPROTO_IP"},
+                     {"family": "AF_UNIX", "type": "SOCK_DGRAM|SOCK_NONBLOCK"},
+                     {"family": "AF_INET6", "type": "SOCK_DGRAM", "protocol": "IPPROTO_UDP"}]
+    (sso,) = calls(events, "setsockopt")
+    assert sso["args_str"] == {"level": "SOL_SOCKET", "optname": "SO_REUSEADDR"}
+    (sh,) = calls(events, "shutdown")
+    assert sh["args_str"] == {"how": "SHUT_RDWR"} and sh["ret_str"] == "-107 ENOTCONN"
+
+
+def test_fcntl_and_access(traced) -> None:
+    _, events, _ = traced
+    assert [e["args_str"] for e in calls(events, "fcntl")] == [
+        {"cmd": "F_SETFD", "arg": "FD_CLOEXEC"}, {"cmd": "F_SETFL", "arg": "O_NONBLOCK"}, {"cmd": "F_GETFL"}]
+    (acc,) = calls(events, "access", mode=6)
+    assert acc["args"]["filename"] == "/etc/hostname" and acc["args_str"] == {"mode": "R_OK|W_OK"}
+    (fat,) = calls(events, "faccessat")
+    assert fat["args_str"] == {"dfd": "AT_FDCWD", "mode": "X_OK"}
+
+
+def test_mmap_and_mprotect(traced) -> None:
+    report, events, _ = traced
+    (mm,) = calls(events, "mmap", len=7 * 4096)
+    assert mm["args_str"] == {"prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS", "fd": "-1"}
+    assert mm["ret"] == report["map"]
+    prots = [e["args_str"]["prot"] for e in calls(events, "mprotect", start=report["map"])]
+    assert prots == ["PROT_READ", "PROT_NONE"]
+
+
+def test_signals_clone_and_wait(traced) -> None:
+    report, events, _ = traced
+    (sa,) = [e for e in calls(events, "rt_sigaction") if e["args"]["sig"] == 10]
+    assert sa["args_str"] == {"sig": "SIGUSR1"}
+    assert [e["args_str"] for e in calls(events, "kill")] == [{"sig": "SIGUSR1"}, {"sig": "SIGTERM"}]
+    (tg,) = calls(events, "tgkill")
+    assert "args_str" not in tg  # signal 0: a number, no name
+    clones = calls(events, "clone")
+    assert [(e["args_str"]["clone_flags"], e["ret"]) for e in clones] == [
+        ("SIGCHLD", report["child1"]), ("CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|SIGCHLD", report["child3"])]
+    (c3,) = calls(events, "clone3")
+    uargs = c3["args"]["uargs"]
+    assert c3["reads"]["uargs"]["status"] in ("ok", "recovered")
+    assert c3["reads"]["uargs"]["addr"] == report["clone_args"]
+    assert (uargs["flags_str"], uargs["exit_signal_str"], c3["ret"]) == ("CLONE_PIDFD", "SIGCHLD", report["child2"])
+    assert [(e["args"]["upid"], e.get("args_str", {}).get("options")) for e in calls(events, "wait4")] == [
+        (report["child1"], None), (-1, "WNOHANG"), (report["child3"], "__WALL")]
+    (wid,) = calls(events, "waitid")
+    assert wid["args_str"] == {"which": "P_PID", "options": "WEXITED"} and wid["args"]["upid"] == report["child2"]
+
+
+def test_console_shows_symbols(traced) -> None:
+    _, _, text = traced
+    assert "socket(family=AF_INET, type=SOCK_STREAM|SOCK_CLOEXEC, protocol=IPPROTO_IP) = 3" in text
+    assert "clone(clone_flags=SIGCHLD, " in text
