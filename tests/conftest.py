@@ -20,6 +20,45 @@ CACHE_DIR = tempfile.mkdtemp(prefix="tracer-cache-")
 os.environ["TRACER_CACHE_DIR"] = CACHE_DIR  # (TRACER_NO_CACHE=1 makes every load in the suite cold)
 
 
+# Test files whose results depend on the kernel: the VM lane (tests/vm/lane.py) runs exactly these (pytest -m
+# kernel) on each kernel it boots; everything else runs on the host only. Add a file here when its tests
+# load BPF programs or probe kernel features.
+KERNEL_FILES = ("test_trace_live.py", "test_sleepable.py", "test_caps.py", "test_user_events_live.py",
+                "test_uprobes.py", "test_monitor_live.py", "test_kenv.py")
+# Set by the VM lane: the features the booted kernel is known to have (e.g. "user_events,fentry.s"). A test
+# that needs one of them fails there when it is missing, instead of skipping.
+EXPECTED = frozenset(filter(None, os.environ.get("TRACER_EXPECT_FEATURES", "").split(",")))
+# Set by the VM lane under software emulation, where bcc compiles run 5-10 times slower.
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("TRACER_TIMEOUT_SCALE") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """A timeout that covers BPF compiles: longer where the lane says the machine is slow."""
+    return seconds * TIMEOUT_SCALE
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in KERNEL_FILES:
+            item.add_marker(pytest.mark.kernel)
+
+
+def need_feature(feature: str, present: bool, why: str) -> None:
+    """A kernel feature not every kernel has (user_events, fentry.s, ...): the test runs where it is present;
+    where the VM lane expects it (TRACER_EXPECT_FEATURES), its absence is a failure; elsewhere a skip that
+    says where the test runs."""
+    check_expected(feature, present, why)
+    if not present:
+        pytest.skip(f"{feature} is not available on {os.uname().release} ({why}): runs in the VM lane")
+
+
+def check_expected(feature: str, present: bool, why: str) -> None:
+    """For tests that check both sides (what tracer reports where a feature is present, and where it is
+    refused): fail only when the VM lane expects the feature on this kernel and it is missing."""
+    if not present and feature in EXPECTED:
+        pytest.fail(f"{feature} is missing on {os.uname().release}, whose VM lane expects it: {why}")
+
+
 def require(present: bool, what: str) -> None:
     """A capability these tests need: a failure when CI=true, else a skip with the reason."""
     if present:

@@ -1,8 +1,9 @@
 """Capability probing: bpf(2) attr packing, BTF parsing, the sleepable probes and the doctor report.
 
-Kernel-dependent tests follow one convention: a capability this kernel (the 6.18 reference machine) has
-is required — skipped with a reason elsewhere, a failure when CI=true; a feature it lacks is asserted
-absent on 6.18 and skipped with a reason on kernels that have it.
+Kernel-dependent tests describe kernels, not one kernel: what a probe reports is compared with the kernel's
+own answer to the same request (accepted, or refused with this errno and this verifier log), taken as data.
+Capabilities every supported kernel has are required (a failure when CI=true); features only some kernels
+have go through conftest.need_feature (a failure where the VM lane expects them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import check_expected
 from rich.console import Console
 
 from tracer import bpfsys, btf, caps, doctor, sleepable
@@ -25,7 +27,6 @@ from tracer.caps import Check
 
 CI = os.environ.get("CI") == "true"
 RELEASE = os.uname().release
-REFERENCE_KERNEL = re.match(r"6\.18\.", RELEASE) is not None
 
 
 def require(present: bool, what: str) -> None:
@@ -35,15 +36,6 @@ def require(present: bool, what: str) -> None:
     if CI:
         pytest.fail(f"{what} is missing on {RELEASE} (CI=true: missing capabilities are failures)")
     pytest.skip(f"{what} is missing on {RELEASE}")
-
-
-def expect_absent(present: bool, what: str) -> None:
-    """A feature the reference kernel lacks: assert it absent there, skip on kernels that have it."""
-    if not present:
-        return
-    if REFERENCE_KERNEL:
-        pytest.fail(f"{what} is available on {RELEASE}, but the 6.18 reference kernel lacks it")
-    pytest.skip(f"{what} is available on {RELEASE}; its absence is asserted on 6.18 only")
 
 
 # --- bpf(2) wrapper, no kernel needed ---------------------------------------------------------------
@@ -311,21 +303,53 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return kinds
 
 
-def test_live_tp_s_refused(probed: dict[str, dict]) -> None:
+def kernel_answer(prog_type: int, **kw: object) -> bpfsys.BpfError | None:
+    """The kernel's own answer to loading `r0 = 0; exit` as a sleepable program: None when it accepts."""
+    try:
+        os.close(bpfsys.prog_load(prog_type, bpfsys.return_zero_prog(), prog_flags=bpfsys.BPF_F_SLEEPABLE,
+                                  prog_name="test_answer", **kw))
+    except bpfsys.BpfError as e:
+        return e
+    return None
+
+
+def reported_as_refused(res: dict, answer: bpfsys.BpfError) -> None:
+    """A probe result says what the kernel said: refused, its errno by name, its verifier log (or that
+    there was none)."""
+    assert res["ok"] is False and res["errno"] == answer.errno, res
+    assert f"load refused with {errno.errorcode[answer.errno]}" in res["reason"]
+    if answer.reason:
+        assert f"verifier: {answer.reason}" in res["reason"] and res["log_tail"] == answer.log_tail(3)
+    else:
+        assert "empty verifier log" in res["reason"] and res["log_tail"] == []
+
+
+def test_live_tp_s_as_the_kernel_says(probed: dict[str, dict]) -> None:
     tp = probed["tp.s"]
-    expect_absent(bool(tp["ok"]), "sleepable BPF on syscall tracepoints (tp.s)")
-    assert tp["errno"] == errno.EINVAL
-    assert "can be sleepable" in tp["reason"]
-    assert any("can be sleepable" in line for line in tp["log_tail"])
+    answer = kernel_answer(bpfsys.BPF_PROG_TYPE_TRACEPOINT)
+    check_expected("tp.s", answer is None, f"sleepable syscall tracepoints refused: {answer}")
+    if answer is None:
+        assert tp["ok"] is True or "attaching" in tp["reason"], tp
+        return
+    reported_as_refused(tp, answer)
+    # The one refusal tracer explains in its own words: the program type cannot be sleepable at all.
+    if "can be sleepable" in answer.reason:
+        assert tp["reason"].endswith("This kernel has no sleepable tracepoint programs")
 
 
-def test_live_fentry_s_refused_eperm(probed: dict[str, dict]) -> None:
+def test_live_fentry_s_as_the_kernel_says(probed: dict[str, dict]) -> None:
     fentry = probed["fentry.s"]
-    expect_absent(bool(fentry["ok"]), "sleepable fentry (fentry.s)")
-    if fentry["errno"] != errno.EPERM and not REFERENCE_KERNEL:
-        pytest.skip(f"fentry.s refused with errno {fentry['errno']} on {RELEASE}: {fentry['reason']}")
-    assert fentry["errno"] == errno.EPERM
-    assert "CONFIG_FUNCTION_ERROR_INJECTION" in fentry["reason"]
+    require(btf.VMLINUX.exists(), str(btf.VMLINUX))
+    answer = kernel_answer(bpfsys.BPF_PROG_TYPE_TRACING, expected_attach_type=bpfsys.BPF_TRACE_FENTRY,
+                           attach_btf_id=btf.func_id(sleepable.FENTRY_TARGET))
+    check_expected("fentry.s", answer is None, f"sleepable fentry refused: {answer}")
+    if answer is None:
+        assert fentry["ok"] is True or "attaching" in fentry["reason"], fentry
+        return
+    reported_as_refused(fentry, answer)
+    config = sleepable.kernel_config("CONFIG_FUNCTION_ERROR_INJECTION")
+    said = {"y": "CONFIG_FUNCTION_ERROR_INJECTION=y here", None: "CONFIG_FUNCTION_ERROR_INJECTION: unknown here"}
+    assert said.get(config, "CONFIG_FUNCTION_ERROR_INJECTION is not set here") in fentry["reason"]
 
 
 def test_live_uprobe_s_accepted(probed: dict[str, dict]) -> None:
@@ -334,11 +358,23 @@ def test_live_uprobe_s_accepted(probed: dict[str, dict]) -> None:
     assert uprobe["errno"] is None and "attached" in uprobe["reason"]
 
 
-def test_live_user_events_absent() -> None:
+def test_live_user_events_as_the_kernel_is() -> None:
     check = caps.check_user_events()
     require(check.ok is not None, "tracefs")
-    expect_absent(bool(check.ok), "user_events")
-    assert check.detail == "kernel built without CONFIG_USER_EVENTS (Linux 6.4+)"
+    data = caps._tracefs() / "user_events_data"
+    check_expected("user_events", data.exists(), check.detail)
+    if data.exists():
+        assert check.ok is True and check.detail == f"{data} present"
+        return
+    assert check.ok is False
+    major, minor = map(int, re.match(r"(\d+)\.(\d+)", RELEASE).groups())
+    config = sleepable.kernel_config("CONFIG_USER_EVENTS")
+    if (major, minor) < (6, 4):
+        assert check.detail == f"needs Linux 6.4+; this kernel is {RELEASE}"
+    elif config in ("y", "m"):
+        assert check.detail == f"CONFIG_USER_EVENTS={config} but {data} is missing"
+    else:
+        assert check.detail == "kernel built without CONFIG_USER_EVENTS (Linux 6.4+)"
 
 
 def test_live_syscall_tracing_ready() -> None:

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACER = [sys.executable, "-m", "tracer"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
-TIMEOUT = 120
+TIMEOUT = scaled(120)  # covers bcc compiles: longer under emulation (TRACER_TIMEOUT_SCALE)
 PARALLEL = 4
 O_RDONLY_CLOEXEC = os.O_RDONLY | os.O_CLOEXEC
 HOW_24 = {"flags": O_RDONLY_CLOEXEC, "mode": 0, "resolve": 4, "flags_str": "O_RDONLY|O_CLOEXEC",

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require, scaled
 from elftools.elf.elffile import ELFFile
 
 from tracer import elfsyms, uprobes
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 FN = "uprobe_target_fn"
 FN_ARGS = "(int n, str s, buf[len] buf, long len):int"
-TIMEOUT = 120
+TIMEOUT = scaled(120)  # covers bcc compiles: longer under emulation (TRACER_TIMEOUT_SCALE)
 
 
 # --- spec parsing ------------------------------------------------------------------------------------

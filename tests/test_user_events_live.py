@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_feature
 
 from tracer.caps import check_user_events
 
@@ -58,8 +59,7 @@ def test_watch_reports_discarded_writes_on_a_stand_in(bpf_env, build_c, tmp_path
 
 def test_end_to_end_user_events(bpf_env) -> None:
     check = check_user_events()
-    if check.ok is not True:
-        pytest.skip(f"user_events: {check.verdict} ({check.detail})")
+    need_feature("user_events", check.ok is True, f"{check.verdict}: {check.detail}")
     from tracer.session import Session
     from tracer.user_events.emitter import PayloadDiscarded, UserEvents
 

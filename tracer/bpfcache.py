@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bpfsys
-from .kenv import BPF_DIR, bpf_source, kernel_headers, tracefs_root
+from .kenv import BCC_CFLAGS, BPF_DIR, bpf_source, kernel_headers, tracefs_root
 from .perf import RingSet, output_rings
 
 log = logging.getLogger(__name__)
@@ -562,7 +562,7 @@ def open_object(spec: Spec, read: bool = True) -> BpfObject:
     prepare_bcc()
     from bcc import BPF  # imported late: bcc compiles against the headers chosen above
 
-    obj = BccObject(BPF(src_file=str(bpf_source(spec.source)).encode(), cflags=list(spec.cflags)))
+    obj = BccObject(BPF(src_file=str(bpf_source(spec.source)).encode(), cflags=[*BCC_CFLAGS, *spec.cflags]))
     if cache:
         try:
             write_entry(spec, key, extract(obj.bpf, spec))

@@ -105,12 +105,31 @@ def check_bcc() -> Check:
     return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
 
 
-def check_headers() -> Check:
+HEADERS_FIX = ("run ./bootstrap (it installs the distribution's headers package for this kernel, or links "
+               "generic headers), or set BCC_KERNEL_SOURCE to the running kernel's header tree")
+GENERIC_NOTE = ("generic headers for another kernel: syscall tracepoints work, anything that walks kernel structs "
+                "uses BTF")
+
+
+def check_headers(prove: bool = True) -> Check:
+    """Which header tree bcc will use, and (with `prove`) whether bcc really compiles against it: the
+    verdict is the tree's kind (own, kheaders, generic, environment), or missing/broken."""
+    title = "kernel headers"
     headers = kenv.kernel_headers()
     if headers.path is None:
-        return Check("headers", "kernel headers", False, "missing", f"no header tree ({headers.how})",
-                     "run ./bootstrap, or set BCC_KERNEL_SOURCE to a kernel header tree")
-    return Check("headers", "kernel headers", True, "ok", f"{headers.path} ({headers.how})")
+        return Check("headers", title, False, "missing", f"no header tree ({headers.how})", HEADERS_FIX)
+    where = f"{headers.path}: {headers.how}"
+    if prove:
+        error = kenv.compile_test(headers)
+        if error is not None:
+            fix = ("unset BCC_KERNEL_SOURCE or point it at a complete header tree" if headers.kind == "environment"
+                   else HEADERS_FIX)
+            return Check("headers", title, False, "broken", f"bcc cannot compile against {where}: {error}", fix)
+        where += "; a test program compiled"
+    if headers.kind == "generic":
+        return Check("headers", title, True, "generic", f"{GENERIC_NOTE} ({where})",
+                     f"apt-get install linux-headers-{os.uname().release}, if your distribution has it")
+    return Check("headers", title, True, headers.kind, where)
 
 
 def check_syscall_tracepoints() -> Check:

@@ -19,12 +19,18 @@ _MARKS = {True: ("✓", "green"), False: ("✗", "red"), None: ("?", "yellow")}
 def report(checks: list[Check], kinds: dict[str, dict]) -> dict[str, Any]:
     """The --json document: the whole check list plus the two summaries other tools look up directly."""
     ue = next((c for c in checks if c.key == "user_events"), None)
+    hd = next((c for c in checks if c.key == "headers"), None)
     sleepable = {kind: {k: res.get(k) for k in ("ok", "errno", "reason")} for kind, res in kinds.items()}
     return {
         "ok": syscall_tracing_ok(checks),
         "kernel": os.uname().release,
         "user_events": {"available": bool(ue and ue.ok), "reason": ue.detail if ue else "not checked"},
         "sleepable": sleepable,
+        # kind: own, kheaders, generic (another kernel's: struct layouts come from BTF), environment,
+        # missing or broken (bcc could not compile against them)
+        "headers": {"kind": hd.verdict if hd else "not checked", "ok": bool(hd and hd.ok),
+                    "matches_kernel": bool(hd and hd.ok and hd.verdict in ("own", "kheaders")),
+                    "detail": hd.detail if hd else ""},
         "checks": [{**asdict(c), "required": c.key in caps.REQUIRED} for c in checks],
     }
 
@@ -38,6 +44,8 @@ def _line(check: Check) -> Text:
     mark, style = _MARKS[check.ok]
     if check.ok is False and check.key not in caps.REQUIRED:
         style = "yellow"  # reported, but not something syscall tracing needs
+    if check.key == "headers" and check.verdict == "generic":
+        style = "yellow"  # works for syscall tracing, but they describe another kernel
     line = Text.assemble((mark, style), " ", (check.title, "bold"), " ", (check.verdict, style), ": ")
     line.append(check.detail)
     if check.fix and check.ok is not True:

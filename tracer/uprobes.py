@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from . import bpfsys, sleepable
 from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
-from .kenv import BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
+from .kenv import BCC_CFLAGS, BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
 from .layout import const, packer
 from .perf import output_rings
 from .probes import Filters
@@ -162,7 +162,7 @@ class UprobeSource(Source):
 
         try:
             self.bpf = BPF(src_file=str(bpf_source("uprobe.bpf.c")).encode(),
-                           cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+                           cflags=[*BCC_CFLAGS, f"-I{BPF_DIR}", "-Wno-unused-function"])
             self._configure(opts.filters)
             self.rings = output_rings(opts.pages)
             events = self.bpf["up_events"]
