@@ -64,6 +64,7 @@ def test_debian_split_tree_is_left_to_bcc(tmp_path: Path) -> None:
     assert found.kind == "own" and found.path == build and found.matches_kernel
     # bcc follows source/ only while BCC_KERNEL_SOURCE is unset: pointing it at build/ breaks every compile.
     assert found.bcc_env is None and "build/ + source/" in found.how
+    assert found.roots == [build, tmp_path / "modules" / REL / "source"]  # where uapi.py looks for headers
     env = {"BCC_KERNEL_SOURCE": "/old/choice", kenv.CHOSEN_ENV: "/old/choice", "OTHER": "x"}
     kenv.apply_headers(found, env)
     assert env == {"OTHER": "x"}

@@ -81,10 +81,16 @@ class Headers:
     kind: str
     how: str
     bcc_env: str | None = None
+    source: Path | None = None  # the split layout's source/ tree (most of the headers), else None
 
     @property
     def matches_kernel(self) -> bool:
         return self.kind in ("own", "kheaders")
+
+    @property
+    def roots(self) -> list[Path]:
+        """The trees to look for a header in, as bcc's include path orders them (build/ first)."""
+        return [p for p in (self.path, self.source) if p is not None]
 
 
 def own_headers(release: str, modules: Path = MODULES) -> Path | None:
@@ -171,7 +177,8 @@ def kernel_headers(release: str | None = None, *, version: str | None = None, ex
     if own is not None:
         split = (modules / release / "source").is_dir()
         layout = "build/ + source/, found by bcc itself" if split else "one tree"
-        return Headers(own, "own", f"the running kernel's own headers ({layout})")
+        return Headers(own, "own", f"the running kernel's own headers ({layout})",
+                       source=modules / release / "source" if split else None)
     found = _kheaders(release, version, kheaders, extract)
     if found is not None and found.kind == "kheaders":
         return found

@@ -36,10 +36,10 @@ def include_dirs() -> list[Path]:
     try:
         from .kenv import kernel_headers
 
-        tree = kernel_headers().path
+        trees = kernel_headers().roots  # Debian's split layout: build/ and source/
     except Exception:  # header discovery problems are reported by doctor; here they mean "no names"
-        tree = None
-    if tree is not None:
+        trees = []
+    for tree in trees:
         dirs += [tree / "include" / "uapi", tree / "arch" / arch / "include" / "uapi",
                  tree / "arch" / arch / "include" / "generated" / "uapi"]
     multiarch = f"/usr/include/{os.uname().machine}-linux-gnu"
