@@ -421,3 +421,119 @@ def test_console_alert_is_escaped(proc_links) -> None:
     assert lines[3] == ("    target /etc/shadow[bold]\\x1b[31m\\nFORGED\\u202e  "
                         "(absolute, lexical: symlinks not resolved)")
     assert len(lines) == 4
+
+
+# --- hostile policies: normalised globs, unique ids across files, unsafe files ----------------------------
+
+
+def test_globs_normalised_on_load(tmp_path: Path) -> None:
+    """Target paths are normalised lexically, so `/etc//shadow` as written could never match: it is
+    matched as `/etc/shadow`, and --check-policy says so with the line."""
+    f = tmp_path / "norm.toml"
+    f.write_text('[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\npath = [\n  "/etc//shadow",\n'
+                 '  "/etc/./gshadow",\n  "/etc/../etc/shadow-",\n  "/etc/security/opasswd/",\n  "/etc/passwd",\n]\n'
+                 'not_path = "/etc/x/../y"\n')
+    (rule,) = load([f]).rules
+    assert rule.globs["path"] == ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/security/opasswd",
+                                  "/etc/passwd")
+    assert rule.globs["not_path"] == ("/etc/y",)
+    policy = load([f])
+    for p in ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/security/opasswd", "/etc//shadow/"):
+        assert [a.rule for a in Monitor(policy).check(event(p))] == ["r"], p
+    proc = tracer_cli("monitor", "--check-policy", str(f))
+    assert proc.returncode == 0 and proc.stdout == f"{f}: valid, 1 rules (r)\n"
+    assert proc.stderr.splitlines() == [
+        f"{f}:6: note: rule 'r': path glob '/etc//shadow' is matched as '/etc/shadow'",
+        f"{f}:7: note: rule 'r': path glob '/etc/./gshadow' is matched as '/etc/gshadow'",
+        f"{f}:8: note: rule 'r': path glob '/etc/../etc/shadow-' is matched as '/etc/shadow-'",
+        f"{f}:9: note: rule 'r': path glob '/etc/security/opasswd/' is matched as '/etc/security/opasswd'",
+        f"{f}:12: note: rule 'r': not_path glob '/etc/x/../y' is matched as '/etc/y'"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\npath = "/etc/*/../shadow"\n')
+    proc = tracer_cli("monitor", "--check-policy", str(bad))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"{bad}:5: rule 'r': path glob '/etc/*/../shadow': `..` after the wildcard component "
+                           "'*' cannot be normalised; write the path without `..`\n")
+
+
+def test_duplicate_ids_across_files_checked_together(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\npath = "/etc/shadow"\n')
+    b.write_text('# another team\n[[rule]]\nid = "r"\nseverity = "low"\ndescription = "d"\ncomm = "x"\n')
+    for f in (a, b):  # each alone is valid
+        assert tracer_cli("monitor", "--check-policy", str(f)).returncode == 0
+    both = tracer_cli("monitor", "--check-policy", str(a), "--check-policy", str(b))
+    assert both.returncode == 2
+    assert both.stderr == f"{b}:2: duplicate rule id 'r' (first defined at {a}:1)\n"
+    assert both.stdout == f"{a}: valid, 1 rules (r)\n"
+    run = tracer_cli("monitor", "--policy", str(a), "--policy", str(b), "--", "true")
+    assert run.returncode == 2 and run.stderr == both.stderr
+
+
+RULE = '[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\npath = "/etc/shadow"\n'
+
+
+def hostile_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (policy path, the one line --check-policy must print after 'PATH:0: ')."""
+    out: dict[str, tuple[Path, str]] = {}
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # a read would block for ever with nothing writing
+    out["fifo"] = fifo, "not a regular file (a FIFO): a policy must be a regular file"
+    out["device"] = Path("/dev/zero"), "not a regular file (a character device): a policy must be a regular file"
+    out["directory"] = tmp_path, "not a regular file (a directory): a policy must be a regular file"
+    big = tmp_path / "big.toml"
+    big.write_text(RULE + "#" * (1 << 20) + "\n")
+    out["big"] = big, f"too large ({big.stat().st_size} bytes; a policy may have 1048576 at most)"
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'\xff\xfe[[rule]]\n')
+    out["binary"] = binary, "not UTF-8 text"
+    ww = tmp_path / "world.toml"
+    ww.write_text(RULE)
+    ww.chmod(0o666)
+    out["world-writable"] = ww, ("writable by others (mode 0o666): they could change what is monitored "
+                                 "(chmod go-w FILE)")
+    gw = tmp_path / "group.toml"
+    gw.write_text(RULE)
+    gw.chmod(0o664)
+    out["group-writable"] = gw, ("writable by its group (mode 0o664): they could change what is monitored "
+                                 "(chmod go-w FILE)")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit: anyone may rename a file away and put another in its place
+    inside = shared / "p.toml"
+    inside.write_text(RULE)
+    out["in-writable-dir"] = inside, (f"its directory {shared} is writable by group/others (mode 0o777): they "
+                                      "could replace the file")
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs.toml"
+        theirs.write_text(RULE)
+        os.chown(theirs, 65534, 65534)
+        import pwd
+
+        try:
+            name = pwd.getpwuid(65534).pw_name
+        except KeyError:
+            name = "no such user"
+        out["other-owner"] = theirs, (f"owned by uid 65534 ({name}), not by root or you: that user could change "
+                                      "what is monitored (chown root FILE)")
+    return out
+
+
+def test_unsafe_policy_files_refused_with_one_line(tmp_path: Path) -> None:
+    for name, (path, line) in hostile_files(tmp_path).items():
+        proc = tracer_cli("monitor", "--check-policy", str(path))
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"{path}:0: {line}\n"), name
+    # Loading for a run refuses them the same way, before tracing.
+    fifo = tmp_path / "fifo.toml"
+    run = tracer_cli("monitor", "--policy", str(fifo), "--", "true")
+    assert run.returncode == 2
+    assert run.stderr == f"{fifo}:0: not a regular file (a FIFO): a policy must be a regular file\n"
+
+
+def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    for text in ("a = " + "[" * 5000 + "]" * 5000 + "\n", "a = " + "{b = " * 3000 + "1" + "}" * 3000 + "\n"):
+        f = tmp_path / "deep.toml"
+        f.write_text(text)
+        proc = tracer_cli("monitor", "--check-policy", str(f))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr == f"{f}:1: nested too deeply for a policy (arrays or inline tables within each other)\n"

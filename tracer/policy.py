@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .globs import normalise
 from .openat2 import _O_LARGEFILE_KERNEL, _OPEN_BITS, RESOLVE_FLAGS
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -32,6 +34,7 @@ OPEN_FLAGS: dict[str, int] = {"O_RDONLY": os.O_RDONLY, "O_WRONLY": os.O_WRONLY, 
 RESOLVE_NAMES: dict[str, int] = {name: bit for bit, name in RESOLVE_FLAGS.items()}
 
 GLOB_KEYS = ("path", "not_path", "filename", "not_filename", "comm", "not_comm")
+PATH_GLOB_KEYS = ("path", "not_path")  # globs on absolute paths: normalised like the paths they match
 UID_KEYS = ("uid", "not_uid")
 SET_KEYS = {"flags": ("any", "all", "none"), "resolve": ("any", "all", "none"), "mode": ("any", "all")}
 RULE_KEYS = ("id", "severity", "description", *GLOB_KEYS, *UID_KEYS, *SET_KEYS, "result", "read_status")
@@ -72,39 +75,125 @@ def default_policy() -> Path:
 
 def load(paths: list[str | Path]) -> Policy:
     """Every rule of every file; PolicyError with every error of every file."""
-    rules: list[Rule] = []
+    per_file, errors = parse_files(paths)
+    if errors:
+        raise PolicyError(errors)
+    return Policy([r for rules in per_file.values() for r in rules], [str(p) for p in paths])
+
+
+def parse_files(paths: list[str | Path], notes: list[str] | None = None) -> tuple[dict[str, list[Rule]], list[str]]:
+    """({file: its rules}, every error of every file): a rule id used again in a later file is an error
+    at the later rule (the monitor could not tell the two rules' alerts apart)."""
+    per_file: dict[str, list[Rule]] = {}
     errors: list[str] = []
     seen: dict[str, str] = {}
     for p in paths:
-        file_rules, file_errors = parse_file(p)
+        file_rules, file_errors = parse_file(p, notes)
         errors += file_errors
+        kept = per_file.setdefault(str(p), [])
         for r in file_rules:
             if r.id in seen:
                 errors.append(f"{r.where}: duplicate rule id {r.id!r} (first defined at {seen[r.id]})")
             else:
                 seen[r.id] = r.where
-                rules.append(r)
-    if errors:
-        raise PolicyError(errors)
-    return Policy(rules, [str(p) for p in paths])
+                kept.append(r)
+    return per_file, errors
 
 
-def parse_file(path: str | Path) -> tuple[list[Rule], list[str]]:
+MAX_POLICY_BYTES = 1 << 20  # far above any real policy (the bundled one is 3 KiB)
+
+
+class Unsafe(Exception):
+    """A policy file the monitor must not load: why, in a few words."""
+
+
+def read_policy(path: str | Path) -> str:
+    """The text of a policy file, refusing what is not a regular file (a FIFO would block the read, a
+    device never end), too large, not UTF-8, or changeable by someone else than root or us: a policy
+    decides what is monitored, so whoever can write it can blind the monitor. Opened once, checked with
+    fstat on that descriptor (no window between check and read)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        return [], [f"{path}:0: cannot read the policy file: {reason}"]
-    rules, errors = parse_text(text, str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise Unsafe(f"cannot read the policy file: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unsafe(f"not a regular file ({_file_kind(st.st_mode)}): a policy must be a regular file")
+        if st.st_size > MAX_POLICY_BYTES:
+            raise Unsafe(f"too large ({st.st_size} bytes; a policy may have {MAX_POLICY_BYTES} at most)")
+        if st.st_uid not in (0, os.geteuid()):
+            raise Unsafe(f"owned by uid {st.st_uid} ({_user(st.st_uid)}), not by root or you: that user could "
+                         "change what is monitored (chown root FILE)")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise Unsafe(f"writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} (mode "
+                         f"{stat.S_IMODE(st.st_mode):#o}): they could change what is monitored (chmod go-w FILE)")
+        why = _replaceable(Path(path))
+        if why:
+            raise Unsafe(why)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_POLICY_BYTES:  # grew since fstat
+        raise Unsafe(f"too large (more than {MAX_POLICY_BYTES} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Unsafe("not UTF-8 text") from None
+
+
+def _replaceable(path: Path) -> str | None:
+    """Why another user could replace the file by renaming in one of its directories (None: no one can):
+    a directory writable by group or others without the sticky bit (/tmp, sticky, is fine)."""
+    for d in path.resolve().parents:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return (f"its directory {d} is writable by group/others (mode {stat.S_IMODE(st.st_mode):#o}): "
+                    "they could replace the file")
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "no such user"
+
+
+def parse_file(path: str | Path, notes: list[str] | None = None) -> tuple[list[Rule], list[str]]:
+    try:
+        text = read_policy(path)
+    except Unsafe as e:
+        return [], [f"{path}:0: {e}"]
+    found: list[tuple[int, str]] = []
+    rules, errors = parse_text(text, str(path), found)
+    if notes is not None:
+        notes += [f"{path}:{line}: {msg}" for line, msg in found]
     return rules, [f"{path}:{line}: {msg}" for line, msg in errors]
 
 
-def parse_text(text: str, name: str = "<policy>") -> tuple[list[Rule], list[tuple[int, str]]]:
-    """(rules, [(line, message)]) — rules only when there are no errors."""
+def parse_text(text: str, name: str = "<policy>", notes: list[tuple[int, str]] | None = None
+               ) -> tuple[list[Rule], list[tuple[int, str]]]:
+    """(rules, [(line, message)]) — rules only when there are no errors. `notes` receives (line, message)
+    for what was accepted but rewritten (a glob normalised)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         return [], [(_syntax_line(str(e), text), f"TOML syntax error: {e}")]
+    except RecursionError:  # tomllib recurses once per level of nested arrays or inline tables
+        return [], [(1, "nested too deeply for a policy (arrays or inline tables within each other)")]
     src = _Source(text)
     errors: list[tuple[int, str]] = []
     for key in data:
@@ -119,7 +208,10 @@ def parse_text(text: str, name: str = "<policy>") -> tuple[list[Rule], list[tupl
         errors.append((1, "no rules: add [[rule]] tables (see README, Policy format)"))
     rules = []
     for i, raw in enumerate(raw_rules):
-        rule = _RuleParser(raw, i, src, name).parse(errors)
+        parser = _RuleParser(raw, i, src, name)
+        rule = parser.parse(errors)
+        if notes is not None:
+            notes += parser.notes
         if rule is not None:
             rules.append(rule)
     ids: dict[str, int] = {}
@@ -220,12 +312,18 @@ class _RuleParser:
     def __init__(self, raw: dict, index: int, src: _Source, name: str) -> None:
         self.raw, self.i, self.src, self.name = raw, index, src, name
         self.errors: list[tuple[int, str]] = []
+        self.notes: list[tuple[int, str]] = []
+
+    def note(self, keys: tuple[str, ...], msg: str, value: str) -> None:
+        self.notes.append((self.src.locate(self.i, keys, value), f"note: {self.who()}: {msg}"))
+
+    def who(self) -> str:
+        rid = self.raw.get("id")
+        return f"rule {rid!r}" if isinstance(rid, str) and rid else f"rule #{self.i + 1}"
 
     def err(self, keys: tuple[str, ...], msg: str, value: str | None = None) -> None:
         line = self.src.locate(self.i, keys, value) if keys else self.src.header(self.i)
-        rid = self.raw.get("id")
-        who = f"rule {rid!r}" if isinstance(rid, str) and rid else f"rule #{self.i + 1}"
-        self.errors.append((line, f"{who}: {msg}"))
+        self.errors.append((line, f"{self.who()}: {msg}"))
 
     def parse(self, errors: list[tuple[int, str]]) -> Rule | None:
         raw = self.raw
@@ -292,8 +390,9 @@ class _RuleParser:
         if pats is None:
             return None
         ok = True
+        out = []
         for p in pats:
-            if key.endswith("path") and not p.startswith("/"):
+            if key in PATH_GLOB_KEYS and not p.startswith("/"):
                 self.err((key,), f"{key} glob {p!r} must be absolute (start with /); "
                                  "use `filename` to match the path as the caller passed it", p)
                 ok = False
@@ -303,7 +402,18 @@ class _RuleParser:
             elif any("**" in part and part != "**" for part in p.split("/")):
                 self.err((key,), f"{key} glob {p!r}: ** must be a whole path component (as in /etc/**/x)", p)
                 ok = False
-        return pats if ok else None
+            elif key in PATH_GLOB_KEYS:
+                norm, why = normalise(p)
+                if norm is None:
+                    self.err((key,), f"{key} glob {p!r}: {why}", p)
+                    ok = False
+                    continue
+                if norm != p:  # paths are matched normalised: so is the glob, or it could never match
+                    self.note((key,), f"{key} glob {p!r} is matched as {norm!r}", p)
+                out.append(norm)
+                continue
+            out.append(p)
+        return tuple(out) if ok else None
 
     def uids(self, key: str) -> frozenset[int] | None:
         v = self.raw[key]
@@ -352,16 +462,21 @@ def load_for_run(paths: list[str], with_default: bool) -> Policy:
 
 
 def check_files(paths: list[str]) -> int:
-    """--check-policy: every error as FILE:LINE: message on stderr; 0 when all files are valid, else 2."""
+    """--check-policy: every error as FILE:LINE: message on stderr (rule ids must be unique across the
+    files, as when they are loaded together); 0 when all files are valid, else 2."""
     import sys
 
-    bad = False
-    for p in paths:
-        rules, errors = parse_file(p)
-        for e in errors:
-            sys.stderr.write(e + "\n")
-        if errors:
-            bad = True
-        else:
+    notes: list[str] = []
+    per_file, errors = parse_files(paths, notes)
+    order = {p: i for i, p in enumerate(per_file)}
+
+    def where(msg: str) -> tuple[int, int]:  # notes among the errors, in file then line order
+        m = re.match(r"(.*?):(\d+): ", msg)
+        return (order.get(m.group(1), 0), int(m.group(2))) if m else (0, 0)
+
+    for e in sorted(errors + notes, key=where):
+        sys.stderr.write(e + "\n")
+    for p, rules in per_file.items():
+        if not any(e.startswith(f"{p}:") for e in errors):
             sys.stdout.write(f"{p}: valid, {len(rules)} rules ({', '.join(r.id for r in rules)})\n")
-    return 2 if bad else 0
+    return 2 if errors else 0
