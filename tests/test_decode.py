@@ -506,10 +506,14 @@ STATUSES = (RS_NONE, RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM, RS_SKIPPED)
 def _same_events(rec: bytes, explain=None) -> None:
     import json
 
+    from tracer.jsonenc import dumps
+
     d = Decoder(TABLE, explain)
     fast, ref = d.decode(rec, 1), d.decode_generic(rec, 1)
     assert json.dumps(fast) == json.dumps(ref)  # key order included: JSON output is byte-identical
     assert d.decode(rec, 1) == ref  # again, from the caches
+    # --json's encoder (orjson, or json's where orjson cannot give json's bytes) gives json's bytes
+    assert dumps(fast) == json.dumps(ref, separators=(",", ":"))
 
 
 @pytest.mark.parametrize("es", STATUSES)

@@ -9,7 +9,7 @@ import mmap
 import random
 import struct
 
-from tracer import perf
+from tracer import jsonenc, perf
 from tracer.output import JsonOutput, dumps
 from tracer.session import Stats, in_time_order
 
@@ -124,17 +124,30 @@ def test_batch_statistics_equal_per_event_counting() -> None:
         assert {k: dict(v) for k, v in got.by_arg.items()} == {k: dict(v) for k, v in ref.by_arg.items()}
 
 
+def compact(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def test_json_encoder_is_json_dumps(tmp_path) -> None:
+    """The JSON Lines bytes are json.dumps's (compact, every non-ASCII character escaped) whichever
+    encoder made them: orjson for syscall events, json's for what orjson spells otherwise."""
+    assert jsonenc.orjson is not None, "orjson (install_requires) is missing: its path would go untested"
     objs = [{"kind": "syscall", "s": "é\u202e\x1b\n", "n": None, "f": 1.5, "big": 1 << 70, "neg": -3,
-             "nested": {"l": [1, "two", {"t": True}], "e": {}}, "nan": float("nan")}, {"kind": "lost", "count": 3}]
+             "nested": {"l": [1, "two", {"t": True}], "e": {}}, "nan": float("nan")}, {"kind": "lost", "count": 3},
+            {"kind": "summary", "share": 1e-05, "big": 1e16, "inf": float("inf"), "lost_per_cpu": {1: 2}}]
+    hard = ["plain", "é", "\x7f", "\x00\x1f\"\\/", "\udcff/tmp", "\U0001f600", "\u2028", "a,b:c", '":,']
+    for s in hard:  # each string alone in a syscall event: orjson where it can, json where it cannot
+        objs.append({"kind": "syscall", "comm": s, "args": {"filename": s, "n": [1, -(1 << 63), (1 << 64) - 1]},
+                     "reads": {"filename": {"status": "ok", "errno": None, "verified": True}}, "missing": []})
+    objs.append({"kind": "syscall", "big": 1 << 64, "k": {5: "int key"}})
     for obj in objs:
-        assert dumps(obj) == json.dumps(obj)
+        assert dumps(obj) == compact(obj), obj
     path = tmp_path / "out.jsonl"
     with open(path, "w") as f:
         out = JsonOutput(f, batched=True)
         out.events(objs)
         out.event(objs[1])
-    assert path.read_text() == "".join(json.dumps(o) + "\n" for o in [*objs, objs[1]])
+    assert path.read_text() == "".join(compact(o) + "\n" for o in [*objs, objs[1]])
 
 
 def test_default_ring_size_shares_a_budget() -> None:

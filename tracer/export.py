@@ -14,6 +14,7 @@ import json
 from typing import IO, Any
 
 from .capture import Capture, Filter
+from .jsonenc import dumps
 
 MISSING_STATUSES = ("missing", "recovered", "changed")
 CNAME = {"missing": "terrible", "changed": "bad", "recovered": "yellow"}  # catapult's reserved colours
@@ -28,7 +29,7 @@ def write_jsonl(capture: Capture, stream: IO[str], keep: Filter | None = None) -
     if capture.problem is not None:  # the file itself must say it is incomplete, not only stderr
         p = capture.problem
         summary["capture_problem"] = {"kind": p.kind, "offset": p.offset, "detail": p.detail}
-    stream.write(json.dumps(summary) + "\n")
+    stream.write(dumps(summary) + "\n")
     return n
 
 

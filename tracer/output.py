@@ -3,10 +3,8 @@ and placed in rich Text objects, never interpreted as markup."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable
 from typing import IO
 
 from rich.console import Console
@@ -14,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .escape import escape_text
+from .jsonenc import dumps
 from .openat2 import mode_str
 
 STATUS_STYLE = {"missing": "bold red", "recovered": "yellow", "changed": "bold magenta",
@@ -28,24 +27,6 @@ def _describe_region(region: dict | None) -> str:
     return describe(region)
 
 
-def _json_encoder() -> Callable[[object], str]:
-    """json.dumps with its default options, minus the per-call set-up: one C encoder built once, without
-    the circular-reference check (events are trees). Same bytes as json.dumps; json.dumps itself where
-    this Python has no C encoder."""
-    enc = json.encoder
-    if enc.c_make_encoder is None:
-        return json.dumps
-    c_encode = enc.c_make_encoder(None, json.JSONEncoder().default, enc.encode_basestring_ascii, None, ": ", ", ",
-                                  False, False, True)  # markers, default, encoder, indent, separators, sort_keys,
-    join = "".join                                   # skipkeys, allow_nan: json.dumps's defaults
-
-    def dumps(obj: object) -> str:
-        return join(c_encode(obj, 0))
-
-    return dumps
-
-
-dumps = _json_encoder()
 
 
 class JsonOutput:

@@ -11,7 +11,6 @@ A session owns its BPF programs, perf rings and child command, and releases them
 from __future__ import annotations
 
 import gc
-import json
 import os
 import select
 import signal
@@ -23,6 +22,7 @@ from itertools import islice, repeat
 from operator import le
 
 from . import syscalls
+from .jsonenc import dumps
 from .perf import DRAIN_MAX, default_pages
 from .probes import Filters
 from .sources import Source, SourceOptions, SyscallSource, builder, split_specs
@@ -53,7 +53,8 @@ class Event:
         return self.data.get(key, default)
 
     def to_json(self) -> str:
-        return json.dumps(self.data)
+        """The JSON Lines form (one line of `--json`, without its newline)."""
+        return dumps(self.data)
 
     @property
     def has_missing_data(self) -> bool:
