@@ -1,4 +1,30 @@
-# Shim for editable installs with older pip; all metadata lives in setup.cfg.
-from setuptools import setup
+# Metadata lives in setup.cfg. This file adds what setup.cfg cannot say: the BPF sources (bpf/, kept at
+# the top of the repository by the project's layout) and the demo's workload are copied into the built
+# package as tracer/bpf/ and tracer/examples/, so a wheel or a non-editable `pip install .` has them
+# (tracer.kenv.BPF_DIR looks there first, then beside the package in a source checkout).
+from pathlib import Path
 
-setup()
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+SHIPPED = {"bpf": ["bpf/*.c", "bpf/*.h"], "examples": ["examples/missing_data.py"]}
+
+
+class BuildWithBpf(build_py):
+    def run(self) -> None:
+        super().run()
+        for target, patterns in SHIPPED.items():
+            for pattern in patterns:
+                for src in sorted(HERE.glob(pattern)):
+                    dest = Path(self.build_lib) / "tracer" / target / src.name
+                    self.mkpath(str(dest.parent))
+                    self.copy_file(str(src), str(dest))
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        extra = [str(Path(self.build_lib) / "tracer" / target / src.name)
+                 for target, patterns in SHIPPED.items() for pattern in patterns for src in HERE.glob(pattern)]
+        return super().get_outputs(include_bytecode) + extra
+
+
+setup(cmdclass={"build_py": BuildWithBpf})

@@ -59,6 +59,14 @@ def check_expected(feature: str, present: bool, why: str) -> None:
         pytest.fail(f"{feature} is missing on {os.uname().release}, whose VM lane expects it: {why}")
 
 
+def workload_reports(stderr: str) -> list[dict]:
+    """The workloads' JSON reports. A command's stdout goes to the tracer's stderr while events use stdout
+    (tracer/streams.py), so they are found among the tracer's own messages there."""
+    import json
+
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith('{"kind":"workload"')]
+
+
 def require(present: bool, what: str) -> None:
     """A capability these tests need: a failure when CI=true, else a skip with the reason."""
     if present:

@@ -90,6 +90,17 @@ def test_command_not_found() -> None:
     assert "No such file or directory" in line
 
 
+def test_user_needs_a_command_and_a_real_user() -> None:
+    assert_one_error_line(tracer("trace", "openat2", "-u", "nobody"), 2, "-u/--user", "`--`")
+    assert_one_error_line(tracer("trace", "openat2", "-u", "no-such-user-x", "--", "true"), 2,
+                          "-u no-such-user-x: no such user")
+
+
+def test_output_file_that_cannot_be_created() -> None:
+    assert_one_error_line(tracer("trace", "openat2", "-o", "/nonexistent-dir/ev.jsonl", "--", "true"), 1,
+                          "cannot write /nonexistent-dir/ev.jsonl: No such file or directory")
+
+
 def test_doctor_json() -> None:
     proc = tracer("doctor", "--json")
     assert "Traceback" not in proc.stderr

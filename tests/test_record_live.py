@@ -86,8 +86,9 @@ def replay(*args: str | os.PathLike) -> Run:
 
 
 def stream(run: Run) -> list[dict]:
-    """The tracer's own JSON objects (the workload's reports share stdout)."""
-    return [x for x in run.lines if x.get("kind") in STREAM_KINDS]
+    """The tracer's own JSON objects (every stdout line must be one)."""
+    assert all(x.get("kind") in STREAM_KINDS for x in run.lines), run.describe()
+    return run.lines
 
 
 def test_record_round_trip_equals_live_json(recorded: Recorded) -> None:

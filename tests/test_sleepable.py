@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import need_feature, require, scaled
+from conftest import need_feature, require, scaled, workload_reports
 from test_decode import FNAME, HOW_BYTES, OPENAT2, TABLE, Data, ok_how, openat2_rec, slot
 
 from tracer import bpfsys, btf, layout, sleepable
@@ -312,7 +312,7 @@ def test_live_sleepable_syscall_reads(bpf_env, build_c, kinds: dict[str, dict], 
                           timeout=scaled(120))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
-    (report,) = [x for x in lines if x.get("kind") == "workload"]
+    (report,) = workload_reports(proc.stderr)
     (ev,) = [x for x in lines if x.get("kind") == "syscall" and x["tid"] == report["tid"]]
     assert report["mapped_before"] == [0], "precondition: the mapping was not resident before the call"
     assert ev["ret"] == report["ret"] >= 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import require, scaled
+from conftest import require, scaled, workload_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACER = [sys.executable, "-m", "tracer"]
@@ -53,7 +53,8 @@ class Run:
 
     @property
     def workload(self) -> list[dict]:
-        return [x for x in self.lines if x.get("kind") == "workload"]
+        """The command's reports (its stdout, sent to our stderr while events use stdout)."""
+        return workload_reports(self.stderr)
 
     @property
     def events(self) -> list[dict]:
@@ -445,7 +446,7 @@ def test_console_escapes_process_controlled_text(batch: Batch) -> None:
     assert b"\x1b" not in raw
     assert "\u202e".encode() not in raw
     assert b"\xff" not in raw and b"\xfe" not in raw
-    reports = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"kind":"workload"')]
+    reports = workload_reports(run.stderr)
     assert len(reports) == 5
     pid, tid = reports[0]["pid"], reports[0]["tid"]
     event_lines = [line for line in run.stdout.splitlines() if "openat2(" in line]
@@ -596,7 +597,7 @@ def filters(build_c) -> Iterator[tuple[dict[str, Run], Looper, Looper, dict[str,
             "pid": (("trace", "openat2", "--json", "-p", a.pid, "--count", "30"), {}),
             "tid": (("trace", "openat2", "--json", "--tid", a.tids[1], "--count", "30"), {}),
             "comm": (("trace", "openat2", "--json", "-n", "loopB", "--count", "30"), {}),
-            "uid": (("trace", "openat2", "--json", "-u", NOBODY, "--count", "30"), {}),
+            "uid": (("trace", "openat2", "--json", "--uid", NOBODY, "--count", "30"), {}),
             "duration": (("trace", "openat2", "--json", "-p", a.pid, "--duration", "1.5"), {}),
         })
         alive = {"a": a.proc.poll() is None, "b": b.proc.poll() is None}

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import require, scaled
+from conftest import require, scaled, workload_reports
 from elftools.elf.elffile import ELFFile
 
 from tracer import elfsyms, uprobes
@@ -211,7 +211,7 @@ def _run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, list[
     proc = subprocess.run([sys.executable, "-m", "tracer", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=TIMEOUT)
     try:
-        lines = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
+        lines = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()] + workload_reports(proc.stderr)
     except json.JSONDecodeError:
         pytest.fail(f"not JSON Lines:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc, lines

@@ -14,12 +14,14 @@ from rich.text import Text
 
 from . import __version__
 from .capture import CaptureError
+from .command import CommandError
 from .escape import escape_text
-from .kenv import EnvironmentProblem
-from .session import CommandError, Session, install_signal_stop
+from .kenv import EnvironmentProblem, shipped_dir
+from .session import Session, install_signal_stop
+from .streams import OutputError, command_stdout, console_for, open_output
 from .syscalls import UnknownEvent
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = shipped_dir("examples")
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -63,7 +65,7 @@ def filter_options() -> list:
         click.option("-p", "--pid", "pids", multiple=True, type=int, help="Only this process (repeatable)."),
         click.option("--tid", "tids", multiple=True, type=int, help="Only this thread (repeatable)."),
         click.option("-n", "--comm", help="Only tasks with this command name (as in /proc/PID/comm)."),
-        click.option("-u", "--uid", type=int, help="Only tasks with this real user id."),
+        click.option("--uid", type=int, help="Only tasks with this real user id."),
     ]
 
 
@@ -83,6 +85,8 @@ def live_options(only_missing: bool = True) -> list:
     return [
         *filter_options(),
         click.option("-f", "--follow", is_flag=True, help="Also trace children of -p processes."),
+        click.option("-u", "--user", metavar="USER",
+                     help="Run the command after `--` as USER (name or uid), with USER's groups."),
         click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds."),
         click.option("--count", type=click.IntRange(min=1), help="Stop after N events."),
         click.option("--no-recover", is_flag=True,
@@ -102,9 +106,16 @@ def trace_options(f):
              "them, nofault reads (+ exit re-reads), or the best available.")])
 
 
+def output_option(what: str = "events"):
+    return click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+                        help=f"Write the {what} to FILE (created 0600, or truncated) instead of stdout; the "
+                             "command after `--` then keeps its stdout.")
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @trace_options
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout (or -o FILE).")
+@output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
 def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary: bool, **opts: object) -> None:
@@ -114,7 +125,10 @@ def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary
     name (syscalls:sys_enter_openat2), a user-space probe (uprobe:PATH:SYMBOL(ARGS)[:RET]) or a
     user_events event (user_events:NAME, globs allowed). Kinds mix in one command. Default: openat2.
     With `-- CMD ARGS`, CMD is started and it and all its descendants are traced; tracer then exits
-    with CMD's exit code.
+    with CMD's exit code. While events go to stdout, CMD's stdout goes to stderr (never into the event
+    stream); with -o FILE it keeps its stdout. When tracer stops first (Ctrl-C, SIGTERM, SIGHUP,
+    --duration, --count), CMD and its descendants get that signal (SIGTERM for a limit), then SIGKILL
+    after 2 s.
     """
     command = (ctx.obj or {}).get("command")
     code = run_trace(list(events) or ["openat2"], command, as_json, not no_summary, **opts)
@@ -129,7 +143,11 @@ def make_session(events: list[str], *, pages: int | None, **opts) -> Session:
         return Session(events, pages=pages, **opts)
     except UnknownEvent as e:
         fail(str(e), 2)
-        raise  # not reached: fail() exits
+    except CommandError as e:
+        fail(str(e), e.code)
+    except EnvironmentProblem as e:
+        fail(str(e))
+    raise AssertionError("not reached: fail() exits")
 
 
 def drive(session: Session, body: Callable[[], None]) -> bool:
@@ -160,19 +178,30 @@ def drive(session: Session, body: Callable[[], None]) -> bool:
     return True
 
 
+def events_out(output: Path | None):
+    """The event stream of -o FILE (or stdout); a file that cannot be created is one error line."""
+    try:
+        return open_output(output)
+    except OutputError as e:
+        fail(str(e))
+
+
 def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
-              comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages,
-              record: Path | None = None, force: bool = False, read_mode: str = "auto") -> int:
+              comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages, user: str | None = None,
+              output: Path | None = None, record: Path | None = None, force: bool = False,
+              read_mode: str = "auto") -> int:
     """`trace`, and `record` (record: the capture file): recording shows events only with --json; its
     progress line and, without --json, its summary go to stderr."""
     from .output import ConsoleOutput, JsonOutput
 
+    show = record is None or as_json
+    stream = events_out(output)
     session = make_session(events, pids=pids, tids=tids, uid=uid, comm=comm, command=command, follow=follow,
                            recover=not no_recover, duration=duration, count=count, only_missing=only_missing,
-                           pages=buffer_pages, record=record, force=force, read_mode=read_mode)
-    show = record is None or as_json
-    out = JsonOutput(batched=True) if as_json else ConsoleOutput(
-        Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else None)
+                           pages=buffer_pages, record=record, force=force, read_mode=read_mode, user=user,
+                           command_stdout=command_stdout(stream, show))
+    out = JsonOutput(stream, batched=True) if as_json else ConsoleOutput(
+        Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else console_for(stream))
     if as_json:
         session.batch_done.append(out.flush)  # one write per drain batch, not per event
 
@@ -306,8 +335,10 @@ def replay_options(f):
 @cli.command()
 @replay_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, exactly as `trace --json` printed them.")
+@output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
-def replay(file: Path, events: tuple[str, ...], as_json: bool, no_summary: bool, **filters) -> None:
+def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | None, no_summary: bool,
+           **filters) -> None:
     """Show a capture as live tracing showed it: FILE [EVENT...] [filters]
 
     EVENT (syscall name, glob, %group) and -p/--tid/-n/-u/--only-missing select what is shown.
@@ -315,7 +346,8 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, no_summary: bool,
     from .output import ConsoleOutput, JsonOutput
 
     cap, keep = open_capture(file, events, **filters)
-    out = JsonOutput() if as_json else ConsoleOutput()
+    stream = events_out(output)
+    out = JsonOutput(stream) if as_json else ConsoleOutput(console_for(stream))
     if not as_json:
         out.mono_to_wall = cap.mono_to_wall_ns  # times as they were shown while recording
         h = cap.header
@@ -418,11 +450,12 @@ def demo(as_json: bool) -> None:
                    "FILE:LINE: message, exit 0 (valid) or 2.")
 @click.option("--all", "show_all", is_flag=True, help="Also show calls that raise no alert.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout: alerts (and calls, with --all).")
+@output_option("alerts")
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
 def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[str, ...], with_default: bool,
-            check: tuple[str, ...], show_all: bool, as_json: bool, no_summary: bool, buffer_pages: int | None,
-            no_recover: bool, **opts: object) -> None:
+            check: tuple[str, ...], show_all: bool, as_json: bool, output: Path | None, no_summary: bool,
+            buffer_pages: int | None, no_recover: bool, **opts: object) -> None:
     """Watch opens and raise alerts from a policy: [SYSCALL]... [options] [-- CMD ARGS...]
 
     SYSCALL: open, openat, openat2, creat, open_by_handle_at; default: all of them that this kernel has.
@@ -449,10 +482,11 @@ def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[
         fail(f"cannot list the syscall tracepoints: {e}")
     if not names:
         fail(f"this kernel has none of {', '.join(missing)} as syscall tracepoints")
+    stream = events_out(output)
     session = make_session(names, command=(ctx.obj or {}).get("command"), recover=not no_recover,
-                           pages=buffer_pages, **opts)
+                           pages=buffer_pages, command_stdout=command_stdout(stream), **opts)
     sys.exit(run_monitor(session, policy, drive, show_all=show_all, as_json=as_json, summary=not no_summary,
-                         missing=missing))
+                         missing=missing, stream=stream))
 
 
 # -- user_events (tracer/user_events) ---------------------------------------------------------------

@@ -18,7 +18,17 @@ from pathlib import Path
 
 TRACEFS_ENV = "TRACER_TRACEFS"
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def shipped_dir(name: str) -> Path:
+    """bpf/ or examples/: inside the installed package (a wheel: setup.py copies them there), else beside
+    the package (a source checkout, an editable install)."""
+    package = Path(__file__).resolve().parent
+    inside = package / name
+    return inside if inside.is_dir() else package.parent / name
+
+
+BPF_DIR = shipped_dir("bpf")
 
 
 class EnvironmentProblem(RuntimeError):

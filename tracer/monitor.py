@@ -390,14 +390,16 @@ def watched(session, missing: list[str]) -> str:
 
 
 def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool,
-                missing: list[str] = ()) -> int:
+                missing: list[str] = (), stream=None) -> int:
     """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
-    CLI's session runner (start, iterate through the body, one-line failures, clean-up)."""
+    CLI's session runner (start, iterate through the body, one-line failures, clean-up); `stream`: where
+    alerts go (-o FILE; default stdout)."""
     from collections import Counter
 
     from .output import AlertOutput, JsonAlertOutput
+    from .streams import console_for
 
-    out = JsonAlertOutput() if as_json else AlertOutput()
+    out = JsonAlertOutput(stream) if as_json else AlertOutput(console_for(stream) if stream else None)
     monitor = Monitor(policy)
     fired: Counter[str] = Counter()
 

@@ -22,6 +22,7 @@ from itertools import islice, repeat
 from operator import le
 
 from . import syscalls
+from .command import Command, CommandError
 from .jsonenc import dumps
 from .perf import DRAIN_MAX, default_pages
 from .probes import Filters
@@ -156,14 +157,21 @@ class Session:
         callback: Callable[[Event], None] | None = None,
         record: str | os.PathLike | None = None,
         force: bool = False,
+        user: str | None = None,
+        command_stdout: int | None = None,
     ) -> None:
         """`record`: also write what the session delivers to this capture file (tracer/capture.py),
         created with mode 0600; an existing file is an error unless `force`. `pages`: perf ring size per
-        CPU (a power of two); by default perf.default_pages() (a memory budget shared by the CPUs)."""
+        CPU (a power of two); by default perf.default_pages() (a memory budget shared by the CPUs).
+        `user`: run `command` as this user (name or uid); `command_stdout`: an fd for its stdout (the CLI
+        keeps it out of an event stream on stdout). Ending the session ends the command (tracer/command.py)."""
         self.event_specs = list(events)
         plain, self.other_specs = split_specs(list(events))
         self.syscalls = syscalls.resolve(plain) if plain else []
         self.command = list(command) if command else None
+        if user is not None and not self.command:
+            raise CommandError("-u/--user USER runs the command given after `--` as USER: give one", 2)
+        self._cmd = Command(self.command, user=user, stdout=command_stdout) if self.command else None
         self.filters = Filters(list(pids), list(tids), uid, comm, follow or bool(command), recover)
         if self.command:
             self.filters.pids = self.filters.pids or [0]  # the child's pid is added once it exists
@@ -179,8 +187,6 @@ class Session:
         self.stats = Stats()
         self.sources: list[Source] = []
         self.probes = None  # the syscall source's SyscallProbes while running
-        self.child: int | None = None  # pid of the command we started, until it is reaped
-        self.exit_code: int | None = None
         self.started = 0.0
         self.ended = 0.0
         self.record_path = record
@@ -190,6 +196,7 @@ class Session:
         self.kernel_counts: dict[str, int] = {}
         self._rings: list = []
         self._stop = False
+        self._stop_signal = signal.SIGTERM  # what the command gets when the session stops first
         self._gate: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -232,60 +239,49 @@ class Session:
         for _src, ring in self._rings:
             self._poll.register(ring.fd, select.POLLIN)
         self.started = time.monotonic()
-        if self.command:
+        if self.command and not self._stop:  # a signal during the start-up: nothing to start
             self._spawn()
+
+    @property
+    def child(self) -> int | None:
+        """pid of the command we started, until it is reaped."""
+        return self._cmd.pid if self._cmd is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The command's exit status (128 + N when killed by signal N), once it has ended."""
+        return self._cmd.exit_code if self._cmd is not None else None
 
     def _spawn(self) -> None:
         """Start the command held at a gate until its pid is in the kernel's filter, so that its
-        execve and everything after it is traced. (subprocess.Popen cannot do this: it waits for
-        the exec before returning the pid.)"""
-        cmd = self.command
-        gate_r, gate_w = os.pipe()
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                os.close(gate_w)
-                os.close(err_r)
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.read(gate_r, 1)
-                os.close(gate_r)
-                os.execvp(cmd[0], cmd)
-            except OSError as e:
-                os.write(err_w, str(e.errno).encode())
-            finally:
-                os._exit(127)
-        os.close(gate_r)
-        os.close(err_w)
-        self.child = pid
-        try:
+        execve and everything after it is traced."""
+
+        def admit(pid: int) -> None:
             for src in self.sources:
                 src.add_pid(pid)
-            os.write(gate_w, b"x")
-        finally:
-            os.close(gate_w)
-        failed = os.read(err_r, 16)  # EOF once the exec succeeded (close-on-exec)
-        os.close(err_r)
-        if failed:
-            os.waitpid(pid, 0)
-            self.child = None
-            raise CommandError(f"cannot run {cmd[0]!r}: {os.strerror(int(failed))}")
+
+        self._cmd.spawn(admit)
 
     def _child_exited(self) -> bool:
-        if self.child is None:
+        return self._cmd is not None and self._cmd.running and self._cmd.poll()
+
+    def _command_ending(self) -> bool:
+        """After stop(): True while the command we started is still ending (it got the signal that
+        stopped us; SIGKILL at the deadline). The event loop keeps showing its events meanwhile."""
+        cmd = self._cmd
+        if cmd is None or cmd.poll():
             return False
-        pid, status = os.waitpid(self.child, os.WNOHANG)
-        if pid == 0:
-            return False
-        rc = os.waitstatus_to_exitcode(status)
-        self.exit_code = 128 - rc if rc < 0 else rc
-        self.child = None
+        cmd.end(self._stop_signal)
+        cmd.kill_due()
         return True
 
-    def stop(self) -> None:
-        """Ask the event loop to finish (safe from a signal handler)."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Ask the event loop to finish (safe from a signal handler); a command we started gets `sig`,
+        then SIGKILL after command.KILL_GRACE_S (at once on a second stop)."""
+        if self._stop and self._cmd is not None and self._cmd.ending is not None:
+            self._cmd.ending = (self._cmd.ending[0], 0.0)
         self._stop = True
+        self._stop_signal = sig
 
     def close(self) -> None:
         if self.started and not self.ended:
@@ -302,6 +298,8 @@ class Session:
         self.sources = []
         self._rings = []
         self.probes = None
+        if self._cmd is not None:  # never left running; its status goes in the summary and the trailer
+            self._cmd.finish(self._stop_signal)
         if self.recorder is not None:
             recorder, self.recorder = self.recorder, None
             self.record_error = recorder.close(self.summary() if self.started else None)
@@ -319,7 +317,7 @@ class Session:
             self.start()
         deadline = self.started + self.duration if self.duration else None
         draining = 0  # polls left after the command ended, to collect its last records
-        while not self._stop:
+        while not self._stop or self._command_ending():
             self._wait(0 if self._backlog() else POLL_MS)
             batch = self._drain()  # never more than --count events in all
             if batch:
@@ -328,8 +326,10 @@ class Session:
                     done()
             if self._count_reached():
                 return
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+            if deadline is not None and not self._stop and time.monotonic() >= deadline:
+                self.stop()  # a command we started gets SIGTERM; its last events are still shown
+                deadline = None
+                continue
             if draining == 0 and self._child_exited():
                 draining = 2
             elif draining:
@@ -462,15 +462,11 @@ def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None) 
     }
 
 
-class CommandError(RuntimeError):
-    pass
-
-
 def install_signal_stop(session: Session) -> None:
     """Ctrl-C, SIGTERM and SIGHUP end the session at its next poll: every counted event is shown."""
 
     def handler(signum: int, frame: object) -> None:
-        session.stop()
+        session.stop(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
