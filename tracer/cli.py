@@ -216,14 +216,7 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
             for batch in session.batches():
                 if not show:
                     continue
-                if isinstance(out, JsonOutput):
-                    out.events(batch)  # lost-record notices included, in order: one write per batch
-                    continue
-                for ev in batch:
-                    if ev["kind"] == "lost":
-                        out.lost(ev)
-                    else:
-                        out.event(ev)
+                out.events(batch)  # lost-record notices included, in order: one write per batch
 
     if not drive(session, body):
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from typing import IO
 
 from rich.console import Console
@@ -62,14 +63,52 @@ class JsonOutput:
     lost = summary = notice = write
 
 
+class _AnsiStyles:
+    """Segments wrapped in each style's SGR codes, as rich renders a styled Text for `color_system`."""
+
+    def __init__(self, color_system: str) -> None:
+        from rich.color import ColorSystem
+        from rich.style import Style
+
+        system = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT,
+                  "truecolor": ColorSystem.TRUECOLOR, "windows": ColorSystem.WINDOWS}[color_system]
+        self._parse = lambda style: Style.parse(style)._make_ansi_codes(system)
+        self._codes: dict[str, str] = {}
+
+    def join(self, segs: list[tuple[str, str | None]]) -> str:
+        codes = self._codes
+        out = []
+        for text, style in segs:
+            if not style or not text:
+                out.append(text)
+                continue
+            sgr = codes.get(style)
+            if sgr is None:
+                sgr = codes[style] = self._parse(style)
+            out.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text)
+        return "".join(out)
+
+
 class ConsoleOutput:
+    """strace-like lines. A drain batch is rendered to one string and written at once (`events`): rich's
+    Console.print per line cost ~80 µs per event. Lines are laid out as (text, style) segments, joined
+    plain for a pipe or file, wrapped in the style's ANSI codes (as rich renders them) for a terminal;
+    every process-controlled string in them has been through escape_text, so they hold no escapes of
+    their own. `line()` gives the same segments as rich Text (alerts, tests)."""
+
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.mono_to_wall = time.time_ns() - time.monotonic_ns()
+        self._sec = -1
+        self._hms = ""
+        system = self.console.color_system if not self.console.no_color else None
+        self._ansi = _AnsiStyles(system) if system else None
 
     def _time(self, ts: int) -> str:
-        wall = (ts + self.mono_to_wall) / 1e9
-        return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
+        sec, ns = divmod(ts + self.mono_to_wall, 1_000_000_000)
+        if sec != self._sec:  # strftime once per second of events, not per event
+            self._sec, self._hms = sec, time.strftime("%H:%M:%S", time.localtime(sec))
+        return f"{self._hms}.{ns // 1000:06d}"
 
     def value(self, val: object, is_hex: bool = False) -> str:
         if val is None:
@@ -104,70 +143,109 @@ class ConsoleOutput:
         return "{" + ", ".join(f"{k}={escape_text(str(v))}" for k, v in d.items()) + "}"
 
     def event(self, ev: dict) -> None:
-        self.console.print(self.line(ev))
+        self.events((ev,))
+
+    def events(self, evs: Iterable[dict]) -> None:
+        """Syscall/uprobe events and lost-record notices of one drain batch, in order, in one write."""
+        render = self._render
+        lines = []
+        for ev in evs:
+            kind = ev.get("kind")
+            if kind == "lost":
+                lines.append(render(self._lost(ev)))
+            elif kind in ("syscall", "uprobe") or kind is None:
+                lines.append(render(self.segments(ev)))
+            else:  # what has no line layout here: its own printer, after the lines before it
+                self._write(lines)
+                lines = []
+                self.other(ev)
+        self._write(lines)
+
+    def other(self, ev: dict) -> None:
+        self.console.print(Text(escape_text(dumps(ev)), "dim"))
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            f = self.console.file
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+
+    def _render(self, segs: list[tuple[str, str | None]]) -> str:
+        if self._ansi is None:
+            return "".join([text for text, _ in segs])
+        return self._ansi.join(segs)
 
     def line(self, ev: dict) -> Text:
-        """One syscall event as one line of rich Text."""
-        t = Text()
-        t.append(self._time(ev["ts"]), "dim")
-        t.append(" ")
-        t.append(escape_text(ev["comm"]), "bold")
-        t.append(f"[{ev['pid']}/{ev['tid']}] ", "dim")
-        t.append(ev.get("syscall") or ev["function"], "bold cyan")
-        t.append("(")
+        """One syscall or uprobe event as one line of rich Text."""
+        return Text.assemble(*self.segments(ev))
+
+    def segments(self, ev: dict) -> list[tuple[str, str | None]]:
+        """One syscall or uprobe event as (text, style) segments of one line."""
+        t: list[tuple[str, str | None]] = []
+        a = t.append
+        a((self._time(ev["ts"]), "dim"))
+        a((" ", None))
+        a((escape_text(ev["comm"]), "bold"))
+        a((f"[{ev['pid']}/{ev['tid']}] ", "dim"))
+        a((ev.get("syscall") or ev["function"], "bold cyan"))
+        a(("(", None))
         reads = ev.get("reads", {})
         syms = ev.get("args_str", {})
         first = True
         for name, val in ev["args"].items():
             if not first:
-                t.append(", ")
+                a((", ", None))
             first = False
-            t.append(f"{name}=", "dim")
+            a((f"{name}=", "dim"))
             info = reads.get(name)
             if info is None:
                 if name in syms:
-                    t.append(syms[name])
+                    a((syms[name], None))
                 elif isinstance(val, int) and val > 0xFFFF and name not in syms:
-                    t.append(hex(val))
+                    a((hex(val), None))
                 else:
-                    t.append(self.value(val))
+                    a((self.value(val), None))
                 continue
             st = info["status"]
             if st == "missing":
                 err = info.get("errno")
                 what = f"<missing: errno {err}" if err else "<missing"
-                t.append(f"{what} at {info['addr']:#x}", STATUS_STYLE[st])
+                a((f"{what} at {info['addr']:#x}", STATUS_STYLE[st]))
                 where = _describe_region(info.get("region"))
                 if where:
-                    t.append(f" in {escape_text(where)}", STATUS_STYLE[st])
-                t.append(">", STATUS_STYLE[st])
+                    a((f" in {escape_text(where)}", STATUS_STYLE[st]))
+                a((">", STATUS_STYLE[st]))
                 continue
             is_hex = isinstance(val, str) and "size" in info  # uprobe buf[N]: hex of its bytes
-            t.append(self.value(val, is_hex))
+            a((self.value(val, is_hex), None))
             if st == "recovered":
                 where = _describe_region(info.get("region"))
-                t.append(f" [recovered at exit; entry read failed errno {info['errno']}"
-                         + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st])
+                a((f" [recovered at exit; entry read failed errno {info['errno']}"
+                   + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st]))
             elif st == "changed":
-                t.append(f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'), is_hex)}]",
-                         STATUS_STYLE[st])
+                a((f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'), is_hex)}]",
+                   STATUS_STYLE[st]))
             elif st == "truncated":
-                t.append(" [truncated]", STATUS_STYLE[st])
-        t.append(")")
+                a((" [truncated]", STATUS_STYLE[st]))
+        a((")", None))
         if ev["ret"] is None:
-            t.append(" = ?", "dim")
+            a((" = ?", "dim"))
         else:
             ret = ev["ret"]
             err = -4095 <= ret < 0
             shown = ev["ret_str"] if err or abs(ret) < 1 << 32 else hex(ret)
-            t.append(" = ")
-            t.append(shown, "red" if err else "green")
+            a((" = ", None))
+            a((shown, "red" if err else "green"))
         if ev.get("missing"):
-            t.append("  ! unreadable: " + ", ".join(ev["missing"]), "bold red")
+            a(("  ! unreadable: " + ", ".join(ev["missing"]), "bold red"))
         return t
 
     def lost(self, ev: dict) -> None:
-        self.console.print(Text(f"!! {ev['count']} records lost on CPU {ev['cpu']} (ring full)", "bold red"))
+        self.events((ev,))
+
+    @staticmethod
+    def _lost(ev: dict) -> list[tuple[str, str | None]]:
+        return [(f"!! {ev['count']} records lost on CPU {ev['cpu']} (ring full)", "bold red")]
 
     def notice(self, obj: dict) -> None:
         self.console.print(Text(str(obj.get("message", "")), "dim"))
