@@ -7,8 +7,14 @@ module, serve every assertion.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -111,13 +117,29 @@ def test_each_call_raises_exactly_its_alerts(triggered) -> None:
 
 
 def test_absolute_paths_are_certain(triggered) -> None:
-    _, ev, (alert,) = triggered["shadow"]
+    report, ev, (alert,) = triggered["shadow"]
+    ctx = alert.pop("context")
     assert alert == {"kind": "alert", "rule": "shadow-access", "severity": "critical",
                      "description": "Open of a password hash database", "event": ev}
+    assert_context(ctx, report, ev)
     assert ev["args"]["filename"] == "/etc/shadow" and ev["args"]["how"]["flags_str"] == "O_RDONLY|O_CLOEXEC"
     assert ev["target"] == {"path": "/etc/shadow", "best_effort": False, "basis": "absolute"}
     _, ev, _ = triggered["world_writable"]
     assert ev["args"]["how"]["mode"] == 0o666
+
+
+def assert_context(ctx: dict, report: dict, ev: dict, exe: str | None = None) -> None:
+    """The alert's context: time, host and user, and the process as /proc showed it (the workload lingers:
+    it is still there, unchanged, when its records are decoded)."""
+    assert ctx["host"] == socket.gethostname() and ctx["uid"] == 0 and ctx["user"] == "root"
+    wall = datetime.fromisoformat(ctx["time"].replace("Z", "+00:00")).timestamp()
+    assert abs(wall - time.time()) < 120 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ctx["time"])
+    p = ctx["process"]
+    assert p["best_effort"] is True and "unknown" not in p, p
+    assert p["exe"] == (exe or p["cmdline"][0]) and p["cmdline"][0].endswith("/monitor_cases")
+    assert p["ppid"] > 1 and p["parent_exe"] == os.path.realpath(sys.executable)  # the tracer started it
+    # The tracer's child, pytest's grandchild: in pytest's cgroup.
+    assert p["cgroup"] == Path("/proc/self/cgroup").read_text().splitlines()[-1].split(":", 2)[2]
 
 
 def test_relative_paths_resolved_best_effort(triggered, monitored: Monitored) -> None:
@@ -204,8 +226,10 @@ def test_console_alerts_escaped(monitored: Monitored) -> None:
     assert lines[1].endswith("= -2 ENOENT")
     assert lines[2] == ("    target /etc/tracer-no-dir/[bold red]x[/]\\x1b[31m\\nFORGED\\u202e  "
                         "(absolute, lexical: symlinks not resolved)")
-    assert lines[3].startswith("1 openat2 calls checked, 1 alerts (sensitive-write-follows-symlinks: 1)")
-    assert len(lines) == 4
+    assert lines[3].startswith("    context ") and " host " in lines[3] and " uid 0 (root) exe " in lines[3]
+    assert "\\x1b[7m" not in lines[3]  # the thread's name is not part of it
+    assert lines[4].startswith("1 openat2 calls checked, 1 alerts (sensitive-write-follows-symlinks: 1)")
+    assert len(lines) == 5
 
 
 # --- the whole open family (tracer monitor with no SYSCALL) ----------------------------------------------
@@ -259,6 +283,8 @@ def test_whole_family_watched_by_default(monitored: Monitored) -> None:
         assert {a["rule"] for a in alerts} == rules, (case, alerts)
     # Nothing else alerts: the loader's opens, the workload's open of /etc.
     assert sum(len(a) for _, _, a in got.values()) == len([x for x in run.lines if x.get("kind") == "alert"])
+    report, ev, (alert,) = got["f_open_shadow"]
+    assert_context(alert["context"], report, ev)
     _, ev, (alert,) = got["f_openat_dfd_shadow"]
     assert alert["best_effort"] is True and ev["target"] == {"path": "/etc/shadow", "best_effort": True,
                                                              "basis": "fd"}

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,7 @@ from tracer import monitor as mon
 from tracer.monitor import Monitor, could_match_below, glob_match, normpath, target
 from tracer.output import AlertOutput
 from tracer.policy import Policy, default_policy, load, parse_text
+from tracer.proccontext import ContextReader, container_id
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IDS = ["sensitive-write-follows-symlinks", "sensitive-write", "shadow-access", "ssh-private-key",
@@ -537,3 +543,103 @@ def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
         proc = tracer_cli("monitor", "--check-policy", str(f))
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr == f"{f}:1: nested too deeply for a policy (arrays or inline tables within each other)\n"
+
+
+# --- alert context and process conditions -------------------------------------------------------------
+
+
+def test_process_context_of_a_live_process() -> None:
+    """This test's own process, as /proc shows it: the facts an alert carries."""
+    reader = ContextReader()
+    comm = Path("/proc/self/comm").read_text().rstrip("\n")
+    now = time.monotonic_ns()
+    ev = {"pid": os.getpid(), "tid": threading.get_native_id(), "comm": comm, "uid": os.getuid(), "ts": now}
+    ctx = reader(ev)
+    assert ctx["host"] == socket.gethostname() and ctx["uid"] == os.getuid()
+    assert ctx["user"] == pwd.getpwuid(os.getuid()).pw_name
+    wall = datetime.fromisoformat(ctx["time"].replace("Z", "+00:00")).timestamp()
+    assert abs(wall - time.time()) < 5 and ctx["time"].endswith("Z")
+    p = ctx["process"]
+    assert p["best_effort"] is True and "unknown" not in p
+    assert p["exe"] == os.path.realpath(sys.executable) and p["cmdline"] == Path("/proc/self/cmdline").read_bytes(
+        ).decode().split("\0")[:-1]
+    assert p["ppid"] == os.getppid() and p["parent_exe"] == os.readlink(f"/proc/{os.getppid()}/exe")
+    assert p["cgroup"] == Path("/proc/self/cgroup").read_text().splitlines()[-1].split(":", 2)[2]
+    assert p["cmdline_truncated"] is False
+
+
+def test_process_context_refuses_a_different_process() -> None:
+    reader = ContextReader()
+    base = {"pid": os.getpid(), "tid": threading.get_native_id(), "uid": 0,
+            "comm": Path("/proc/self/comm").read_text().rstrip("\n")}
+    # A call made before this process started: its pid was someone else's.
+    started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) * 10**9 // os.sysconf(
+        "SC_CLK_TCK")
+    early = started - reader.mono_to_boot - 10**9
+    assert reader.process({**base, "ts": early})["unknown"] == "pid reused: this process started after the call"
+    # Another name than the kernel recorded: exec'd (or renamed) since the call.
+    renamed = reader.process({**base, "comm": "not-this", "ts": time.monotonic_ns()})
+    assert renamed == {"best_effort": True, "source": "/proc after the call",
+                       "unknown": "the thread was renamed or exec'd another program since the call"}
+    gone = reader.process({**base, "pid": 2**22 + 1, "ts": time.monotonic_ns()})  # above pid_max's maximum
+    assert gone["unknown"] == "process exited"
+
+
+@pytest.mark.parametrize(("cgroup", "cid"), [
+    ("/system.slice/docker-" + "a" * 64 + ".scope", "a" * 64),
+    ("/kubepods.slice/kubepods-burstable.slice/cri-containerd-" + "0123456789abcdef" * 4 + ".scope",
+     "0123456789abcdef" * 4),
+    ("/machine.slice/libpod-" + "f" * 64 + ".scope/container", "f" * 64),
+    ("/docker/" + "b" * 64, "b" * 64),
+    ("/user.slice/user-0.slice/session-1.scope", None), ("/", None), (None, None),
+])
+def test_container_id(cgroup: str | None, cid: str | None) -> None:
+    assert container_id(cgroup) == cid
+
+
+def test_exe_conditions(proc_links, monkeypatch: pytest.MonkeyPatch) -> None:
+    """exe / not_exe / parent_exe: globs on the process's exe (from /proc, checked against the event).
+    A process whose facts cannot be checked leaves the condition unknown: never a silent exception."""
+    facts = {"best_effort": True, "exe": "/usr/bin/cat", "parent_exe": "/usr/bin/bash"}
+    monkeypatch.setattr(ContextReader, "process", lambda self, ev: facts)
+    base = '[[rule]]\nid = "r"\nseverity = "high"\ndescription = "d"\npath = "/etc/shadow"\n'
+    exc = load_text(base + 'not_exe = ["/usr/sbin/sshd", "/usr/bin/passwd"]\n')
+    assert fired(exc, event("/etc/shadow")) == {"r": {}}
+    facts["exe"] = "/usr/sbin/sshd"
+    assert fired(exc, event("/etc/shadow")) == {}  # the exception holds on the exe, whatever comm says
+    facts["exe"] = "/usr/sbin/sshd (deleted)"  # replaced on disk since it started: not the exception
+    assert fired(exc, event("/etc/shadow")) == {"r": {}}
+    assert fired(base + 'exe = "/usr/bin/*"\n', event("/etc/shadow")) == {}
+    facts["exe"] = "/usr/bin/cat"
+    assert fired(base + 'exe = "/usr/bin/*"\n', event("/etc/shadow")) == {"r": {"best_effort": True}}
+    assert fired(base + 'parent_exe = "/usr/bin/*sh"\n', event("/etc/shadow")) == {"r": {"best_effort": True}}
+    facts.clear()
+    facts.update({"best_effort": True, "unknown": "process exited"})
+    alerts = Monitor(exc).check(event("/etc/shadow"))
+    assert [(a.rule, a.severity) for a in alerts] == [("unresolved", "high")]
+    assert alerts[0].detail == {"could_match": {"r": ["not_exe"]}}
+    assert "the process's exe is unknown (process exited)" in alerts[0].description
+    # exe globs are absolute paths, normalised like path globs.
+    assert parse_text(base + 'exe = "sshd"\n')[1] == [
+        (6, "rule 'r': exe glob 'sshd' must be absolute (start with /); use `filename` to match the path as the "
+            "caller passed it")]
+
+
+def test_alert_context_in_json_and_console(proc_links, monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = {"best_effort": True, "source": "/proc after the call", "exe": "/tmp/x\x1b[31m", "cmdline": ["x", "a b"],
+             "cmdline_truncated": False, "ppid": 1, "parent_exe": "/sbin/init", "cgroup": "/docker/" + "c" * 64,
+             "container_id": "c" * 64}
+    monkeypatch.setattr(ContextReader, "process", lambda self, ev: facts)
+    reader = ContextReader()
+    ev = event("/etc/shadow")
+    (alert,) = Monitor(DEFAULT, reader).check(ev)
+    d = alert.to_dict(ev)
+    assert d["context"] == {"time": reader.wall_time(ev), "host": socket.gethostname(), "uid": 0, "user": "root",
+                            "process": facts}
+    assert list(d)[-2:] == ["context", "event"]
+    buf = io.StringIO()
+    AlertOutput(Console(file=buf, width=400, highlight=False, force_terminal=False)).alerts(ev, [alert])
+    line = buf.getvalue().splitlines()[-1]
+    assert line == (f"    context {reader.wall_time(ev)} host {socket.gethostname()} uid 0 (root) exe /tmp/x\\x1b[31m "
+                    f"cmdline x 'a b' ppid 1 (/sbin/init) cgroup /docker/{'c' * 64} container cccccccccccc  "
+                    "(process: best effort, /proc after the call)")

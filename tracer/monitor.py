@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from itertools import product
 
 from .decode import AT_FDCWD
 from .globs import could_match_below, glob_match
-from .policy import OPEN_FLAGS, RESOLVE_NAMES, SEVERITIES, Policy, Rule
+from .policy import OPEN_FLAGS, PROCESS_KEYS, RESOLVE_NAMES, SEVERITIES, Policy, Rule
+from .proccontext import ContextReader
 
 RESOLVE_IN_ROOT = RESOLVE_NAMES["RESOLVE_IN_ROOT"]
 _ACCMODE_NAMES = ("O_RDONLY", "O_WRONLY", "O_RDWR")
@@ -142,9 +143,10 @@ class View:
     target: dict
     label: str = "entry"  # which values: "entry", or the args taken at exit
     arg: str | None = "filename"  # the path argument (None: open_by_handle_at)
+    process: Callable[[], dict] = dict  # the caller as /proc shows it (tracer/proccontext.py), on demand
 
 
-def _views(ev: dict, dirinfo: dict) -> Iterator[View]:
+def _views(ev: dict, dirinfo: dict, process: Callable[[], dict]) -> Iterator[View]:
     args, reads = ev["args"], ev.get("reads", {})
 
     def values(arg: str | None, entry: object) -> list[tuple[object, str | None]]:
@@ -161,7 +163,7 @@ def _views(ev: dict, dirinfo: dict) -> Iterator[View]:
     for (fn, a), (how, b) in product(values(parg, args.get(parg) if parg else None), hows):
         at_exit = " and ".join(x for x in (a, b) if x)
         tgt = target(fn, how, dirinfo, truncated) if parg else HANDLE_TARGET
-        yield View(ev, fn, how, tgt, f"{at_exit} at exit" if at_exit else "entry", parg)
+        yield View(ev, fn, how, tgt, f"{at_exit} at exit" if at_exit else "entry", parg, process)
 
 
 def _status(view: View, arg: str) -> str:
@@ -254,6 +256,14 @@ def evaluate(rule: Rule, view: View) -> tuple[Tri, list[str], bool]:
         conds["result"] = (ev["ret"] >= 0) == (rule.result == "succeeded")
     if rule.read_status:
         conds["read_status"] = any(r["status"] in rule.read_status for r in ev.get("reads", {}).values())
+    for key in PROCESS_KEYS:
+        if key in g:
+            # /proc facts, checked against the event (see proccontext): unknown when they fail the checks
+            value = view.process().get("parent_exe" if key == "parent_exe" else "exe")
+            hit = None if value is None else any(glob_match(p, value) for p in g[key])
+            conds[key] = _negate(hit) if key.startswith("not_") else hit
+            # An exception that did not apply leaves the rule firing as without it: no best-effort support.
+            best_effort = best_effort or (hit is True and not key.startswith("not_"))
     if any(v is False for v in conds.values()):
         return False, [], False
     unknown = [k for k, v in conds.items() if v is None]
@@ -269,10 +279,11 @@ class Alert:
     severity: str
     description: str
     detail: dict = field(default_factory=dict)
+    context: dict | None = None  # time, host, user, process (tracer/proccontext.py)
 
     def to_dict(self, event: dict | None) -> dict:
         return {"kind": "alert", "rule": self.rule, "severity": self.severity, "description": self.description,
-                **self.detail, "event": event}
+                **self.detail, **({"context": self.context} if self.context else {}), "event": event}
 
 
 def builtin(rule: str, description: str | None = None, severity: str | None = None, **detail: object) -> Alert:
@@ -285,14 +296,25 @@ def max_severity(sevs) -> str:
 
 
 class Monitor:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, context: ContextReader | None = None) -> None:
+        """`context`: give every alert its context (a run does; tests of matching need not)."""
         self.rules = policy.rules
+        self.context = context
+        self.reader = context or ContextReader()
 
     def check(self, ev: dict) -> list[Alert]:
         """Alerts for one openat2 event; adds `dfd_path` and `target` to it (and `target_at_exit`
         when the path changed during the call)."""
         dirinfo = dfd_path(ev)
-        views = list(_views(ev, dirinfo))
+        process: dict | None = None
+
+        def proc() -> dict:
+            nonlocal process
+            if process is None:
+                process = self.reader.process(ev)
+            return process
+
+        views = list(_views(ev, dirinfo, proc))
         ev["dfd_path"] = dirinfo
         ev["target"] = views[0].target
         if views[-1].target != views[0].target:
@@ -316,17 +338,22 @@ class Monitor:
         elif undecided and not alerts:  # a call that raised an alert is not cleared anyway
             sev = max_severity(severity[r] for r in undecided)
             alerts.append(builtin("unresolved", f"could match {', '.join(sorted(undecided))} but "
-                                  + "; ".join(self._unknown_reasons(ev, undecided)), sev, could_match=undecided))
+                                  + "; ".join(self._unknown_reasons(ev, undecided, proc)), sev,
+                                  could_match=undecided))
         for arg, info in ev.get("reads", {}).items():
             if info["status"] == "changed":
                 before, after = ev["args"].get(arg), info.get("value_at_exit")
                 alerts.append(builtin("changed", f"{ev['syscall']} {arg} changed while the call ran: "
                                       f"{_show(before)} at entry, {_show(after)} at exit",
                                       changed={"arg": arg, "entry": before, "exit": after}))
+        if alerts and self.context is not None:
+            ctx = self.context(ev, proc())
+            for a in alerts:
+                a.context = ctx
         return alerts
 
     @staticmethod
-    def _unknown_reasons(ev: dict, undecided: dict[str, list[str]]) -> list[str]:
+    def _unknown_reasons(ev: dict, undecided: dict[str, list[str]], proc: Callable[[], dict]) -> list[str]:
         what = sorted({u for us in undecided.values() for u in us})
         out = []
         for w in what:
@@ -336,6 +363,9 @@ class Monitor:
                     out.append(f"the target path is unknown ({t.get('unknown')})")
                 else:
                     out.append(f"the target {t['path']} is only a best-effort resolution (via {t['basis']})")
+            elif w in PROCESS_KEYS:
+                out.append(f"the process's {'parent_exe' if w == 'parent_exe' else 'exe'} is unknown "
+                           f"({proc().get('unknown') or 'not readable'})")
             else:
                 out.append(f"{w} is unknown")
         return list(dict.fromkeys(out))
@@ -400,10 +430,13 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     from .streams import console_for
 
     out = JsonAlertOutput(stream) if as_json else AlertOutput(console_for(stream) if stream else None)
-    monitor = Monitor(policy)
+    reader = ContextReader()
+    monitor = Monitor(policy, reader)
     fired: Counter[str] = Counter()
 
     def emit(ev: dict | None, alerts: list[Alert]) -> None:
+        for a in alerts:
+            a.context = a.context or reader.now()
         fired.update(a.rule for a in alerts)
         out.alerts(ev, alerts)
 

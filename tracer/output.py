@@ -301,6 +301,9 @@ class AlertOutput(ConsoleOutput):
         if ev is not None:
             self.console.print(Text("    ").append_text(self.line(ev)))
             self.console.print(self.place(ev))
+        ctx = next((a.context for a in alerts if a.context), None)
+        if ctx is not None:
+            self.console.print(context_line(ctx))
 
     def place(self, ev: dict) -> Text:
         t = Text("    target ", "dim")
@@ -327,6 +330,34 @@ class AlertOutput(ConsoleOutput):
         if s["lost"]:
             t.append(f"; {s['lost']} records lost", "bold red")
         self.console.print(t)
+
+
+def context_line(ctx: dict) -> Text:
+    """`    context TIME host H uid U (NAME) exe E cmdline C ppid P (EXE) cgroup G container ID`, every
+    process-controlled string escaped; /proc facts marked best effort."""
+    t = Text("    context ", "dim")
+    t.append(f"{ctx['time']} host {escape_text(ctx['host'])}")
+    if "uid" in ctx:
+        t.append(f" uid {ctx['uid']} ({escape_text(str(ctx['user'] or 'no name'))})")
+    p = ctx.get("process")
+    if not p:
+        return t
+    if p.get("unknown"):
+        t.append(f"  process unknown ({escape_text(p['unknown'])})", "dim")
+        return t
+    import shlex
+
+    cmd = " ".join(shlex.quote(a) for a in p["cmdline"]) if p.get("cmdline") is not None else "?"
+    if len(cmd) > 200 or p.get("cmdline_truncated"):
+        cmd = cmd[:200] + "…"
+    t.append(f" exe {escape_text(str(p.get('exe')))} cmdline {escape_text(cmd)} ppid {p.get('ppid')} "
+             f"({escape_text(str(p.get('parent_exe')))})")
+    if p.get("cgroup"):
+        t.append(f" cgroup {escape_text(p['cgroup'])}")
+    if p.get("container_id"):
+        t.append(f" container {p['container_id'][:12]}")
+    t.append("  (process: best effort, /proc after the call)", "dim")
+    return t
 
 
 class JsonAlertOutput(JsonOutput):

@@ -33,8 +33,10 @@ OPEN_FLAGS: dict[str, int] = {"O_RDONLY": os.O_RDONLY, "O_WRONLY": os.O_WRONLY, 
                               **{name: bit for bit, name in _OPEN_BITS}, "O_LARGEFILE": _O_LARGEFILE_KERNEL}
 RESOLVE_NAMES: dict[str, int] = {name: bit for bit, name in RESOLVE_FLAGS.items()}
 
-GLOB_KEYS = ("path", "not_path", "filename", "not_filename", "comm", "not_comm")
-PATH_GLOB_KEYS = ("path", "not_path")  # globs on absolute paths: normalised like the paths they match
+GLOB_KEYS = ("path", "not_path", "filename", "not_filename", "comm", "not_comm", "exe", "not_exe", "parent_exe")
+# Globs on absolute paths: normalised like the paths they match.
+PATH_GLOB_KEYS = ("path", "not_path", "exe", "not_exe", "parent_exe")
+PROCESS_KEYS = ("exe", "not_exe", "parent_exe")  # facts read from /proc after the call (tracer/proccontext.py)
 UID_KEYS = ("uid", "not_uid")
 SET_KEYS = {"flags": ("any", "all", "none"), "resolve": ("any", "all", "none"), "mode": ("any", "all")}
 RULE_KEYS = ("id", "severity", "description", *GLOB_KEYS, *UID_KEYS, *SET_KEYS, "result", "read_status")
