@@ -560,7 +560,9 @@ def open_object(spec: Spec, read: bool = True) -> BpfObject:
     from .kenv import prepare_bcc
 
     prepare_bcc()
-    from bcc import BPF  # imported late: bcc compiles against the headers chosen above
+    from .pyenv import require
+
+    BPF = require("bcc").BPF  # imported late: bcc compiles against the headers chosen above
 
     obj = BccObject(BPF(src_file=str(bpf_source(spec.source)).encode(), cflags=[*BCC_CFLAGS, *spec.cflags]))
     if cache:

@@ -11,14 +11,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer import btf, kenv, sleepable
+from tracer import btf, kenv, pyenv, sleepable
 
 CAP_PERFMON, CAP_BPF = 38, 39
 LOCKDOWN = Path("/sys/kernel/security/lockdown")
 TRACEFS_FIX = "mount -t tracefs nodev /sys/kernel/tracing"
 SECURITYFS_FIX = "mount -t securityfs none /sys/kernel/security"
 # What syscall tracing cannot do without; everything else is reported, not required.
-REQUIRED = ("privileges", "tracefs", "headers", "syscall_tracepoints", "bcc")
+REQUIRED = ("privileges", "tracefs", "headers", "syscall_tracepoints", "bcc", "seccomp")
 SLEEPABLE_FIX = {
     "tp.s": "needs a newer kernel whose verifier accepts sleepable programs on syscall tracepoints",
     "fentry.s": "needs a kernel that loads fentry programs and has CONFIG_FUNCTION_ERROR_INJECTION=y",
@@ -59,7 +59,7 @@ def check_privileges() -> Check:
         return Check("privileges", title, True, "ok", "CAP_BPF and CAP_PERFMON are effective")
     have_text = ", ".join(have) or "neither CAP_BPF nor CAP_PERFMON"
     return Check("privileges", title, False, "missing", f"euid {os.geteuid()}, effective: {have_text}",
-                 "run as root (sudo), or grant CAP_BPF and CAP_PERFMON")
+                 kenv.NO_ACCESS_FIX)
 
 
 def _tracefs() -> Path | None:
@@ -72,10 +72,11 @@ def _tracefs() -> Path | None:
 def check_tracefs(mount: bool = False) -> Check:
     try:
         root = kenv.tracefs_root(mount=mount)
-    except PermissionError as e:
+    except (PermissionError, kenv.NoAccess) as e:
         # tracefs is mode 0700: an unprivileged user cannot even tell whether it is mounted.
-        return Check("tracefs", "tracefs", False, "no access", f"{e.filename}: permission denied",
-                     "run as root (sudo)")
+        where = e.filename if isinstance(e, PermissionError) else kenv.TRACEFS_CANDIDATES[0]
+        return Check("tracefs", "tracefs", False, "no access", f"{where}: permission denied (euid {os.geteuid()})",
+                     kenv.NO_ACCESS_FIX)
     except kenv.EnvironmentProblem as e:
         fake = os.environ.get(kenv.TRACEFS_ENV)
         return Check("tracefs", "tracefs", False, "missing", str(e),
@@ -97,12 +98,21 @@ def check_btf() -> Check:
 
 def check_bcc() -> Check:
     try:
-        import bcc
-    except Exception as e:  # a broken libbcc raises OSError etc. from the import, not only ImportError
-        return Check("bcc", "bcc", False, "missing", f"import bcc failed: {e}",
-                     "apt-get install python3-bpfcc, then re-run ./bootstrap")
+        bcc = pyenv.require("bcc")
+    except kenv.EnvironmentProblem as e:
+        return Check("bcc", "bcc", False, "missing", f"import bcc failed ({e.__cause__})", str(e))
     version = getattr(bcc, "__version__", "?")
     return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
+
+
+def check_seccomp() -> Check:
+    """libseccomp's Python bindings give tracer the syscall numbers (tracer/syscalls.py)."""
+    try:
+        seccomp = pyenv.require("seccomp")
+    except kenv.EnvironmentProblem as e:
+        return Check("seccomp", "python3-seccomp", False, "missing", f"import seccomp failed ({e.__cause__})",
+                     str(e))
+    return Check("seccomp", "python3-seccomp", True, "ok", f"from {seccomp.__file__}")
 
 
 HEADERS_FIX = ("run ./bootstrap (it installs the distribution's headers package for this kernel, or links "
@@ -212,8 +222,8 @@ def sleepable_checks(kinds: dict[str, dict]) -> list[Check]:
 def base_checks(mount: bool = False) -> list[Check]:
     """Every check but the sleepable probes; tracefs comes first so `mount` helps the checks that read it."""
     return [
-        check_privileges(), check_tracefs(mount), check_bcc(), check_headers(), check_syscall_tracepoints(),
-        check_btf(), check_lockdown(), check_user_events(),
+        check_privileges(), check_tracefs(mount), check_bcc(), check_seccomp(), check_headers(),
+        check_syscall_tracepoints(), check_btf(), check_lockdown(), check_user_events(),
     ]
 
 

@@ -579,7 +579,10 @@ def main(argv: list[str] | None = None) -> None:
         args, command = args[:i], args[i + 1:]
         if not command:
             fail("nothing after `--`: give the command to run, e.g. `tracer trace openat2 -- ls /`", 2)
-    cli.main(args=args, obj={"command": command}, prog_name="tracer")
+    try:
+        cli.main(args=args, obj={"command": command}, prog_name="tracer")
+    except EnvironmentProblem as e:  # wherever it surfaces (tracefs, bcc, seccomp): one line with the fix
+        fail(str(e))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ class EnvironmentProblem(RuntimeError):
     """Something about the machine stops us; the message says what and how to fix it."""
 
 
+class NoAccess(EnvironmentProblem):
+    """tracefs is there (or may be) but this user may not read it: a permission problem, not a mount."""
+
+
+NO_ACCESS_FIX = "run tracer as root (sudo tracer ...; ./bootstrap links /usr/local/bin/tracer)"
+
+
 def tracefs_root(mount: bool = True) -> Path:
     """The tracefs root: $TRACER_TRACEFS if set (a fake root in tests), else the mounted one.
 
@@ -51,8 +58,8 @@ def tracefs_root(mount: bool = True) -> Path:
         try:
             if (root / "events").is_dir():
                 return root
-        except PermissionError as e:  # tracefs is mode 0700
-            raise EnvironmentProblem(f"no access to {root}: run as root (or with CAP_BPF and CAP_PERFMON)") from e
+        except PermissionError as e:  # tracefs is mode 0700 root: CAP_BPF/CAP_PERFMON alone do not open it
+            raise NoAccess(f"no access to {root} (permission denied, euid {os.geteuid()}): {NO_ACCESS_FIX}") from e
     if mount:
         target = TRACEFS_CANDIDATES[0]
         proc = subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True)

@@ -11,13 +11,17 @@ import difflib
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from .globs import normalise
 from .openat2 import _O_LARGEFILE_KERNEL, _OPEN_BITS, RESOLVE_FLAGS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04's system Python): the same parser, from PyPI
+    import tomli as tomllib  # type: ignore[no-redef]
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("succeeded", "failed")

@@ -125,10 +125,9 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
 
 
 def _seccomp_nr(name: str) -> int | None:
-    try:
-        import seccomp
-    except ImportError as e:  # pragma: no cover - bootstrap installs it
-        raise RuntimeError("python3-seccomp is missing; run ./bootstrap") from e
+    from .pyenv import require
+
+    seccomp = require("seccomp")  # Debian's python3-seccomp; a missing one is one line with its fix
     try:
         nr = seccomp.resolve_syscall(seccomp.Arch.NATIVE, _ALIASES.get(name, name))
     except (ValueError, TypeError):

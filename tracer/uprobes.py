@@ -158,7 +158,9 @@ class UprobeSource(Source):
         self.links: list[sleepable.UprobeLink] = []
         self.bpf = None
         prepare_bcc()
-        from bcc import BPF
+        from .pyenv import require
+
+        BPF = require("bcc").BPF
 
         try:
             self.bpf = BPF(src_file=str(bpf_source("uprobe.bpf.c")).encode(),
