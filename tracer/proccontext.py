@@ -17,7 +17,7 @@ import pwd
 import re
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 
 CMDLINE_MAX = 4096  # bytes of /proc/PID/cmdline kept (the kernel's own page-sized view is longer)
@@ -71,7 +71,8 @@ def container_id(cgroup: str | None) -> str | None:
 
 def iso(wall_ns: int) -> str:
     """ISO-8601 UTC with microseconds: 2026-11-30T14:04:28.758098Z."""
-    t = datetime.fromtimestamp(wall_ns // 10**9, UTC).replace(microsecond=wall_ns // 1000 % 10**6)  # exact, no float
+    # exact, no float; timezone.utc, not datetime.UTC: Python 3.10 has no datetime.UTC
+    t = datetime.fromtimestamp(wall_ns // 10**9, timezone.utc).replace(microsecond=wall_ns // 1000 % 10**6)
     return t.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
