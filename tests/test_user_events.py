@@ -255,3 +255,68 @@ def test_cli_trace_fake_root_refuses_to_trace() -> None:
                                   ("user-events", "emit", "x", "u32 v", "v=1")])
 def test_cli_without_user_events_one_line(args: tuple[str, ...]) -> None:
     one_line(tracer(*args), 1, "user_events are not available", "CONFIG_USER_EVENTS")
+
+
+# -- bytes past the format, EventHeader records, the console line -------------------------------------
+
+def test_extra_bytes_are_reported_not_dropped(allkinds: EventFormat) -> None:
+    payload = encode(allkinds.fields, VALUES)
+    out = decode_record(allkinds, record(allkinds, payload + b"\x01tail"))
+    assert out["status"] == "extra_bytes" and out["fields"]["b"] == 250
+    assert out["extra_bytes"] == {"offset": len(payload), "length": 5, "hex": "017461696c"}
+    # perf pads a RAW sample to whole u64s with zeros: up to 7 such bytes are padding, not payload
+    rec = record(allkinds, payload)
+    pad = (-(len(rec) + 4)) % 8 or 8
+    assert decode_record(allkinds, rec + bytes(pad))["status"] == ("ok" if pad < 8 else "extra_bytes")
+    assert decode_record(allkinds, rec + bytes(12))["status"] == "extra_bytes"
+
+
+def eh_format(name: str = "Tracer_L4K1") -> EventFormat:
+    from tracer.user_events.eventheader import COMMAND_TYPES
+
+    return EventFormat("user_events", name, 9, parse_name_args(f"{name} {COMMAND_TYPES}")[2])
+
+
+def test_eventheader_record_decoded_from_its_metadata() -> None:
+    from tracer.user_events.eh_write import EhField, encode_event
+
+    fmt = eh_format()
+    body = encode_event("Req\x1b[2J", [EhField("path\u202e", "zstring_char8", "/srv/\x1b[31ma\n"),
+                                       EhField("n", "value32", -1, "signed_int")], level=4)
+    out = decode_record(fmt, record(fmt, body))
+    assert out["status"] == "ok" and out["fields"]["level"] == 4
+    eh = out["eventheader"]
+    assert (eh["provider"], eh["event"], eh["keyword"]) == ("Tracer", "Req\x1b[2J", 1)
+    assert [(f["name"], f["value"]) for f in eh["fields"]] == [("path\u202e", "/srv/\x1b[31ma\n"), ("n", -1)]
+    extra = decode_record(fmt, record(fmt, body + b"\xee"))
+    assert extra["status"] == "extra_bytes" and extra["extra_bytes"] == {"offset": len(body), "length": 1, "hex": "ee"}
+    bad = decode_record(fmt, record(fmt, body[:-2]))
+    assert bad["status"] == "malformed" and bad["malformed"]["offset"] == len(body) - 4
+    assert decode_record(eh_format("NotEh"), record(fmt, body))["status"] == "extra_bytes"  # plain: all past 8 bytes
+
+
+def test_console_line_for_user_events() -> None:
+    from rich.console import Console
+
+    from tracer.output import ConsoleOutput
+    from tracer.user_events.eh_write import EhField, encode_event
+
+    fmt = eh_format()
+    body = encode_event("Req\x1b[2J", [EhField("path\u202e", "zstring_char8", "/srv/\x1b[31ma\n"),
+                                       EhField("e", "value32", 2, "errno"), EhField("h", "value16", 255, "hex_int"),
+                                       EhField("b", "binary_length16_char8", b"\x01\x02")],
+                        level=4, opcode=1, activity=bytes(16))
+    ev = {"kind": "user_event", "event": "user_events:Tracer_L4K1", "name": "Tracer_L4K1", "ts": 0, "cpu": 0,
+          "pid": 1, "tid": 2, "comm": "w\x1b]0;x\x07", **decode_record(fmt, record(fmt, body + b"!"))}
+    con = Console(record=True, width=400, color_system=None)
+    ConsoleOutput(con).event(ev)
+    line = con.export_text()
+    assert line.count("\n") == 1 and "\x1b" not in line and "\u202e" not in line
+    assert "Tracer:Req\\x1b[2J [level=4 keyword=0x1 opcode=activity_start activity=00000000-0000-0000-0000-" in line
+    assert 'path\\u202e="/srv/\\x1b[31ma\\n", e=2 (ENOENT), h=0xff, b=<hex 0102>)' in line
+    assert "! 1 bytes past the described payload at offset" in line and line.rstrip().endswith(": 21")
+    plain = {"kind": "user_event", "event": "user_events:x", "name": "x", "ts": 0, "cpu": 0, "pid": 1, "tid": 2,
+             "comm": "c", "status": "ok", "fields": {"n": 7, "s": "hi"}}
+    con = Console(record=True, width=400, color_system=None)
+    ConsoleOutput(con).event(plain)
+    assert 'user_events:x(n=7, s="hi")' in con.export_text()

@@ -48,7 +48,10 @@ def chrome_events(ev: dict, last_ts: int = 0) -> list[dict[str, Any]]:
     name = ev.get("syscall") or ev.get("event") or str(kind)
     reads = ev.get("reads") or {}
     bad = {arg: r["status"] for arg, r in reads.items() if r.get("status") in MISSING_STATUSES}
-    args = {k: ev[k] for k in ("args", "args_str", "ret", "ret_str", "comm", "uid", "cpu", "missing") if k in ev}
+    args = {k: ev[k] for k in ("args", "args_str", "ret", "ret_str", "comm", "uid", "cpu", "missing",
+                               # user_events: the decoded payload and what could not be decoded
+                               "status", "fields", "eventheader", "extra_bytes", "malformed", "errors", "write_index",
+                               "name_reason") if k in ev}
     args["read_status"] = {arg: r.get("status") for arg, r in reads.items()}
     args["reads"] = reads
     base = {"name": name, "cat": kind if not bad else f"{kind},missing", "ts": _us(ev["ts"]), "pid": ev["pid"],

@@ -162,6 +162,11 @@ class ConsoleOutput:
         self._write(lines)
 
     def other(self, ev: dict) -> None:
+        if ev.get("kind") == "user_event":  # its own layout (tracer/user_events/render.py)
+            from .user_events.render import user_event_line
+
+            self.console.print(user_event_line(ev, self._time))
+            return
         self.console.print(Text(escape_text(dumps(ev)), "dim"))
 
     def _write(self, lines: list[str]) -> None:

@@ -13,6 +13,7 @@ import json
 import struct
 from collections.abc import Sequence
 
+from . import eventheader
 from .abi import TRACE_ENTRY_SIZE
 from .formats import EventFormat, Field
 
@@ -74,9 +75,29 @@ def decode_field(f: Field, rec: bytes) -> tuple[object, str | None, bytes | None
     return _text(s), None, None if _utf8(s) else s
 
 
+def _covered(fmt: EventFormat, rec: bytes) -> int:
+    """Where the bytes the format describes end: the fixed fields, and the data of valid dynamic fields."""
+    end = min(len(rec), max((f.offset + f.size for f in fmt.fields), default=TRACE_ENTRY_SIZE))
+    for f in fmt.fields:
+        if f.kind in ("loc_str", "loc_bytes") and f.offset + 4 <= len(rec):
+            start, length = loc_span(f, rec)
+            if start + length <= len(rec):
+                end = max(end, start + length)
+    return end
+
+
+def _perf_padding(rec: bytes, end: int) -> bool:
+    """perf rounds a RAW sample up so that its size field and data fill whole u64s, with zero bytes: up to
+    7 trailing zeros after the described bytes cannot be told from that padding."""
+    tail = rec[end:]
+    return (len(rec) + 4) % 8 == 0 and len(tail) < 8 and not any(tail)
+
+
 def decode_record(fmt: EventFormat, rec: bytes) -> dict:
-    """{"fields": {...}, "status": "ok"|"malformed", "errors"?: {field: why}, "payload_hex"?: ...,
-    "hex"?: {field: exact bytes of strings that are not UTF-8}}."""
+    """{"fields": {...}, "status": "ok"|"extra_bytes"|"malformed", "errors"?: {field: why}, "payload_hex"?: ...,
+    "hex"?: {field: exact bytes of strings that are not UTF-8}, "extra_bytes"?: {offset, length, hex},
+    "eventheader"?: {...}, "malformed"?: {offset, reason}}. Offsets of extra_bytes and malformed count from the
+    start of the payload (the bytes written after the write_index)."""
     fields: dict = {}
     errors: dict = {}
     hexes: dict = {}
@@ -93,6 +114,20 @@ def decode_record(fmt: EventFormat, rec: bytes) -> dict:
         out["payload_hex"] = rec[TRACE_ENTRY_SIZE:].hex()
     if hexes:
         out["hex"] = hexes
+    end = _covered(fmt, rec)
+    if not errors and eventheader.is_eventheader(fmt.reg_name, [(f.name, f.ctype) for f in fmt.fields]):
+        got = eventheader.decode(fmt.reg_name, rec[TRACE_ENTRY_SIZE:])
+        out["eventheader"] = got["eventheader"]
+        if "malformed" in got:
+            out["status"] = "malformed"
+            out["malformed"] = got["malformed"]
+            out["payload_hex"] = rec[TRACE_ENTRY_SIZE:].hex()
+            return out
+        end = TRACE_ENTRY_SIZE + got["end"]
+    if end < len(rec) and not errors and not _perf_padding(rec, end):
+        tail = rec[end:]
+        out["extra_bytes"] = {"offset": end - TRACE_ENTRY_SIZE, "length": len(tail), "hex": tail.hex()}
+        out["status"] = "extra_bytes"
     return out
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import struct
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from .abi import (
 )
 from .formats import Field, parse_name_args
 
+_libc = ctypes.CDLL(None, use_errno=True)
 _INT_CODES = {(1, True): "b", (1, False): "B", (2, True): "h", (2, False): "H", (4, True): "i", (4, False): "I",
               (8, True): "q", (8, False): "Q"}
 
@@ -162,10 +162,10 @@ class UserEvents:
         self.close()
 
     def _ioctl(self, cmd: int, arg: int, op: str, what: str) -> None:
-        try:
-            fcntl.ioctl(self.fd, cmd, arg)
-        except OSError as e:
-            raise _error(op, e.errno or 0, what) from None
+        """ioctl(fd, cmd, pointer). Through libc: fcntl.ioctl converts an int argument to a C int, and a
+        64-bit address overflows it (OverflowError before any call is made)."""
+        if _libc.ioctl(self.fd, ctypes.c_ulong(cmd), ctypes.c_void_p(arg)) < 0:
+            raise _error(op, ctypes.get_errno(), what)
 
     def register(self, name_args: str, *, persist: bool = False, multi_format: bool = False) -> Event:
         """DIAG_IOCSREG. The name_args are checked here first with the kernel's rules (BadFormat)."""
@@ -181,6 +181,14 @@ class UserEvents:
         ev.write_index = reg.write_index
         self.events.append(ev)
         return ev
+
+    def register_eventheader(self, provider: str, level: int, keyword: int = 0, options: str = "") -> Event:
+        """An EventHeader tracepoint `<provider>_L<level>K<keyword><options>` with the header's six fields;
+        write its events with `ev.write_payload(eh_write.encode_event(...))`."""
+        from .eh_write import tracepoint_name
+        from .eventheader import COMMAND_TYPES
+
+        return self.register(f"{tracepoint_name(provider, level, keyword, options)} {COMMAND_TYPES}")
 
     def delete(self, name: str) -> None:
         """DIAG_IOCSDEL: remove the event from the kernel (EBUSY while registered or enabled)."""

@@ -35,20 +35,90 @@ def user_event_line(ev: dict, clock: Callable[[int], str]) -> Text:
             t.append(f" (name unknown: {escape_text(ev['name_reason'])})", "red")
         return t
     t.append(escape_text(ev["event"]), "bold cyan")
-    t.append("(")
-    errors = ev.get("errors") or {}
-    for i, (k, v) in enumerate(ev.get("fields", {}).items()):
-        if i:
-            t.append(", ")
-        t.append(f"{escape_text(k)}=", "dim")
-        if k in errors:
-            t.append(f"<malformed: {escape_text(errors[k])}>", "bold red")
-        else:
-            t.append(_value(v))
-    t.append(")")
+    eh = ev.get("eventheader")
+    if eh is not None:
+        _eventheader(t, eh)
+    else:
+        t.append("(")
+        errors = ev.get("errors") or {}
+        for i, (k, v) in enumerate(ev.get("fields", {}).items()):
+            if i:
+                t.append(", ")
+            t.append(f"{escape_text(k)}=", "dim")
+            if k in errors:
+                t.append(f"<malformed: {escape_text(errors[k])}>", "bold red")
+            else:
+                t.append(_value(v))
+        t.append(")")
+    bad = ev.get("malformed")
+    if bad:
+        t.append(f"  ! malformed at payload offset {bad['offset']}: {escape_text(bad['reason'])}", "bold red")
     if st == "malformed":
         t.append(f"  ! malformed payload: {ev.get('payload_hex', '')}", "bold red")
+    extra = ev.get("extra_bytes")
+    if extra:
+        t.append(f"  ! {extra['length']} bytes past the described payload at offset {extra['offset']}: "
+                 f"{extra['hex']}", "bold yellow")
     return t
+
+
+def _eh_value(f: dict) -> str:
+    """One EventHeader field value: text forms (errno name, date) beside the number, hex where the format
+    says hex, bytes as <hex ...>, structs as {...}, arrays as [...]."""
+    from .eventheader import DEFAULT_FORMAT
+
+    v, fmt = f.get("value"), f.get("as", f.get("format", DEFAULT_FORMAT[f["encoding"]]))
+    if f["encoding"] == "struct":
+        return "{" + ", ".join(f"{escape_text(c['name'])}={_eh_value(c)}" for c in v) + "}"  # type: ignore[union-attr]
+    if f.get("array"):
+        n = len(v)  # type: ignore[arg-type]
+        texts, hexes = f.get("text") or [None] * n, f.get("hex") or [None] * n
+        fmts = fmt if isinstance(fmt, list) else [fmt] * n
+        return "[" + ", ".join(_eh_scalar(x, fm, t, h) for x, fm, t, h in zip(v, fmts, texts, hexes, strict=True)) + "]"  # type: ignore[arg-type]
+    return _eh_scalar(v, fmt, f.get("text"), f.get("hex"))
+
+
+def _eh_scalar(v: object, fmt: str, text: object, hx: object) -> str:
+    if hx is not None:
+        return f"<not valid text: hex {hx}>"
+    if v is None:
+        return escape_text(str(text)) if text else "null"
+    if fmt == "hex_int" and isinstance(v, int):
+        return hex(v)
+    if fmt == "hex_bytes":
+        return f"<hex {v}>"
+    if text is not None:
+        return f"{v} ({escape_text(str(text))})"
+    return _value(v)
+
+
+def _eventheader(t: Text, eh: dict) -> None:
+    t.append(" ")
+    t.append(f"{escape_text(eh['provider'])}:{escape_text(eh.get('event') or '?')}", "bold magenta")
+    attrs = [f"level={eh['level']}", f"keyword={eh['keyword']:#x}"]
+    if eh.get("opcode"):
+        attrs.append(f"opcode={eh.get('opcode_name') or eh['opcode']}")
+    for k in ("id", "version", "tag"):
+        if eh.get(k):
+            attrs.append(f"{k}={eh[k]}")
+    for k in ("activity_id", "related_id"):
+        if eh.get(k):
+            attrs.append(f"{k.split('_')[0]}={eh[k]}")
+    if eh.get("byte_order") == "big":
+        attrs.append("big-endian")
+    for x in eh.get("extensions") or ():
+        attrs.append(f"ext{x['kind']}=<hex {x['hex']}>")
+    t.append(" [" + " ".join(attrs) + "]", "dim")
+    if eh.get("fields") is None:
+        t.append(f" ({escape_text(eh.get('no_metadata', 'no metadata'))})", "yellow")
+        return
+    t.append("(")
+    for i, f in enumerate(eh["fields"]):
+        if i:
+            t.append(", ")
+        t.append(f"{escape_text(f['name'])}=", "dim")
+        t.append(_eh_value(f))
+    t.append(")")
 
 
 def event_listing(events: list[dict]) -> list[Text]:
