@@ -44,6 +44,9 @@ BENIGN = ["b_hostname", "b_passwd", "b_create", "b_tmpfile", "b_dfd_read", "b_cw
           "b_proc_status", "b_untouched"]
 
 
+FLOOD = 1000
+
+
 @dataclass
 class Monitored:
     runs: dict[str, Run]
@@ -54,19 +57,24 @@ class Monitored:
 def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
     exe = build_c("monitor_cases")
     tmp = tmp_path_factory.mktemp("monitor")
-    dirs = {name: tmp / name for name in ("triggers", "benign", "console", "family")}
+    dirs = {name: tmp / name for name in ("triggers", "benign", "console", "family", "flood", "flood_all")}
     for d in dirs.values():
         d.mkdir()
     console_env = {**workload_env(dirs["console"]), "TERM": "dumb", "COLUMNS": "400"}
     console_env.pop("FORCE_COLOR", None)
     runs = run_parallel({
-        "triggers": (("monitor", "openat2", "--json", "--", exe, "triggers"),
+        # Every call's own alerts: --no-aggregate (shadow, dfd_shadow and untouched_shadow are alike).
+        "triggers": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "triggers"),
                      workload_env(dirs["triggers"], EXIT_CODE="5")),
         "benign": (("monitor", "openat2", "--json", "--all", "--", exe, "benign"),
                    workload_env(dirs["benign"], EXIT_CODE="5")),
         "console": (("monitor", "openat2", "--", exe, "escape"), console_env),
         "family": (("monitor", "--json", "--all", "--", exe, "family"), workload_env(dirs["family"])),
         "cat": (("monitor", "--", "cat", "/etc/shadow"), {**console_env, "TERM": "dumb"}),
+        "flood": (("monitor", "openat2", "--json", "--", exe, "flood"),
+                  workload_env(dirs["flood"], FLOOD_N=str(FLOOD), LINGER_MS="5000")),  # /proc facts stay
+        "flood_all": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "flood"),
+                      workload_env(dirs["flood_all"], FLOOD_N=str(FLOOD))),
     })
     return Monitored(runs, dirs)
 
@@ -312,3 +320,38 @@ def test_cat_shadow_raises_shadow_access(monitored: Monitored) -> None:
     assert " CRITICAL  shadow-access  Open of a password hash database" in lines
     call = lines[lines.index(" CRITICAL  shadow-access  Open of a password hash database") + 1]
     assert 'openat(dfd=AT_FDCWD, filename="/etc/shadow", flags=O_RDONLY' in call and call.endswith(" = 3")
+
+
+# --- alert volume ----------------------------------------------------------------------------------------
+
+
+def test_identical_alerts_aggregated(monitored: Monitored) -> None:
+    """1,000 opens of /etc/shadow and 1,000 unreadable paths by one process: two alerts shown at once,
+    two that count the other 999 each (window 60 s: they close at the end of the run); all 2,000 counted."""
+    run = monitored.runs["flood"]
+    expect_ok(run, rc=3)
+    alerts = [x for x in run.lines if x.get("kind") == "alert"]
+    reports = {r["case"]: r for r in run.workload}
+    assert [(a["rule"], "aggregate" in a) for a in alerts] == [
+        ("shadow-access", False), ("unreadable", False), ("shadow-access", True), ("unreadable", True)]
+    first_shadow, first_bad, more_shadow, more_bad = alerts
+    exe = first_shadow["context"]["process"]["exe"]
+    assert exe.endswith("/monitor_cases")
+    assert more_shadow["aggregate"] == {"count": FLOOD - 1, "first_time": first_shadow["context"]["time"],
+                                        "last_time": more_shadow["context"]["time"], "window_s": 60.0,
+                                        "exe": exe, "target": "/etc/shadow"}
+    assert more_shadow["event"]["ret"] == reports["flood_shadow_last"]["ret"] >= 0
+    assert more_bad["aggregate"]["count"] == FLOOD - 1 and more_bad["aggregate"]["target"] is None
+    assert first_bad["severity"] == more_bad["severity"] == "low"  # EFAULT: nothing was opened
+    assert first_shadow["context"]["time"] < more_shadow["context"]["time"]
+    s = run.summary
+    assert s["events"] == 2 * FLOOD and s["alerts"] == 2 * FLOOD and s["alerts_folded"] == 2 * FLOOD - 2
+    assert s["alerts_by_rule"] == {"shadow-access": FLOOD, "unreadable": FLOOD}
+
+
+def test_no_aggregate_shows_every_alert(monitored: Monitored) -> None:
+    run = monitored.runs["flood_all"]
+    expect_ok(run, rc=3)
+    alerts = [x for x in run.lines if x.get("kind") == "alert"]
+    assert len(alerts) == 2 * FLOOD and not any("aggregate" in a for a in alerts)
+    assert run.summary["alerts_folded"] == 0

@@ -442,13 +442,19 @@ def demo(as_json: bool) -> None:
               help="Only validate FILE (repeatable; rule ids must be unique across them): every error as "
                    "FILE:LINE: message, exit 0 (valid) or 2.")
 @click.option("--all", "show_all", is_flag=True, help="Also show calls that raise no alert.")
+@click.option("--aggregate-window", "aggregate_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, metavar="S",
+              help="Identical alerts (rule, exe, target) within S seconds: the first shown, the others counted "
+                   "into one alert when the window closes.")
+@click.option("--no-aggregate", is_flag=True, help="Show every alert.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout: alerts (and calls, with --all).")
 @output_option("alerts")
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
 def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[str, ...], with_default: bool,
-            check: tuple[str, ...], show_all: bool, as_json: bool, output: Path | None, no_summary: bool,
-            buffer_pages: int | None, no_recover: bool, **opts: object) -> None:
+            check: tuple[str, ...], show_all: bool, aggregate_s: float, no_aggregate: bool, as_json: bool,
+            output: Path | None, no_summary: bool, buffer_pages: int | None, no_recover: bool,
+            **opts: object) -> None:
     """Watch opens and raise alerts from a policy: [SYSCALL]... [options] [-- CMD ARGS...]
 
     SYSCALL: open, openat, openat2, creat, open_by_handle_at; default: all of them that this kernel has.
@@ -479,7 +485,7 @@ def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[
     session = make_session(names, command=(ctx.obj or {}).get("command"), recover=not no_recover,
                            pages=buffer_pages, command_stdout=command_stdout(stream), **opts)
     sys.exit(run_monitor(session, policy, drive, show_all=show_all, as_json=as_json, summary=not no_summary,
-                         missing=missing, stream=stream))
+                         missing=missing, stream=stream, aggregate_s=None if no_aggregate else aggregate_s))
 
 
 # -- user_events (tracer/user_events) ---------------------------------------------------------------

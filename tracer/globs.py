@@ -54,7 +54,21 @@ def _suffix_matches(pat: tuple[Component, ...], parts: list[str]) -> list[bool]:
 
 
 def glob_match(glob: str, path: str) -> bool:
-    return _suffix_matches(compile_glob(glob), path.split("/"))[0]
+    pat, parts = compile_glob(glob), path.split("/")
+    k = _leading(glob)
+    if k == len(pat):  # no `**`: one test per component
+        return len(parts) == k and all(t(p) for t, p in zip(pat, parts, strict=True))  # type: ignore[misc]
+    # Components before the first `**` face the path's first components: most paths fail there.
+    if len(parts) < k or not all(t(p) for t, p in zip(pat[:k], parts, strict=False)):  # type: ignore[misc]
+        return False
+    return _suffix_matches(pat[k:], parts[k:])[0]
+
+
+@cache
+def _leading(glob: str) -> int:
+    """How many components come before the first `**` (all of them when there is none)."""
+    pat = compile_glob(glob)
+    return next((i for i, t in enumerate(pat) if t is None), len(pat))
 
 
 def could_match_below(glob: str, rel: str) -> bool:

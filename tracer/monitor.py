@@ -110,6 +110,24 @@ HANDLE_TARGET = {"path": None, "best_effort": False, "basis": "handle",
                  "unknown": "opened by file handle: the call names no path"}
 
 
+_NOT_READ = {"path": None, "best_effort": True, "via": "cwd", "unknown": "not read: the path is absolute"}
+
+
+def _needs_dir(ev: dict) -> bool:
+    """Whether any reading of the call's path is relative to a directory (reading /proc costs a syscall
+    or two per call: not for the absolute paths most calls use)."""
+    parg = path_arg(ev)
+    if parg is None:
+        return True
+    info = ev.get("reads", {})
+    paths = [ev["args"].get(parg)] + ([info[parg].get("value_at_exit")] if parg in info
+                                       and info[parg].get("status") == "changed" else [])
+    hows = [how_of(ev)] + ([info["how"].get("value_at_exit")] if info.get("how", {}).get("status") == "changed"
+                           else [])
+    return (any(not isinstance(p, str) or not p.startswith("/") for p in paths)
+            or any(not isinstance(h, dict) or h.get("resolve", 0) & RESOLVE_IN_ROOT for h in hows))
+
+
 def target(filename: str | None, how: dict | None, dirinfo: dict, truncated: bool = False) -> dict:
     """The absolute path the call targets: exact for an absolute path, best effort via the dfd
     directory otherwise, or unknown with the reason (a truncated path is only a prefix: unknown)."""
@@ -303,9 +321,9 @@ class Monitor:
         self.reader = context or ContextReader()
 
     def check(self, ev: dict) -> list[Alert]:
-        """Alerts for one openat2 event; adds `dfd_path` and `target` to it (and `target_at_exit`
-        when the path changed during the call)."""
-        dirinfo = dfd_path(ev)
+        """Alerts for one event of the open family; adds `target` to it (`target_at_exit` when the path
+        changed during the call), and `dfd_path` when the directory was needed (a relative path)."""
+        dirinfo = dfd_path(ev) if _needs_dir(ev) else None
         process: dict | None = None
 
         def proc() -> dict:
@@ -314,8 +332,9 @@ class Monitor:
                 process = self.reader.process(ev)
             return process
 
-        views = list(_views(ev, dirinfo, proc))
-        ev["dfd_path"] = dirinfo
+        views = list(_views(ev, dirinfo or _NOT_READ, proc))
+        if dirinfo is not None:
+            ev["dfd_path"] = dirinfo
         ev["target"] = views[0].target
         if views[-1].target != views[0].target:
             ev["target_at_exit"] = views[-1].target
@@ -420,12 +439,13 @@ def watched(session, missing: list[str]) -> str:
 
 
 def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool,
-                missing: list[str] = (), stream=None) -> int:
+                missing: list[str] = (), stream=None, aggregate_s: float | None = 60.0) -> int:
     """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
     CLI's session runner (start, iterate through the body, one-line failures, clean-up); `stream`: where
-    alerts go (-o FILE; default stdout)."""
+    alerts go (-o FILE; default stdout); `aggregate_s`: the window of tracer/aggregate.py (None: off)."""
     from collections import Counter
 
+    from .aggregate import Aggregator
     from .output import AlertOutput, JsonAlertOutput
     from .streams import console_for
 
@@ -433,12 +453,18 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     reader = ContextReader()
     monitor = Monitor(policy, reader)
     fired: Counter[str] = Counter()
+    agg = Aggregator(aggregate_s) if aggregate_s else None
 
     def emit(ev: dict | None, alerts: list[Alert]) -> None:
         for a in alerts:
             a.context = a.context or reader.now()
         fired.update(a.rule for a in alerts)
-        out.alerts(ev, alerts)
+        if agg is not None and ev is not None:  # lost-record alerts are never folded
+            for e, a in agg.closed(ev["ts"]):
+                out.alerts(e, [a])
+            alerts = [a for a in alerts if agg.offer(ev, a)]
+        if alerts:
+            out.alerts(ev, alerts)
 
     def body() -> None:
         if not as_json:
@@ -457,7 +483,11 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
             elif show_all:
                 out.event(ev.data)
 
-    if not drive(session, body):
+    ok = drive(session, body)
+    if agg is not None and ok:
+        for e, a in agg.closed():
+            out.alerts(e, [a])
+    if not ok:
         return 3 if fired else 0
     k = session.kernel_counts
     dropped = k.get("state_full", 0) + k.get("submit_fail", 0)
@@ -467,7 +497,7 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
                                                                                       "kernel": dict(k)})])
     if summary:
         out.monitor_summary({**session.summary(), "syscalls": [s.name for s in session.syscalls],
-                             "alerts": sum(fired.values()),
+                             "alerts": sum(fired.values()), "alerts_folded": agg.folded if agg else 0,
                              "alerts_by_rule": dict(sorted(fired.items()))})
     if fired:
         return 3

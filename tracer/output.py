@@ -300,6 +300,10 @@ class AlertOutput(ConsoleOutput):
                 t.append(" (best effort)", "dim")
             if a.detail.get("matched"):
                 t.append(f" (on the {' / '.join(a.detail['matched'])} values)", "dim")
+            agg = a.detail.get("aggregate")
+            if agg:
+                t.append(f" x{agg['count']} more since {agg['first_time']} (same rule, exe and target within "
+                         f"{agg['window_s']:g} s; the last below)", "bold")
             t.append("  ")
             t.append(escape_text(a.description))
             self.console.print(t)
@@ -332,6 +336,8 @@ class AlertOutput(ConsoleOutput):
         what = names[0] if len(names) == 1 else "open-family"
         t = Text(f"{s['events']} {what} calls checked, {s['alerts']} alerts" + (f" ({by_rule})" if by_rule else ""),
                  "bold red" if s["alerts"] else "")
+        if s.get("alerts_folded"):
+            t.append(f"; {s['alerts_folded']} of them counted into repeated alerts")
         if s["lost"]:
             t.append(f"; {s['lost']} records lost", "bold red")
         self.console.print(t)

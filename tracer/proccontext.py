@@ -23,6 +23,7 @@ from functools import lru_cache
 CMDLINE_MAX = 4096  # bytes of /proc/PID/cmdline kept (the kernel's own page-sized view is longer)
 _CONTAINER_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")  # docker-, cri-containerd-, libpod-<id>
 _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+CACHE_NS = 100_000_000  # as old as the facts may be anyway: records are decoded up to ~100 ms late
 
 
 @lru_cache(maxsize=1024)
@@ -50,11 +51,14 @@ def _link(path: str) -> str | None:
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, start time in CLOCK_BOOTTIME ns) from /proc/PID/stat."""
+    """(ppid, start time in CLOCK_BOOTTIME ns) from /proc/PID/stat; None when it is gone or a zombie
+    (exited: its exe and cmdline are no longer there)."""
     raw = _read(f"/proc/{pid}/stat")
     if raw is None:
         return None
     fields = raw[raw.rfind(b")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and ')'
+    if fields[0] in (b"Z", b"X"):
+        return None
     return int(fields[1]), int(fields[19]) * _TICK_NS
 
 
@@ -84,6 +88,7 @@ class ContextReader:
         mono = time.monotonic_ns()
         self.mono_to_wall = time.time_ns() - mono
         self.mono_to_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - mono
+        self.cache: dict[tuple, tuple[int, dict, int]] = {}  # (pid, tid, comm) -> (read at, facts, call ts)
 
     def wall_time(self, ev: dict) -> str:
         if isinstance(ev.get("time"), str):  # the decoder's own wall-clock time, when it gives one
@@ -95,7 +100,20 @@ class ContextReader:
         return {"time": iso(time.time_ns()), "host": self.host}
 
     def process(self, ev: dict) -> dict:
-        """The calling process as /proc shows it now, checked against the event (see the module doc)."""
+        """The calling process as /proc shows it now, checked against the event (see the module doc).
+        Kept for CACHE_NS per thread and name: a flood of calls reads /proc once, not once per call."""
+        key = (ev["pid"], ev["tid"], ev["comm"])
+        now = time.monotonic_ns()
+        hit = self.cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_NS and ev["ts"] >= hit[2]:
+            return hit[1]
+        facts = self._process(ev)
+        if len(self.cache) >= 4096:
+            self.cache.clear()
+        self.cache[key] = (now, facts, ev["ts"])
+        return facts
+
+    def _process(self, ev: dict) -> dict:
         pid, tid = ev["pid"], ev["tid"]
         out: dict = {"best_effort": True, "source": "/proc after the call"}
         st = _stat(pid)

@@ -269,6 +269,26 @@ static void c_family(void)
 	       ret(syscall(SYS_open_by_handle_at, d, &h.fh, O_RDONLY | O_CLOEXEC)));
 }
 
+/* FLOOD_N (default 1000) identical openat2 calls on /etc/shadow, then as many with a bad path pointer:
+ * one report each for the first and the last call of each kind. */
+static void c_flood(void)
+{
+	long n = getenv("FLOOD_N") ? atol(getenv("FLOOD_N")) : 1000;
+	struct open_how how = {.flags = O_RDONLY | O_CLOEXEC};
+	for (long i = 0; i < n; i++) {
+		long r = openat2_at(AT_FDCWD, "/etc/shadow", &how);
+		if (r >= 0)
+			close((int)r);
+		if (i == 0 || i == n - 1)
+			report(i ? "flood_shadow_last" : "flood_shadow_first", "openat2", r);
+	}
+	for (long i = 0; i < n; i++) {
+		long r = openat2_at(AT_FDCWD, (const char *)1, &how);
+		if (i == 0 || i == n - 1)
+			report(i ? "flood_badptr_last" : "flood_badptr_first", "openat2", r);
+	}
+}
+
 /* Calls the default policy must let pass. */
 static void c_benign(void)
 {
@@ -298,7 +318,7 @@ static const struct {
 	{"proc_mem", c_proc_mem}, {"dev_mem", c_dev_mem}, {"world_writable", c_world_writable},
 	{"dfd_shadow", c_dfd_shadow}, {"cwd_mem", c_cwd_mem}, {"cwd_deleted", c_cwd_deleted},
 	{"badptr", c_badptr}, {"how_badptr", c_how_badptr}, {"untouched_shadow", c_untouched_shadow},
-	{"changed", c_changed}, {"escape", c_escape}, {"benign", c_benign}, {"family", c_family},
+	{"changed", c_changed}, {"escape", c_escape}, {"benign", c_benign}, {"family", c_family}, {"flood", c_flood},
 };
 #define NCASES (sizeof(CASES) / sizeof(CASES[0]))
 
@@ -310,7 +330,8 @@ int main(int argc, char **argv)
 		int found = 0;
 		for (size_t k = 0; k < NCASES; k++) {
 			int all = !strcmp(argv[i], "triggers") && strcmp(CASES[k].name, "benign") &&
-				  strcmp(CASES[k].name, "escape") && strcmp(CASES[k].name, "family");
+				  strcmp(CASES[k].name, "escape") && strcmp(CASES[k].name, "family") &&
+				  strcmp(CASES[k].name, "flood");
 			if (all || !strcmp(argv[i], CASES[k].name)) {
 				CASES[k].fn();
 				found = 1;
