@@ -21,6 +21,7 @@ from test_decode import EXIT_GROUP, OPENAT2, RK_STR, RS_FAULT, RS_OK, Data, ok_h
 
 from tracer import capture as cap_mod
 from tracer.capture import MAGIC, Capture, CaptureError, CaptureExists, CaptureWriter, Filter
+from tracer.contract import WallClock, clock_info, stream_header
 from tracer.decode import Decoder
 from tracer.export import write_chrome, write_jsonl
 from tracer.probes import Filters
@@ -70,10 +71,15 @@ def records() -> list[bytes]:
     return out
 
 
+# A session's clock (contract.clock_info()): events' `time` = ts + mono_to_wall_ns, as ISO 8601 UTC.
+FAKE_CLOCK = clock_info()
+WALL = WallClock(FAKE_CLOCK["mono_to_wall_ns"])
+
+
 def fake_session(**over: object) -> SimpleNamespace:
     base = dict(filters=Filters([42], [], None, None, True, True), event_specs=["openat2", "exit_group"],
                 command=["./app", "x"], duration=None, count=None, only_missing=False, explain=True, pages=256,
-                read_mode="auto")
+                read_mode="auto", clock=FAKE_CLOCK)
     return SimpleNamespace(**{**base, **over})
 
 
@@ -101,6 +107,7 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
     recs = records()
     for i, raw in enumerate(recs):
         ev = src.decode(raw, 1)
+        WALL.stamp([ev])  # as Session does
         if i == 2:  # a lost-records report between two batches
             w.lost(src, 1, 9)
             delivered.append({"kind": "lost", "source": "syscalls", "cpu": 1, "count": 9})
@@ -114,7 +121,8 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
         if e["kind"] == "syscall":
             stats.add(e)
     stats.lost, stats.lost_per_cpu[1] = 9, 9
-    w.close(summary_of(stats, {"emitted": 5}, 1.25, 0) if trailer else None)  # None: as if killed
+    # No trailer: as if killed.
+    w.close(summary_of(stats, {"emitted": 5}, 1.25, 0, FAKE_CLOCK["mono_to_wall_ns"]) if trailer else None)
     return delivered
 
 
@@ -380,6 +388,7 @@ def test_jsonl_export_is_the_json_lines_stream(capfile, tmp_path: Path) -> None:
     with out.open("w") as f:
         assert write_jsonl(Capture(path), f) == 5
     lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines.pop(0) == stream_header(FAKE_CLOCK)
     assert lines[:-1] == delivered and lines[-1]["kind"] == "summary" and lines[-1]["events"] == 4
     assert "capture_problem" not in lines[-1]
     cut = tmp_path / "cut.cap"
@@ -416,7 +425,7 @@ def test_cli_replay_and_export_of_cut_and_junk_files(capfile, tmp_path: Path) ->
     assert p.stderr.splitlines() == [f"tracer: {cut} is truncated at byte {ends[2]} (frame header cut after 5 of 12 "
                                      "bytes); the 2 records before it were replayed"]
     lines = [json.loads(x) for x in p.stdout.splitlines()]
-    assert lines[:-1] == delivered[:2] and lines[-1]["kind"] == "summary"
+    assert lines[0]["kind"] == "stream" and lines[1:-1] == delivered[:2] and lines[-1]["kind"] == "summary"
 
     junk = tmp_path / "junk.cap"
     junk.write_bytes(os.urandom(300))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
-from test_capture import fake_session, fake_tracefs, records
+from test_capture import FAKE_CLOCK, WALL, fake_session, fake_tracefs, records
 from test_decode import EXIT_GROUP, OPENAT2
 from test_trace_live import Run, expect_ok, run_tracer
 from test_uprobes import FN, FN_ARGS, LIBC, _record
@@ -31,6 +31,7 @@ from test_uprobes import FN, FN_ARGS, LIBC, _record
 from tracer import capture as cap_mod
 from tracer import elfsyms, uprobes
 from tracer.capture import Capture, CaptureError, CaptureWriter
+from tracer.contract import stream_header
 from tracer.decode import Decoder
 from tracer.layout import const, struct_of
 from tracer.session import Stats, summary_of
@@ -54,11 +55,12 @@ def write(path: Path, sources: list[Source], samples: list[tuple[int, bytes, int
     delivered, stats = [], Stats()
     for i, raw, cpu in samples:
         ev = sources[i].decode(raw, cpu)
+        WALL.stamp([ev])  # as Session does
         w.event(ev)
         w.flush()
         stats.add(ev)
         delivered.append(ev)
-    assert w.close(summary_of(stats, {"emitted": len(samples)}, 0.5, 0)) is None
+    assert w.close(summary_of(stats, {"emitted": len(samples)}, 0.5, 0, FAKE_CLOCK["mono_to_wall_ns"])) is None
     return delivered
 
 
@@ -66,7 +68,9 @@ def replay_cli(path: Path, *args: str) -> list[dict]:
     p = subprocess.run([sys.executable, "-m", "tracer", "replay", str(path), "--json", *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=60, env={**os.environ, "TRACER_TRACEFS": "/nonexistent"})
     assert p.returncode == 0 and p.stderr == "", p.stderr
-    return [json.loads(x) for x in p.stdout.splitlines()]
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert lines[0] == stream_header(FAKE_CLOCK)
+    return lines[1:]
 
 
 # --- user_events, synthesized ----------------------------------------------------------------------
@@ -215,6 +219,7 @@ def test_mixed_synthesized_capture_replays_in_order(tmp_path: Path, monkeypatch:
     delivered = []
     for src, raw in [(sc, srecs[0]), (up, urecs[0]), (sc, srecs[1]), (up, urecs[1]), (sc, srecs[3])]:
         ev = src.decode(raw, 1)
+        WALL.stamp([ev])  # as Session does
         w.event(ev)
         delivered.append(ev)
     w.flush()
@@ -251,7 +256,7 @@ def test_uprobe_replay_refuses_bad_descriptions() -> None:
 
 # --- live: record and replay through the CLI ---------------------------------------------------------
 
-STREAM = ("uprobe", "syscall", "lost", "summary")
+STREAM = ("stream", "uprobe", "syscall", "lost", "summary")
 
 
 @dataclass
@@ -295,7 +300,7 @@ def test_live_record_replay_equals_live_json(recorded: Recorded, name: str) -> N
     live = stream(live_run)
     probes = [x for x in live if x["kind"] == "uprobe"]
     assert len([p for p in probes if p["function"] == FN]) == 3, live_run.describe()
-    assert live[-1]["kind"] == "summary" and live[-1]["events"] == len(live) - 1 - len(
+    assert live[0]["kind"] == "stream" and live[-1]["kind"] == "summary" and live[-1]["events"] == len(live) - 2 - len(
         [x for x in live if x["kind"] == "lost"])
     run = run_tracer("replay", recorded.caps[name], "--json")
     expect_ok(run)

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from schema_check import check_stream
 from test_trace_live import ROOT, TIMEOUT, Looper, Run, expect_ok, run_tracer, start_looper, workload_env
 
 from tracer.capture import Capture
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
-STREAM_KINDS = ("syscall", "lost", "summary")
+STREAM_KINDS = ("stream", "syscall", "lost", "summary")
 
 
 @dataclass
@@ -95,6 +96,7 @@ def test_record_round_trip_equals_live_json(recorded: Recorded) -> None:
     expect_ok(recorded.live)
     info = recorded.live.describe()
     live = stream(recorded.live)
+    check_stream(live)  # the JSON contract: header first, every line valid against its schema
     events = [x for x in live if x["kind"] == "syscall"]
     assert len(recorded.live.workload) == 14 and live[-1]["kind"] == "summary", info
     # The session exercised what a replay must not recompute: region explanations, every read status.
@@ -122,12 +124,13 @@ def test_replay_filters_match_live_filtered(recorded: Recorded) -> None:
     expect_ok(run)
     bad = ("missing", "recovered", "changed")
     missing = [e for e in events if any(r["status"] in bad for r in e["reads"].values())]
-    assert len(missing) == 6 and run.lines == missing
+    assert run.lines[0] == live[0] and run.lines[0]["kind"] == "stream"
+    assert len(missing) == 6 and run.lines[1:] == missing
 
     run = replay(recorded.capture, "openat2", "-p", pid, "--json")
     expect_ok(run)
     mine = [e for e in events if e["syscall"] == "openat2" and e["pid"] == pid]
-    assert len(mine) == 14 and run.lines[:-1] == mine
+    assert len(mine) == 14 and run.lines[1:-1] == mine
     assert run.lines[-1]["events"] == 14 and run.lines[-1]["kernel"] == live[-1]["kernel"]
 
     run = replay(recorded.capture, "--json", "exit*", "--tid", pid)

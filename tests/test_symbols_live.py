@@ -4,7 +4,10 @@ each one's symbols exactly (and the console line strace's way)."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
+from schema_check import check_stream
 from test_trace_live import expect_ok, run_tracer
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
@@ -14,14 +17,26 @@ EVENTS = ("socket", "setsockopt", "shutdown", "fcntl", "access", "faccessat", "m
 
 
 @pytest.fixture(scope="module")
-def traced(build_c) -> tuple[dict, list[dict], str]:
+def traced(build_c) -> tuple[dict, list[dict], str, list[dict]]:
     exe = build_c("decode_cases")
-    run = run_tracer("trace", *EVENTS, "--json", "--no-summary", "--", exe)
+    run = run_tracer("trace", *EVENTS, "--json", "--", exe)
     expect_ok(run)
     (report,) = run.workload
     console = run_tracer("trace", "socket", "clone", "--", exe, env={"TERM": "dumb", "COLUMNS": "300"})
     expect_ok(console)
-    return report, run.of(report["pid"]), console.stderr + console.stdout
+    return report, run.of(report["pid"]), console.stderr + console.stdout, run.lines
+
+
+def test_stream_follows_the_json_contract(traced) -> None:
+    """Header line first, every line valid against its schema, `time` = ts + the summary's offset."""
+    _, events, _, lines = traced
+    check_stream(lines)
+    offset = lines[-1]["mono_to_wall_ns"]
+    (header,) = [x for x in lines if x["kind"] == "stream"]
+    assert header["clock"]["mono_to_wall_ns"] == offset and lines[-1]["kind"] == "summary"
+    for ev in events:
+        t = datetime.datetime.strptime(ev["time"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+        assert int(t.timestamp()) * 10**9 + int(ev["time"][20:29]) == ev["ts"] + offset
 
 
 def calls(events: list[dict], name: str, **args: int) -> list[dict]:
@@ -29,7 +44,7 @@ def calls(events: list[dict], name: str, **args: int) -> list[dict]:
 
 
 def test_socket_family_type_protocol(traced) -> None:
-    _, events, _ = traced
+    _, events, _, _ = traced
     socks = [e["args_str"] for e in calls(events, "socket")]
     assert socks == [{"family": "AF_INET", "type": "SOCK_STREAM|SOCK_CLOEXEC", "protocol": "IPPROTO_IP"},
                      {"family": "AF_UNIX", "type": "SOCK_DGRAM|SOCK_NONBLOCK"},
@@ -41,7 +56,7 @@ def test_socket_family_type_protocol(traced) -> None:
 
 
 def test_fcntl_and_access(traced) -> None:
-    _, events, _ = traced
+    _, events, _, _ = traced
     assert [e["args_str"] for e in calls(events, "fcntl")] == [
         {"cmd": "F_SETFD", "arg": "FD_CLOEXEC"}, {"cmd": "F_SETFL", "arg": "O_NONBLOCK"}, {"cmd": "F_GETFL"}]
     (acc,) = calls(events, "access", mode=6)
@@ -51,7 +66,7 @@ def test_fcntl_and_access(traced) -> None:
 
 
 def test_mmap_and_mprotect(traced) -> None:
-    report, events, _ = traced
+    report, events, _, _ = traced
     (mm,) = calls(events, "mmap", len=7 * 4096)
     assert mm["args_str"] == {"prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS", "fd": "-1"}
     assert mm["ret"] == report["map"]
@@ -60,7 +75,7 @@ def test_mmap_and_mprotect(traced) -> None:
 
 
 def test_signals_clone_and_wait(traced) -> None:
-    report, events, _ = traced
+    report, events, _, _ = traced
     (sa,) = [e for e in calls(events, "rt_sigaction") if e["args"]["sig"] == 10]
     assert sa["args_str"] == {"sig": "SIGUSR1"}
     assert [e["args_str"] for e in calls(events, "kill")] == [{"sig": "SIGUSR1"}, {"sig": "SIGTERM"}]
@@ -81,6 +96,6 @@ def test_signals_clone_and_wait(traced) -> None:
 
 
 def test_console_shows_symbols(traced) -> None:
-    _, _, text = traced
+    _, _, text, _ = traced
     assert "socket(family=AF_INET, type=SOCK_STREAM|SOCK_CLOEXEC, protocol=IPPROTO_IP) = 3" in text
     assert "clone(clone_flags=SIGCHLD, " in text

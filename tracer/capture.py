@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import struct
-import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .contract import WallClock, clock_info
 
 if TYPE_CHECKING:
     from .session import Event, Session
@@ -83,19 +83,6 @@ def check_layout(identity: dict) -> None:
                            "replay it with the tracer version that recorded it")
 
 
-def clock_info() -> dict:
-    """Events carry CLOCK_MONOTONIC ns; this pins them to wall-clock time as it was at record time."""
-    wall, mono = time.time_ns(), time.monotonic_ns()
-    info: dict[str, Any] = {"events": "CLOCK_MONOTONIC", "mono_to_wall_ns": wall - mono, "created_wall_ns": wall,
-                            "created_monotonic_ns": mono,
-                            "boot_wall_ns": wall - time.clock_gettime_ns(time.CLOCK_BOOTTIME)}
-    try:
-        info["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        pass
-    return info
-
-
 def session_header(session: Session) -> dict:
     f = session.filters
     u = os.uname()
@@ -104,7 +91,7 @@ def session_header(session: Session) -> dict:
         "tool": {"name": "tracer", "version": __version__},
         "kernel": {"sysname": u.sysname, "release": u.release, "version": u.version, "machine": u.machine},
         "host": socket.gethostname(),
-        "clock": clock_info(),
+        "clock": getattr(session, "clock", None) or clock_info(),
         "session": {"events": list(session.event_specs), "pids": list(f.pids), "tids": list(f.tids), "uid": f.uid,
                     "comm": f.comm, "follow": f.follow, "recover": f.recover, "command": session.command,
                     "duration": session.duration, "count": session.count, "only_missing": session.only_missing,
@@ -431,6 +418,7 @@ class Capture:
         keep = filter or Filter(**filters)
         keep.bind(self)
         decoders = self._decoders()
+        wall = WallClock(self.mono_to_wall_ns)  # the times the live session printed
         self.problem, self.trailer, self.records = None, None, 0
         self._stats = Stats()
         try:
@@ -446,6 +434,9 @@ class Capture:
                     return
                 if ev is None:
                     continue
+                ts = ev.get("ts")
+                if ts is not None:
+                    ev["time"] = wall.iso(ts)
                 event = Event(ev)
                 if not keep(event):
                     continue
@@ -489,7 +480,7 @@ class Capture:
 
         t = self.trailer or {}
         return summary_of(self._stats or Stats(), t.get("kernel") or {}, t.get("elapsed_s", 0.0),
-                          t.get("exit_code"))
+                          t.get("exit_code"), self.header.get("clock", {}).get("mono_to_wall_ns"))
 
 
 class _FrameReader:

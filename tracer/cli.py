@@ -200,7 +200,9 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
                            recover=not no_recover, duration=duration, count=count, only_missing=only_missing,
                            pages=buffer_pages, record=record, force=force, read_mode=read_mode, user=user,
                            command_stdout=command_stdout(stream, show))
-    out = JsonOutput(stream, batched=True) if as_json else ConsoleOutput(
+    from .contract import stream_header
+
+    out = JsonOutput(stream, batched=True, header=lambda: stream_header(session.clock)) if as_json else ConsoleOutput(
         Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else console_for(stream))
     if as_json:
         session.batch_done.append(out.flush)  # one write per drain batch, not per event
@@ -339,8 +341,11 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | No
     from .output import ConsoleOutput, JsonOutput
 
     cap, keep = open_capture(file, events, **filters)
+    from .contract import stream_header
+
     stream = events_out(output)
-    out = JsonOutput(stream) if as_json else ConsoleOutput(console_for(stream))
+    out = JsonOutput(stream, header=lambda: stream_header(cap.header.get("clock"))) if as_json else ConsoleOutput(
+        console_for(stream))
     if not as_json:
         out.mono_to_wall = cap.mono_to_wall_ns  # times as they were shown while recording
         h = cap.header

@@ -21,6 +21,10 @@ CNAME = {"missing": "terrible", "changed": "bad", "recovered": "yellow"}  # cata
 
 
 def write_jsonl(capture: Capture, stream: IO[str], keep: Filter | None = None) -> int:
+    """The stream header line, the events, the summary (as `replay --json`); returns the event count."""
+    from .contract import stream_header
+
+    stream.write(json.dumps(stream_header(capture.header.get("clock"))) + "\n")
     n = 0
     for ev in capture.events(keep):
         stream.write(ev.to_json() + "\n")

@@ -446,10 +446,12 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     from collections import Counter
 
     from .aggregate import Aggregator
+    from .contract import stream_header
     from .output import AlertOutput, JsonAlertOutput
     from .streams import console_for
 
-    out = JsonAlertOutput(stream) if as_json else AlertOutput(console_for(stream) if stream else None)
+    out = JsonAlertOutput(stream, header=lambda: stream_header(session.clock)) if as_json else AlertOutput(
+        console_for(stream) if stream else None)
     reader = ContextReader()
     monitor = Monitor(policy, reader)
     fired: Counter[str] = Counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 from rich.console import Console
@@ -34,16 +34,29 @@ class JsonOutput:
     """JSON Lines. With `batched`, events are flushed only by `flush()` (called once per drain batch by
     the CLI through Session.batch_done), not one write(2) per event; everything else flushes at once."""
 
-    def __init__(self, stream: IO[str] | None = None, batched: bool = False) -> None:
+    def __init__(self, stream: IO[str] | None = None, batched: bool = False,
+                 header: Callable[[], dict] | None = None) -> None:
+        """`header`: makes the stream's first line (tracer.contract.stream_header), called when the first
+        line is written (a session's clock is final once it has started)."""
         self.stream = stream or sys.stdout
         self.batched = batched
+        self.header = header
+
+    def _begin(self) -> None:
+        header, self.header = self.header, None
+        if header is not None:
+            self.stream.write(dumps(header()) + "\n")
 
     def write(self, obj: dict) -> None:
         # ensure_ascii: every control or non-ASCII character becomes a \u escape, one record per line.
+        if self.header is not None:
+            self._begin()
         self.stream.write(dumps(obj) + "\n")
         self.stream.flush()
 
     def event(self, obj: dict) -> None:
+        if self.header is not None:
+            self._begin()
         self.stream.write(dumps(obj) + "\n")
         if not self.batched:
             self.stream.flush()
@@ -53,6 +66,8 @@ class JsonOutput:
         buffer, not one big string: CPython 3.11's BufferedWriter garbles a write larger than its buffer
         when a signal (Ctrl-C, SIGTERM) interrupts it part way (reproduced here, ~1 line in 7,000)."""
         if objs:
+            if self.header is not None:
+                self._begin()
             self.stream.writelines([dumps(obj) + "\n" for obj in objs])
             if not self.batched:
                 self.stream.flush()

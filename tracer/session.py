@@ -23,6 +23,7 @@ from operator import le
 
 from . import syscalls
 from .command import Command, CommandError
+from .contract import WallClock, clock_info
 from .jsonenc import dumps
 from .perf import DRAIN_MAX, default_pages
 from .probes import Filters
@@ -194,6 +195,10 @@ class Session:
         self.recorder = None  # capture.CaptureWriter while recording
         self.record_error: str | None = None  # the capture could not be completed at close
         self.kernel_counts: dict[str, int] = {}
+        # CLOCK_MONOTONIC -> wall-clock offset of this session: events' `time`, the summary, the
+        # capture header and the JSON stream's first line all use this one value (tracer/contract.py).
+        self.clock = clock_info()
+        self._wall = WallClock(self.clock["mono_to_wall_ns"])
         self._rings: list = []
         self._stop = False
         self._stop_signal = signal.SIGTERM  # what the command gets when the session stops first
@@ -411,6 +416,7 @@ class Session:
             if batch.samples:
                 runs.append(list(map(src.decode, batch.samples, repeat(batch.cpu))))
         events = in_time_order(runs)
+        self._wall.stamp(events)
         if self.only_missing:
             events = [d for d in events if missing_data(d)]
         if self.count is not None:
@@ -439,11 +445,13 @@ class Session:
     def summary(self) -> dict:
         end = self.ended or time.monotonic()
         return summary_of(self.stats, self.kernel_counts, round(end - self.started, 3) if self.started else 0.0,
-                          self.exit_code)
+                          self.exit_code, self.clock["mono_to_wall_ns"])
 
 
-def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None) -> dict:
-    """The end-of-run summary (the JSON contract's "summary" object); replays build it the same way."""
+def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None,
+               mono_to_wall_ns: int | None = None) -> dict:
+    """The end-of-run summary (the JSON contract's "summary" object); replays build it the same way.
+    `mono_to_wall_ns`: the session's clock offset (events' `ts` + it = wall-clock ns)."""
     return {
         "kind": "summary",
         "events": s.events,
@@ -459,6 +467,7 @@ def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None) 
         "kernel": dict(kernel),
         "elapsed_s": elapsed_s,
         "exit_code": exit_code,
+        "mono_to_wall_ns": mono_to_wall_ns,
     }
 
 
