@@ -111,7 +111,7 @@ def test_record_round_trip_equals_live_json(recorded: Recorded) -> None:
     assert len(run.lines) == len(live), f"{info}\n{run.describe()}"
     for replayed, shown in zip(run.lines, live, strict=True):
         assert replayed == shown  # every object, in order, field for field
-    assert run.stdout.splitlines() == [json.dumps(x) for x in live]
+    assert run.stdout.splitlines() == [json.dumps(x, separators=(",", ":")) for x in live]  # compact, as README
     assert run.stderr == ""
 
 

@@ -24,7 +24,7 @@ def write_jsonl(capture: Capture, stream: IO[str], keep: Filter | None = None) -
     """The stream header line, the events, the summary (as `replay --json`); returns the event count."""
     from .contract import stream_header
 
-    stream.write(json.dumps(stream_header(capture.header.get("clock"))) + "\n")
+    stream.write(dumps(stream_header(capture.header.get("clock"))) + "\n")
     n = 0
     for ev in capture.events(keep):
         stream.write(ev.to_json() + "\n")
