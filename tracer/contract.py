@@ -4,7 +4,8 @@ of each kind (tracer/schema/<kind>.json, shipped with the package).
 
 The first line is `{"kind": "stream", "version": STREAM_VERSION, "tool": {...}, "clock": {...}}`.
 Events carry `ts` (CLOCK_MONOTONIC ns, as the kernel stamped them) and `time`, the same instant as
-ISO 8601 UTC with nanoseconds, computed from the session's monotonic->wall offset (`clock`), which
+ISO 8601 UTC to the microsecond (what datetime.fromisoformat, JavaScript and most log tools parse;
+`ts` keeps the nanoseconds), computed from the session's monotonic->wall offset (`clock`), which
 the summary and a capture's header carry too: a replay prints the times the live session printed.
 """
 
@@ -48,7 +49,8 @@ def stream_header(clock: dict | None) -> dict:
 
 
 class WallClock:
-    """CLOCK_MONOTONIC ns -> ISO 8601 UTC ("2026-11-30T14:01:40.123456789Z"), by a fixed offset. The
+    """CLOCK_MONOTONIC ns -> ISO 8601 UTC ("2026-11-30T14:01:40.123456Z", truncated to the microsecond),
+    by a fixed offset. The
     date and time of day are formatted once per second: events come in bursts within one second."""
 
     __slots__ = ("_prefix", "_sec", "offset")
@@ -63,7 +65,7 @@ class WallClock:
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{ns:09d}Z"
+        return f"{self._prefix}.{ns // 1000:06d}Z"
 
     def stamp(self, events: Iterable[dict]) -> None:
         """Add `time` to each event that has a `ts` (lost-record notices have none)."""
