@@ -107,9 +107,9 @@ class Loadgen:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
         return json.loads(out[-1])
 
-    def cpu_per_call(self, calls: int, repeat: int = 3) -> float:
+    def cpu_per_call(self, calls: int, repeat: int = 3, kind: str = "openat2") -> float:
         """CPU ns per call of the load generator itself, median of `repeat` tight loops on CPU 1."""
-        return statistics.median(self.run(calls)["cpu_ns_per_call"] for _ in range(repeat))
+        return statistics.median(self.run(calls, kind=kind)["cpu_ns_per_call"] for _ in range(repeat))
 
 
 def emitted(s: Session) -> tuple[int, int]:
@@ -320,6 +320,33 @@ def one_consumer(lg: Loadgen, label: str, cmd: list[str], env: dict | None, call
     return f
 
 
+def attach_modes(lg: Loadgen, calls: int, tmp: Path) -> None:
+    """Per-call cost of tracing openat2 through its own tracepoints or through raw_syscalls (what large
+    sets use, tracer/probes.py RAW_MIN_SYSCALLS): on a traced call, and on a call outside the set
+    (getpid), which raw_syscalls programs also run for."""
+    say(f"\n[2b] attach modes, `tracer trace openat2 --json` ({calls:,} openat2, then {calls:,} getpid calls, "
+        f"untraced by the set); load average {loadavg()}")
+    base = {k: lg.cpu_per_call(calls, kind=k) for k in ("openat2", "getpid")}
+    for mode in ("syscall", "raw"):
+        t = Traced(tracer_cmd("openat2", "--json"), tmp / f"mode-{mode}.out", {**os.environ, "TRACER_ATTACH": mode})
+        row = {}
+        try:
+            t.wait_attached(poke(lg))
+            ids = prog_ids(t.pid)
+            for kind in ("openat2", "getpid"):
+                st0 = prog_stats(ids)
+                r = lg.run(calls, kind=kind)
+                bpf = per_call_ns(st0, prog_stats(ids), calls)
+                row[kind] = (r["cpu_ns_per_call"] - base[kind], sum(bpf.values()))
+                t.settle()
+        finally:
+            exit_s = t.stop()
+        say(f"    {mode:<8} openat2 +{row['openat2'][0]:,.0f} ns CPU (BPF {row['openat2'][1]:,.0f} ns); "
+            f"getpid +{row['getpid'][0]:,.0f} ns CPU (BPF {row['getpid'][1]:,.0f} ns); SIGINT to exit {exit_s:.2f} s")
+        ROWS.append(Row(f"attach {mode}: BPF ns per traced / untraced call", row["openat2"][1], "ns",
+                        note=f"untraced getpid: BPF {row['getpid'][1]:,.0f} ns, CPU +{row['getpid'][0]:,.0f} ns"))
+
+
 # --- 3. lost records ----------------------------------------------------------------------------------
 
 def losses(lg: Loadgen, rates: list[tuple[int, float]], tmp: Path) -> None:
@@ -427,6 +454,7 @@ def main() -> int:
             lg = Loadgen(build_loadgen(Path(tmp)))
             throughput(lg, records)
             side_by_side(lg, calls, Path(tmp))
+            attach_modes(lg, calls, Path(tmp))
             losses(lg, rates, Path(tmp))
             startup(lg, a.smoke, Path(tmp))
     finally:

@@ -43,6 +43,9 @@ SCHEMA = 1
 CACHE_DIR_ENV = "TRACER_CACHE_DIR"
 NO_CACHE_ENV = "TRACER_NO_CACHE"
 DEFAULT_DIR = Path("/var/cache/tracer")
+# Entries kept per source: one per key (option sets such as raw_syscalls or sleepable readers, tracer
+# versions, kernels) so that alternating between them stays warm; the least recently used goes first.
+MAX_ENTRIES = 8
 
 _LD_IMM64 = 0x18
 _CALL = 0x85
@@ -258,6 +261,8 @@ def read_entry(spec: Spec, key: str) -> Compiled | None:
         if not (_trusted(os.fstat(fd)) and _trusted(os.stat(path.parent))):
             raise StaleEntry(f"{path}: not owned by root or writable by others; not loaded")
         raw = f.read()
+        with contextlib.suppress(OSError):
+            os.utime(fd)  # its mtime says when it was last used (MAX_ENTRIES evicts the oldest)
     try:
         head, body = raw.split(b"\n", 1)
         meta = json.loads(head)
@@ -271,7 +276,8 @@ def read_entry(spec: Spec, key: str) -> Compiled | None:
 
 
 def write_entry(spec: Spec, key: str, compiled: Compiled) -> Path:
-    """Atomically (temporary file + rename, mode 0600); other entries of the same source are removed."""
+    """Atomically (temporary file + rename, mode 0600); beyond MAX_ENTRIES entries of the same source,
+    the least recently used are removed."""
     path = entry_path(spec, key)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     body = compiled.to_json()
@@ -285,9 +291,12 @@ def write_entry(spec: Spec, key: str, compiled: Compiled) -> Path:
     except BaseException:
         os.unlink(tmp)
         raise
-    for old in path.parent.glob(f"{Path(spec.source).stem}-*.json"):
-        if old != path:
-            old.unlink(missing_ok=True)
+    entries = []
+    for other in path.parent.glob(f"{Path(spec.source).stem}-*.json"):
+        with contextlib.suppress(OSError):
+            entries.append((other.stat().st_mtime_ns, other != path, other))
+    for *_, old in sorted(entries, reverse=True)[MAX_ENTRIES:]:  # newest first; the one just written kept
+        old.unlink(missing_ok=True)
     return path
 
 

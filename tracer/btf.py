@@ -20,6 +20,7 @@ KIND_NAMES = (
     "UNKN", "INT", "PTR", "ARRAY", "STRUCT", "UNION", "ENUM", "FWD", "TYPEDEF", "VOLATILE", "CONST",
     "RESTRICT", "FUNC", "FUNC_PROTO", "VAR", "DATASEC", "FLOAT", "DECL_TAG", "TYPE_TAG", "ENUM64",
 )
+BTF_KIND_STRUCT = 4
 BTF_KIND_FUNC = 12
 
 # Bytes after the 12-byte btf_type, per kind: (fixed, per vlen item). A kind missing here cannot be
@@ -136,6 +137,40 @@ class Btf:
             return self._funcs[name]
         except KeyError:
             raise KeyError(f"no BTF FUNC named {name!r}") from None
+
+
+    def struct_named(self, name: str) -> BtfType:
+        """The STRUCT called `name` (the first one: vmlinux has one per name)."""
+        for i in range(1, len(self._offsets) + 1):
+            name_off, info = struct.unpack_from(self._end + "II", self._data, self._offsets[i - 1])
+            if (info >> 24) & 0x1F == BTF_KIND_STRUCT and self.name_at(name_off) == name:
+                return self.type(i)
+        raise KeyError(f"no BTF struct named {name!r}")
+
+    def member(self, t: BtfType, name: str) -> tuple[int, int]:
+        """(byte offset, type id) of member `name` of struct/union `t`; KeyError for a bitfield or none."""
+        pos = self._offsets[t.id - 1] + 12
+        kind_flag = struct.unpack_from(self._end + "I", self._data, self._offsets[t.id - 1] + 4)[0] >> 31
+        for k in range(t.vlen):
+            name_off, type_id, off = struct.unpack_from(self._end + "III", self._data, pos + 12 * k)
+            if self.name_at(name_off) == name:
+                bits = off & 0xFFFFFF if kind_flag else off
+                if bits % 8 or (kind_flag and off >> 24):
+                    raise KeyError(f"{t.name}.{name} is a bitfield")
+                return bits // 8, type_id
+        raise KeyError(f"no member {name!r} in {t.name}")
+
+    def offsetof(self, struct_name: str, *path: str) -> int:
+        """Byte offset of a (nested) member, as offsetof(struct NAME, a.b) — from the running kernel's
+        types, not a header's."""
+        t, total = self.struct_named(struct_name), 0
+        for name in path:
+            while t.kind in (8, 9, 10, 11, 18):  # typedef and qualifiers
+                t = self.type(t.size_or_type)
+            off, type_id = self.member(t, name)
+            total += off
+            t = self.type(type_id)
+        return total
 
 
 @functools.cache

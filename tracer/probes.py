@@ -19,6 +19,13 @@ from .perf import RingSet
 from .syscalls import Syscall
 
 DEFAULT_PAGES = 256  # per CPU: 1 MiB rings absorb ~4,000 typical records per CPU between drains
+# From this many syscalls on, attach to raw_syscalls:sys_enter/sys_exit (2 tracepoints) instead of two
+# tracepoints per syscall: each perf event detach waits for an RCU-tasks grace period, one at a time
+# (~60 ms here: `trace %file`, 166 tracepoints, took 10 s to exit), and attaching costs as much again.
+# The raw programs run for every syscall of every task (a cost the per-syscall ones do not have), so
+# small sets keep per-syscall tracepoints: at 8 syscalls the detach is ~1 s (bench/run.py, [2]).
+RAW_MIN_SYSCALLS = 8
+ATTACH_ENV = "TRACER_ATTACH"  # "raw" or "syscall": force one way (bench, tests)
 SPEC = bpfcache.Spec("trace.bpf.c", (f"-I{BPF_DIR}", "-Wno-unused-function"))
 _U32 = struct.Struct("<I")
 _ONE = b"\1"
@@ -57,6 +64,10 @@ class SyscallProbes(bpfcache.ObjectOwner):
             self._attach()
 
         spec = SPEC if not sleepable_kind else bpfcache.Spec(SPEC.source, (*SPEC.cflags, *sleepable.syscall_cflags()))
+        status_off = task_status_offset() if use_raw(len(syscalls), sleepable_kind) else None
+        self.raw = status_off is not None  # attached to raw_syscalls (see RAW_MIN_SYSCALLS)
+        if self.raw:
+            spec = bpfcache.Spec(spec.source, (*spec.cflags, f"-DTASK_STATUS_OFF={status_off}"))
         try:
             bpfcache.start(spec, begin, self.close)
         except Exception:
@@ -108,6 +119,11 @@ class SyscallProbes(bpfcache.ObjectOwner):
 
     def _attach(self) -> None:
         assert self.obj is not None
+        if self.raw:
+            self.obj.attach_tracepoint("raw_syscalls:sys_enter", "raw_sys_enter")
+            self.obj.attach_tracepoint("raw_syscalls:sys_exit", "sys_exit")
+            self.attached = ["raw_syscalls:sys_enter", "raw_syscalls:sys_exit"]
+            return
         for s in self.syscalls:
             fn = f"sys_enter_{len(s.args)}"
             if self.sleepers is None or not self.sleepers.replaces_enter(s):
@@ -127,6 +143,31 @@ class SyscallProbes(bpfcache.ObjectOwner):
             self.sleepers.close()
             self.sleepers = None
         super().close()
+
+
+def use_raw(n: int, sleepable_kind: str | None) -> bool:
+    """Whether n syscalls are traced through raw_syscalls. Not with sleepable entry readers: those are
+    per-syscall tp.s programs."""
+    forced = os.environ.get(ATTACH_ENV, "")
+    if sleepable_kind:
+        return False
+    if forced in ("raw", "syscall"):
+        return forced == "raw"
+    return n >= RAW_MIN_SYSCALLS
+
+
+def task_status_offset() -> int | None:
+    """offsetof(struct task_struct, thread_info.status) in the running kernel (BTF), where the ia32
+    syscall flag lives; None (per-syscall tracepoints then) where the kernel has no BTF or no such field
+    (only x86's thread_info has TS_COMPAT)."""
+    if os.uname().machine != "x86_64":
+        return None
+    from . import btf
+
+    try:
+        return btf.vmlinux().offsetof("task_struct", "thread_info", "status")
+    except (OSError, KeyError, btf.BtfError):
+        return None
 
 
 def load_error(e: Exception) -> EnvironmentProblem:
