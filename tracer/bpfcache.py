@@ -562,10 +562,15 @@ def open_object(spec: Spec, read: bool = True) -> BpfObject:
         try:
             compiled = read_entry(spec, key)
         except StaleEntry as e:
-            log.debug("tracer: program cache entry unusable (%s); compiling", e)
+            log.debug("program cache entry unusable (%s); compiling", e)
             compiled = None
         if compiled is not None:
+            log.debug("program cache hit: %s loaded without compiling (key %s)", spec.source, key[:16])
             return CachedObject(compiled)
+        log.debug("program cache miss: compiling %s (key %s)", spec.source, key[:16])
+    elif not cache:
+        log.debug("program cache not used for %s (%s)", spec.source,
+                  "disabled: --no-cache or TRACER_NO_CACHE" if not enabled() else "cache directory unusable")
     from .kenv import prepare_bcc
 
     prepare_bcc()
@@ -578,7 +583,7 @@ def open_object(spec: Spec, read: bool = True) -> BpfObject:
         try:
             write_entry(spec, key, extract(obj.bpf, spec))
         except Exception as e:  # the cache must never break a start that worked
-            log.debug("tracer: %s not cached: %s", spec.source, e)
+            log.debug("%s not cached: %s", spec.source, e)
     return obj
 
 
@@ -588,7 +593,7 @@ def start(spec: Spec, begin: Callable[[BpfObject], None], cleanup: Callable[[], 
     try:
         begin(open_object(spec))
     except StaleEntry as e:
-        log.debug("tracer: program cache entry refused (%s); compiling", e)
+        log.debug("program cache entry refused (%s); compiling", e)
         cleanup()
         with contextlib.suppress(OSError):
             drop_entry(spec)

@@ -36,7 +36,10 @@ def fail(message: str, code: int = 1) -> None:
               help="Use this tracefs root (sets TRACER_TRACEFS; e.g. a fake root for tests).")
 @click.option("--no-cache", is_flag=True,
               help="Compile the BPF programs instead of loading them from the program cache (TRACER_NO_CACHE=1).")
-def cli(tracefs_dir: str | None = None, no_cache: bool = False) -> None:
+@click.option("--debug", is_flag=True,
+              help="Debug log on stderr (program cache hits, misses and refusals, ...) and a traceback with "
+                   "unexpected errors (TRACER_DEBUG=1).")
+def cli(tracefs_dir: str | None = None, no_cache: bool = False, debug: bool = False) -> None:
     """eBPF syscall tracer that never shows a guessed value.
 
     Every argument read from user memory carries its status (ok, recovered, changed, missing,
@@ -47,6 +50,9 @@ def cli(tracefs_dir: str | None = None, no_cache: bool = False) -> None:
                  tracer trace %file -- CMD ARGS...   (trace CMD and its children)
                  tracer doctor
     """
+    from .debug import enable_debug
+
+    enable_debug(debug)
     if no_cache:
         import os
 
@@ -57,6 +63,17 @@ def cli(tracefs_dir: str | None = None, no_cache: bool = False) -> None:
         from .kenv import TRACEFS_ENV
 
         os.environ[TRACEFS_ENV] = str(Path(tracefs_dir).resolve())
+
+
+def complete_events(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of EVENT: syscall names of this kernel, %groups, the other kinds' prefixes."""
+    from .listing import event_candidates
+
+    return event_candidates(incomplete)
+
+
+def events_argument():
+    return click.argument("events", nargs=-1, shell_complete=complete_events)
 
 
 def filter_options() -> list:
@@ -100,7 +117,7 @@ def live_options(only_missing: bool = True) -> list:
 
 def trace_options(f):
     """`trace` and `record` (which stores the read mode in the capture header)."""
-    return apply_options(f, [click.argument("events", nargs=-1), *live_options(), click.option(
+    return apply_options(f, [events_argument(), *live_options(), click.option(
         "--read-mode", type=click.Choice(["auto", "sleepable", "nofault"]), default="auto", show_default=True,
         help="How pointer arguments are read: sleepable programs (fault pages in) where the kernel allows "
              "them, nofault reads (+ exit re-reads), or the best available.")])
@@ -170,7 +187,10 @@ def drive(session: Session, body: Callable[[], None]) -> bool:
         return False
     except Exception as e:
         session.close()
+        from .debug import show_traceback
         from .probes import load_error
+
+        show_traceback()
 
         fail(str(load_error(e)))
     finally:
@@ -324,7 +344,7 @@ def capture_end(cap) -> int:
 
 def replay_options(f):
     return apply_options(f, [click.argument("file", type=click.Path(dir_okay=False, path_type=Path)),
-                             click.argument("events", nargs=-1), *filter_options(), only_missing_option()])
+                             events_argument(), *filter_options(), only_missing_option()])
 
 
 @cli.command()
@@ -525,6 +545,57 @@ def list_user_events(as_json: bool) -> None:
         console = Console(highlight=False, soft_wrap=True)
         for line in event_listing(events):
             console.print(line)
+
+
+@list_group.command("syscalls")
+@click.argument("patterns", nargs=-1, shell_complete=complete_events)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per syscall.")
+def list_syscalls(patterns: tuple[str, ...], as_json: bool) -> None:
+    """Syscalls this kernel can trace: [NAME|GLOB|%group]... (default: all)
+
+    Each with its number, its arguments as the tracepoint declares them, its %groups and the arguments
+    read from user memory. `tracer list syscalls %net` lists a group's members.
+    """
+    from .listing import syscall_line, syscall_rows
+
+    try:
+        rows = syscall_rows(list(patterns))
+    except UnknownEvent as e:
+        fail(str(e), 2)
+    if as_json:
+        import json
+
+        sys.stdout.writelines(json.dumps(row) + "\n" for row in rows)
+    else:
+        sys.stdout.writelines(syscall_line(row) + "\n" for row in rows)
+
+
+@list_group.command("groups")
+def list_groups() -> None:
+    """The %groups EVENT accepts, with their members on this kernel."""
+    from .listing import group_names, syscall_rows
+
+    for group in group_names():
+        names = [row["name"] for row in syscall_rows([f"%{group}"])]
+        sys.stdout.write(f"%{group} ({len(names)}): {' '.join(names)}\n")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(tracer completion bash)" (EVENT names, groups, options)."""
+    from click.shell_completion import get_completion_class
+
+    comp = get_completion_class(shell)(cli, {}, "tracer", "_TRACER_COMPLETE")
+    sys.stdout.write(comp.source() + "\n")
+
+
+@cli.command("man")
+def man_page() -> None:
+    """Print tracer(1), generated from this help, as roff: tracer man | man -l -"""
+    from .manpage import render
+
+    sys.stdout.write(render(cli))
 
 
 @cli.group("user-events")
