@@ -234,8 +234,12 @@ def test_lexical_pruning_of_relative_paths() -> None:
 def test_target_path() -> None:
     cwd = {"path": "/home/u", "best_effort": True, "via": "cwd"}
     assert normpath("//etc/../etc/./shadow") == "/etc/shadow"
-    assert target("/etc/../etc/shadow", None, cwd) == {"path": "/etc/shadow", "best_effort": False,
-                                                        "basis": "absolute"}
+    assert target("//etc/./shadow", None, cwd) == {"path": "/etc/shadow", "best_effort": False, "basis": "absolute"}
+    assert target("/../etc/shadow", None, cwd) == {"path": "/etc/shadow", "best_effort": False, "basis": "absolute"}
+    # /etc/.. is the parent of what /etc points to if /etc is a symlink: the text is not the kernel's walk.
+    assert target("/etc/../etc/shadow", None, cwd) == {
+        "path": "/etc/shadow", "best_effort": True, "basis": "absolute",
+        "uncertain": "`..` after a name that may be a symlink: collapsed as text"}
     assert target("x/../y", None, cwd) == {"path": "/home/u/y", "best_effort": True, "basis": "cwd"}
     # RESOLVE_IN_ROOT: an absolute path (and ..) stays inside the dfd directory.
     fd = {"path": "/srv/root", "best_effort": True, "via": "fd"}
@@ -390,6 +394,23 @@ def test_relative_paths_best_effort_never_clears(proc_links) -> None:
     assert ev["dfd_path"] == {"path": None, "best_effort": True, "via": "fd", "unknown": "fd not open any more"}
     proc_links["fd/7"] = ("/etc", None)
     assert fired(DEFAULT, event("shadow", dfd=7)) == {"shadow-access": {"best_effort": True}}
+
+
+def test_dotdot_after_a_name_is_never_certain(proc_links) -> None:
+    """lnk/../shadow with lnk -> /etc/ssh opens /etc/shadow; as text it is ./shadow. A failed call (no
+    file the kernel opened to judge on) whose path has `..` after a name cannot be cleared by the text."""
+    proc_links["cwd"] = ("/tmp/work", None)
+    alerts = Monitor(DEFAULT).check(ev := event("lnk/../shadow", ret=-13))
+    assert [(a.rule, a.detail) for a in alerts] == [("unresolved", {"could_match": {"shadow-access": ["path"]}})]
+    assert ev["target"] == {"path": "/tmp/work/shadow", "best_effort": True, "basis": "cwd"}
+    alerts = Monitor(DEFAULT).check(ev := event("/tmp/lnk/../shadow", ret=-13))
+    assert [a.rule for a in alerts] == ["unresolved"] and ev["target"]["uncertain"]
+    # Only the components after the last `..` are known: nothing there can be a shadow file.
+    assert fired(DEFAULT, event("/tmp/lnk/../notes.txt", ret=-2)) == {}
+    # Matching as text still fires, marked best effort.
+    assert fired(DEFAULT, event("/etc/x/../shadow")) == {"shadow-access": {"best_effort": True}}
+    assert mon.known_tail("a/../b/./c") == "b/c" and mon.known_tail("../..") == "" and mon.known_tail("x") == "x"
+    assert mon.dotdot_after_name("/a/..") and not mon.dotdot_after_name("/../a") and not mon.dotdot_after_name("a/b")
 
 
 def test_exclusions_need_certainty(proc_links) -> None:
@@ -643,3 +664,71 @@ def test_alert_context_in_json_and_console(proc_links, monkeypatch: pytest.Monke
     assert line == (f"    context {reader.wall_time(ev)} host {socket.gethostname()} uid 0 (root) exe /tmp/x\\x1b[31m "
                     f"cmdline x 'a b' ppid 1 (/sbin/init) cgroup /docker/{'c' * 64} container cccccccccccc  "
                     "(process: best effort, /proc after the call)")
+
+
+# --- judged on the file the kernel opened (the event's `opened` object) ------------------------------------
+
+
+def opened(path: str | None, mode: str = "0o100640", status: str = "ok") -> dict:
+    return {"status": status, "path": path, "dev": "8:1", "ino": 4242, "mode": mode,
+            "reason": None if status == "ok" else "cut"}
+
+
+def test_racing_writer_alerts_on_the_opened_file(proc_links) -> None:
+    """The path read after the kernel's copy says harmless-xx; the kernel opened /etc/shadow."""
+    ev = event("/tmp/harmless-xx", reads={"filename": {"status": "recovered", "errno": 14}})
+    ev["opened"] = opened("/etc/shadow")
+    assert fired(DEFAULT, ev) == {"shadow-access": {"matched": ["opened"]}}
+    buf = io.StringIO()
+    ev["args_str"] = {"dfd": "AT_FDCWD"}
+    out = AlertOutput(Console(file=buf, width=400, highlight=False, force_terminal=False))
+    out.alerts(ev, Monitor(DEFAULT).check(ev))
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == " CRITICAL  shadow-access (on the opened values)  Open of a password hash database"
+    assert lines[3] == "    opened /etc/shadow  (the kernel's file: dev 8:1 ino 4242 mode 0o100640)"
+    # Both agree: both named.
+    assert fired(DEFAULT, event("/etc/shadow") | {"opened": opened("/etc/shadow")}) == {
+        "shadow-access": {"matched": ["entry", "opened"]}}
+
+
+def test_symlink_dotdot_alerts_on_the_opened_file(proc_links) -> None:
+    proc_links["cwd"] = ("/tmp/work", None)
+    ev = event("lnk/../shadow") | {"opened": opened("/etc/shadow")}  # lnk -> /etc/ssh
+    assert fired(DEFAULT, ev) == {"shadow-access": {"matched": ["opened"]}}
+    # The same call opening ./shadow for real: the kernel's file clears what the text left unknown.
+    assert fired(DEFAULT, event("lnk/../shadow") | {"opened": opened("/tmp/work/shadow")}) == {}
+
+
+def test_opened_file_decides_what_the_path_leaves_unknown(proc_links) -> None:
+    proc_links["cwd"] = (None, "directory deleted (/tmp/gone (deleted))")
+    assert set(fired(DEFAULT, event("mem"))) == {"unresolved"}
+    assert fired(DEFAULT, event("mem") | {"opened": opened("/tmp/gone/mem")}) == {}
+    # A path the monitor could not read: the kernel's file stands for it (no `unreadable`).
+    unread = event(None, reads={"filename": {"errno": 14, "addr": 1}})
+    assert fired(DEFAULT, unread | {"opened": opened("/etc/gshadow")}) == {"shadow-access": {"matched": ["opened"]}}
+    assert fired(DEFAULT, unread | {"opened": opened("/etc/hostname")}) == {}
+    # A cut or unavailable opened path decides nothing: as without it.
+    assert set(fired(DEFAULT, event("mem") | {"opened": opened("/tmp/gone/m", status="truncated")})) == {"unresolved"}
+    assert set(fired(DEFAULT, unread | {"opened": opened(None, status="unavailable")})) == {"unreadable"}
+    # A failed call opened nothing: an `opened` object there is ignored.
+    assert set(fired(DEFAULT, event("mem", ret=-2) | {"opened": opened("/tmp/x")})) == {"unresolved"}
+
+
+def test_open_by_handle_judged_on_the_opened_file(proc_links) -> None:
+    ev = {**event(None), "syscall": "open_by_handle_at", "args": {"mountdirfd": 3, "handle": 0x1000, "flags": 0},
+          "reads": {}, "missing": [], "opened": opened("/etc/shadow")}
+    assert fired(DEFAULT, ev) == {"shadow-access": {"matched": ["opened"]}}
+    assert set(fired(DEFAULT, {**ev, "opened": None})) == {"unresolved"}
+
+
+def test_world_writable_create_judges_the_real_mode(proc_links) -> None:
+    """creat(path, 0666) under umask 022 creates a 0644 file: the kernel's mode decides, not the request."""
+    def creat(mode_opened: str | None, ret: int = 3) -> dict:
+        ev = {**event("/tmp/x"), "syscall": "creat", "args": {"pathname": "/tmp/x", "mode": 0o666}, "ret": ret,
+              "reads": {"pathname": {"status": "ok", "errno": None, "addr": 0x1000}}, "missing": []}
+        return ev | ({"opened": opened("/tmp/x", mode_opened)} if mode_opened else {})
+    assert fired(DEFAULT, creat("0o100644")) == {}
+    assert fired(DEFAULT, creat("0o100666")) == {"world-writable-create": {"matched": ["entry", "opened"]}}
+    assert fired(DEFAULT, creat("0o20666")) == {}  # /dev/null: a device, not created by O_CREAT
+    assert fired(DEFAULT, creat(None)) == {"world-writable-create": {}}  # no kernel mode: the request
+    assert fired(DEFAULT, creat(None, ret=-13)) == {}  # nothing was created

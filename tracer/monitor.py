@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -110,6 +111,30 @@ HANDLE_TARGET = {"path": None, "best_effort": False, "basis": "handle",
                  "unknown": "opened by file handle: the call names no path"}
 
 
+def opened_of(ev: dict) -> dict | None:
+    """The file the kernel installed for a successful call (tracer's `opened` object), when it is whole."""
+    op = ev.get("opened")
+    if ev.get("ret", -1) >= 0 and isinstance(op, dict) and op.get("status") == "ok" and isinstance(op.get("path"), str):
+        return op
+    return None
+
+
+def _mode(view: View) -> int | None:
+    """The mode a `mode` condition judges: the opened file's permission bits for a successful call when the
+    kernel's file is known (after umask, or the existing file's), 0 when that file is not a regular file
+    (O_CREAT creates only those: a device or directory was not created), else the requested mode."""
+    op = opened_of(view.ev)
+    raw = op.get("mode") if op is not None else None
+    if raw is not None:
+        try:
+            m = int(raw, 0) if isinstance(raw, str) else int(raw)
+        except ValueError:
+            m = None
+        if m is not None:
+            return stat.S_IMODE(m) if stat.S_ISREG(m) else 0
+    return _how_field(view, "mode")
+
+
 _NOT_READ = {"path": None, "best_effort": True, "via": "cwd", "unknown": "not read: the path is absolute"}
 
 
@@ -139,6 +164,9 @@ def target(filename: str | None, how: dict | None, dirinfo: dict, truncated: boo
                            "(the read limit): only its beginning is known"}
     in_root = bool(how and how.get("resolve", 0) & RESOLVE_IN_ROOT)
     if filename.startswith("/") and not in_root:
+        if dotdot_after_name(filename):  # `lnk/..` is lnk's target's parent for the kernel, not lnk's
+            return {"path": normpath(filename), "best_effort": True, "basis": "absolute",
+                    "uncertain": "`..` after a name that may be a symlink: collapsed as text"}
         return {"path": normpath(filename), "best_effort": False, "basis": "absolute"}
     basis = "in_root" if in_root else dirinfo["via"]
     if not filename:
@@ -201,22 +229,41 @@ def _sets(table: dict[str, tuple], test) -> Tri:
     return all(checks[k](names) for k, names in table.items())
 
 
+def dotdot_after_name(path: str) -> bool:
+    """A `..` follows a name (not the root): if that name is a symlink, the kernel goes up from where it
+    points, so collapsing the pair as text may name another file."""
+    seen_name = False
+    for c in path.split("/"):
+        if c == ".." and seen_name:
+            return True
+        seen_name = seen_name or c not in ("", ".", "..")
+    return False
+
+
+def known_tail(path: str) -> str:
+    """The components of `path` after its last `..` (all of them without one): whatever the directories
+    and symlinks before, the target is SOMEDIR/tail."""
+    comps = [c for c in path.split("/") if c not in ("", ".")]
+    last = max((i for i, c in enumerate(comps) if c == ".."), default=-1)
+    return "/".join(comps[last + 1:])
+
+
 def _path_glob(view: View, globs: tuple[str, ...]) -> tuple[Tri, bool]:
     """(matches, on best-effort grounds). Unknown when the target cannot be placed and a glob could
     match it; a best-effort non-match is unknown too unless no directory could make the path match."""
+    t = view.target
+    if t["basis"] == "opened":  # the file the kernel opened: certain
+        return any(glob_match(g, t["path"]) for g in globs), False
     if view.filename is None:
         return (False, False) if view.arg and _status(view, view.arg) == "null" else (None, False)
-    t = view.target
     if t["basis"] == "truncated":  # a prefix decides nothing: fail closed
         return None, False
     if t["path"] is not None and any(glob_match(g, t["path"]) for g in globs):
         return True, t["best_effort"]
     if t["path"] is not None and not t["best_effort"]:
         return False, False
-    rel = normpath(view.filename.lstrip("/") if t["basis"] == "in_root" else view.filename)
-    while rel.startswith("../"):  # still SOMEDIR/rest: the rest is known
-        rel = rel[3:]
-    if not view.filename or rel in ("..", "."):
+    rel = known_tail(view.filename)
+    if not rel:
         return None, False
     return (None if any(could_match_below(g, rel) for g in globs) else False), False
 
@@ -266,7 +313,7 @@ def evaluate(rule: Rule, view: View) -> tuple[Tri, list[str], bool]:
         res = _how_field(view, "resolve")
         conds["resolve"] = None if res is None else _sets(rule.resolve, lambda n: bool(res & RESOLVE_NAMES[n]))
     if rule.mode:
-        mode = _how_field(view, "mode")
+        mode = _mode(view)
         conds["mode"] = None if mode is None else (
             ("any" not in rule.mode or bool(mode & rule.mode["any"]))
             and ("all" not in rule.mode or mode & rule.mode["all"] == rule.mode["all"]))
@@ -338,20 +385,28 @@ class Monitor:
         ev["target"] = views[0].target
         if views[-1].target != views[0].target:
             ev["target_at_exit"] = views[-1].target
+        op = opened_of(ev)
+        if op is not None:  # the file the kernel opened: judged beside what the caller passed
+            views.append(View(ev, views[0].filename, views[0].how, {"path": op["path"], "best_effort": False,
+                                                                    "basis": "opened"}, "opened", views[0].arg, proc))
         alerts: list[Alert] = []
         undecided: dict[str, list[str]] = {}
         for rule in self.rules:
             results = [evaluate(rule, v) for v in views]
             fired = [(r, v) for r, v in zip(results, views, strict=True) if r[0] is True]
+            # With the opened file known, what the caller's path leaves unknown is decided by the kernel's.
+            deciding = results[-1:] if op is not None else results
             if fired:
                 detail: dict = {"best_effort": True} if all(r[2] for r, _ in fired) else {}
-                if len(views) > 1:  # a changed read: say which values made the rule fire
+                if len(views) > 1:  # say which values made the rule fire: entry, at exit, opened
                     detail["matched"] = [v.label for _, v in fired]
                 alerts.append(Alert(rule.id, rule.severity, rule.description, detail))
-            elif any(r[0] is None for r in results):
-                undecided[rule.id] = sorted({u for r in results for u in r[1]})
+            elif any(r[0] is None for r in deciding):
+                undecided[rule.id] = sorted({u for r in deciding for u in r[1]})
         severity = {r.id: r.severity for r in self.rules}
         missing = [a for a in (path_arg(ev), "how") if a and a in ev.get("missing", ())]
+        if op is not None and missing == [path_arg(ev)]:
+            missing = []  # the kernel's file stands for the path the monitor could not read
         if missing:
             alerts.append(_unreadable(ev, missing, sorted(undecided)))
         elif undecided and not alerts:  # a call that raised an alert is not cleared anyway
