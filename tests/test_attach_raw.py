@@ -67,3 +67,32 @@ def test_file_group_attaches_to_raw_syscalls(bpf_env, build_c) -> None:
     mine = [ev for ev in events if ev["comm"] == "openat2_cases" and ev["syscall"] == "openat2"]
     assert len(mine) == 1 and mine[0]["reads"]["filename"]["status"] == "ok", mine
     assert s.exit_code == 0
+
+
+def test_second_ctrl_c_while_detaching_exits_at_once(bpf_env) -> None:
+    """Per-syscall tracepoints of a large set take seconds to detach: tracer says so, and a second Ctrl-C
+    exits (130) leaving the detach to a background child, instead of the orderly exit (0)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_trace_live import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "trace", "%file", "-n", "no-such-comm"], cwd=ROOT,
+                            env={**os.environ, "TRACER_ATTACH": "syscall"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while "Ctrl-C to stop" not in (line := proc.stderr.readline()):  # attached (the line may wrap)
+            assert line, "tracer exited before attaching"
+        proc.send_signal(signal.SIGINT)
+        note = proc.stderr.readline()
+        assert note.startswith("detaching ") and "probes" in note, note
+        time.sleep(0.2)  # inside close() by now: the note is printed just before it
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -194,8 +194,20 @@ def drive(session: Session, body: Callable[[], None]) -> bool:
 
         fail(str(load_error(e)))
     finally:
+        announce_detach(session)
         session.close()
     return True
+
+
+DETACH_NOTE_MIN = 16  # tracepoints: about 1 s to detach here (each waits for an RCU-tasks grace period)
+
+
+def announce_detach(session: Session) -> None:
+    """Say so when detaching can take a while (per-syscall tracepoints of a large set)."""
+    n = len(session.probes.attached) if session.probes is not None else 0
+    if n >= DETACH_NOTE_MIN:
+        err_console.print(f"detaching {n} probes… (Ctrl-C again to leave it to the background)", style="dim",
+                          markup=False, soft_wrap=True)
 
 
 def events_out(output: Path | None):

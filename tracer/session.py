@@ -201,6 +201,7 @@ class Session:
         self._wall = WallClock(self.clock["mono_to_wall_ns"])
         self._rings: list = []
         self._stop = False
+        self.detaching = False  # close() is releasing the kernel objects (see install_signal_stop)
         self._stop_signal = signal.SIGTERM  # what the command gets when the session stops first
         self._gate: int | None = None
 
@@ -291,6 +292,7 @@ class Session:
     def close(self) -> None:
         if self.started and not self.ended:
             self.ended = time.monotonic()
+        self.detaching = bool(self.sources)
         for src in self.sources:
             try:
                 self.kernel_counts.update(src.kernel_stats())
@@ -471,10 +473,29 @@ def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None,
     }
 
 
+def exit_now(code: int) -> None:
+    """Exit without waiting for the kernel to detach what we hold: a child inherits our descriptors and
+    drops them only once we are gone, so the last reference, and with it the detach (one RCU grace period
+    per tracepoint, one at a time), is the child's, in the background and in its own session (no Ctrl-C
+    of ours reaches it). The probes stay attached until then; what they record is not read."""
+    parent = os.getpid()
+    if os.fork() == 0:
+        try:
+            os.setsid()
+            while os.getppid() == parent:  # reparented once the parent has finished exiting
+                time.sleep(0.01)
+        finally:
+            os._exit(0)
+    os._exit(code)
+
+
 def install_signal_stop(session: Session) -> None:
-    """Ctrl-C, SIGTERM and SIGHUP end the session at its next poll: every counted event is shown."""
+    """Ctrl-C, SIGTERM and SIGHUP end the session at its next poll: every counted event is shown. Another
+    one while the probes are being detached exits at once (exit_now)."""
 
     def handler(signum: int, frame: object) -> None:
+        if session.detaching:
+            exit_now(128 + signum)
         session.stop(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
