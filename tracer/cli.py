@@ -129,8 +129,21 @@ def output_option(what: str = "events"):
                              "command after `--` then keeps its stdout.")
 
 
+def view_options(f):
+    """How `trace` shows calls (strace's -T, -c, -C, -Z)."""
+    return apply_options(f, [
+        click.option("-T", "--durations", is_flag=True, help="Show the time spent in each call: <seconds>."),
+        click.option("-c", "--summary-only", is_flag=True,
+                     help="No call lines: count calls, errors and time per syscall, and print that table on stderr "
+                          "at the end (in the JSON summary as \"syscalls\" with --json)."),
+        click.option("-C", "--call-summary", is_flag=True, help="Like -c, and show the calls too."),
+        click.option("-Z", "--failed-only", is_flag=True, help="Only syscalls that returned an error."),
+    ])
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @trace_options
+@view_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout (or -o FILE).")
 @output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
@@ -221,7 +234,8 @@ def events_out(output: Path | None):
 def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
               comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages, user: str | None = None,
               output: Path | None = None, record: Path | None = None, force: bool = False,
-              read_mode: str = "auto") -> int:
+              read_mode: str = "auto", durations: bool = False, summary_only: bool = False,
+              call_summary: bool = False, failed_only: bool = False) -> int:
     """`trace`, and `record` (record: the capture file): recording shows events only with --json; its
     progress line and, without --json, its summary go to stderr."""
     from .output import ConsoleOutput, JsonOutput
@@ -231,13 +245,18 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
     session = make_session(events, pids=pids, tids=tids, uid=uid, comm=comm, command=command, follow=follow,
                            recover=not no_recover, duration=duration, count=count, only_missing=only_missing,
                            pages=buffer_pages, record=record, force=force, read_mode=read_mode, user=user,
-                           command_stdout=command_stdout(stream, show))
+                           command_stdout=command_stdout(stream, show), failed_only=failed_only)
     from .contract import stream_header
 
     out = JsonOutput(stream, batched=True, header=lambda: stream_header(session.clock)) if as_json else ConsoleOutput(
         Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else console_for(stream))
     if as_json:
         session.batch_done.append(out.flush)  # one write per drain batch, not per event
+    else:
+        out.durations = durations
+    from .summary import CallTable
+
+    table = CallTable() if summary_only or call_summary else None
 
     def body() -> None:
         if not as_json and record is None:
@@ -248,6 +267,10 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
             err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
         with record_progress(session):
             for batch in session.batches():
+                if table is not None:
+                    table.add_many(batch)
+                    if summary_only:  # only what was lost is shown as it happens
+                        batch = [ev for ev in batch if ev["kind"] == "lost"]
                 if not show:
                     continue
                 out.events(batch)  # lost-record notices included, in order: one write per batch
@@ -261,8 +284,16 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
         err_console.print(Text(f"recorded {s['events']} events ({s['lost']} lost, {s['reads']['missing']} missing "
                                f"reads) to {escape_text(str(record))}: {human_size(record)} in {s['elapsed_s']} s",
                                style="dim"), soft_wrap=True)
+    end = session.summary()
+    if table is not None:
+        end["syscalls"] = table.to_dict()
+        if not as_json:  # like strace -c: on stderr, or with the calls in -o FILE
+            (out.console if output is not None else err_console).print(Text(table.render()), soft_wrap=True)
     if summary:
-        out.summary(session.summary())
+        if as_json or output is not None:
+            out.summary(end)
+        else:  # stdout holds only calls: `tracer trace ... > calls.txt` gets no summary in it
+            ConsoleOutput(err_console).summary(end)
     if session.exit_code is not None:
         return session.exit_code
     return 0

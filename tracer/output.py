@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from typing import IO
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from .escape import escape_text
@@ -118,6 +117,12 @@ class ConsoleOutput:
         self._hms = ""
         system = self.console.color_system if not self.console.no_color else None
         self._ansi = _AnsiStyles(system) if system else None
+        self.durations = False  # -T: time spent in each call, `<0.000123>` as strace -T
+        # Calls printed after lines of calls made while they ran (blocking calls) get a marker
+        # (tracer/summary.py Overlap); None: no markers.
+        from .summary import Overlap
+
+        self.overlap: Overlap | None = Overlap()
 
     def _time(self, ts: int) -> str:
         sec, ns = divmod(ts + self.mono_to_wall, 1_000_000_000)
@@ -169,7 +174,13 @@ class ConsoleOutput:
             if kind == "lost":
                 lines.append(render(self._lost(ev)))
             elif kind in ("syscall", "uprobe") or kind is None:
-                lines.append(render(self.segments(ev)))
+                segs = self.segments(ev)
+                if self.overlap is not None:
+                    n = self.overlap.add(ev)
+                    if n:
+                        segs.append((f"  <... resumed: began before the {'line' if n == 1 else f'{n} lines'} above>",
+                                     "yellow"))
+                lines.append(render(segs))
             else:  # what has no line layout here: its own printer, after the lines before it
                 self._write(lines)
                 lines = []
@@ -256,6 +267,8 @@ class ConsoleOutput:
             shown = ev["ret_str"] if err or abs(ret) < 1 << 32 else hex(ret)
             a((" = ", None))
             a((shown, "red" if err else "green"))
+        if self.durations and ev.get("duration_ns") is not None:
+            a((f" <{ev['duration_ns'] / 1e9:.6f}>", "dim"))
         if ev.get("missing"):
             a(("  ! unreadable: " + ", ".join(ev["missing"]), "bold red"))
         return t
@@ -282,14 +295,13 @@ class ConsoleOutput:
         c.print(head)
         if not s["by_arg"]:
             return
-        table = Table(title="user-memory reads", title_justify="left")
-        table.add_column("syscall.arg")
-        cols = ("ok", "recovered", "changed", "missing", "truncated", "null")
-        for col in cols:
-            table.add_column(col, justify="right", style=STATUS_STYLE.get(col, ""))
-        for key, counts in s["by_arg"].items():
-            table.add_row(Text(key), *(str(counts.get(col, 0)) for col in cols))
-        c.print(table)
+        from .summary import read_status_rows
+
+        c.print(Text("user-memory reads", "bold"))
+        table, rows = read_status_rows(s["by_arg"], c.width)
+        for row in rows:  # a table row is never wrapped: it fits
+            c.print(Text.assemble(*((text, STATUS_STYLE.get(st, "") if st else "") for text, st in row)),
+                    no_wrap=table, soft_wrap=not table)
         share = s["wrong_without_recovery_share"] * 100
         c.print(Text(f"{s['wrong_without_recovery']} of {s['events_with_reads']} events ({share:.1f}%) "
                      "would have shown a wrong or empty value without exit re-reads."))

@@ -28,6 +28,7 @@ from .jsonenc import dumps
 from .perf import DRAIN_MAX, default_pages
 from .probes import Filters
 from .sources import Source, SourceOptions, SyscallSource, builder, split_specs
+from .summary import is_error
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
 FINAL_DRAIN_S = 1.0  # longest time spent showing what the rings hold once the session ends
@@ -152,6 +153,7 @@ class Session:
         duration: float | None = None,
         count: int | None = None,
         only_missing: bool = False,
+        failed_only: bool = False,
         explain: bool = True,
         pages: int | None = None,
         read_mode: str = "auto",
@@ -179,6 +181,7 @@ class Session:
         self.duration = duration
         self.count = count
         self.only_missing = only_missing
+        self.failed_only = failed_only  # only syscalls that returned an error (strace -Z)
         self.explain = explain
         self.pages = pages or default_pages()
         self.read_mode = read_mode  # auto | sleepable | nofault (sources.SourceOptions)
@@ -421,6 +424,8 @@ class Session:
         self._wall.stamp(events)
         if self.only_missing:
             events = [d for d in events if missing_data(d)]
+        if self.failed_only:
+            events = [d for d in events if is_error(d)]
         if self.count is not None:
             del events[max(self.count - self.stats.events, 0):]
         if self.recorder is None and self.callback is None:

@@ -1,6 +1,7 @@
 /* Calls with known integer arguments, for the symbolic decoding tests (tests/test_symbols_live.py).
  * Every call is made with syscall(2) where the C library might pick another syscall or other flags,
- * so the traced arguments are exactly those written here. One JSON line on stdout at the end:
+ * so the traced arguments are exactly those written here. Failed calls: shutdown (ENOTCONN) and the
+ * second wait4 (ECHILD). One JSON line on stdout at the end:
  *   {"kind":"workload","pid","child1","child2","child3","map":ADDR}
  */
 #define _GNU_SOURCE
@@ -15,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -88,10 +90,15 @@ int main(void)
 	siginfo_t info;
 	syscall(SYS_waitid, P_PID, c2, &info, WEXITED, NULL);
 
-	/* fork-like clone as glibc makes it */
+	/* fork-like clone as glibc makes it; the child makes one call (kill with signal 0) while the parent
+	 * is blocked in wait4, so the parent's wait4 completes after a line it began before */
 	long c3 = syscall(SYS_clone, CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | SIGCHLD, 0, NULL, &st, 0);
-	if (c3 == 0)
+	if (c3 == 0) {
+		struct timespec pause_ts = {0, 100 * 1000 * 1000};
+		nanosleep(&pause_ts, NULL);
+		syscall(SYS_kill, getpid(), 0);
 		syscall(SYS_exit, 0);
+	}
 	if (c3 < 0)
 		die("clone");
 	syscall(SYS_wait4, c3, &st, __WALL, NULL);

@@ -1,0 +1,85 @@
+"""The console's strace-like views, live on tests/workloads/decode_cases.c (its calls are known):
+-T durations, -c/-C call table on stderr, -Z failed calls only, the resumed marker on a wait4 that
+blocked while its child made a call, and the summary on stderr (stdout holds only calls)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_trace_live import expect_ok, run_parallel
+
+pytestmark = pytest.mark.usefixtures("bpf_env")
+LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{6} \S+\[(\d+)/(\d+)\] (\w+)\(")
+CONSOLE = {"TERM": "dumb", "COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def runs(build_c) -> dict:
+    exe = build_c("decode_cases")
+    return run_parallel({
+        "T": (("trace", "kill", "wait4", "-T", "--", exe), CONSOLE),
+        "c": (("trace", "socket", "shutdown", "wait4", "kill", "-c", "--", exe), CONSOLE),
+        "C_json": (("trace", "socket", "shutdown", "wait4", "kill", "-C", "--json", "--", exe), {}),
+        "Z": (("trace", "socket", "shutdown", "wait4", "kill", "-Z", "--json", "--", exe), {}),
+    })
+
+
+def calls(stdout: str) -> list[tuple[str, str]]:
+    return [(m.group(3), line) for line in stdout.splitlines() if (m := LINE.match(line))]
+
+
+def test_durations_and_the_resumed_wait4(runs) -> None:
+    run = runs["T"]
+    expect_ok(run)
+    lines = calls(run.stdout)
+    # parent: kill(SIGUSR1), kill(SIGTERM), wait4(c1), wait4(-1, WNOHANG); child3: kill(0); parent: wait4(c3)
+    assert [name for name, _ in lines] == ["kill", "kill", "wait4", "wait4", "kill", "wait4"], run.describe()
+    for _, line in lines:
+        assert re.search(r" = -?\d+( E[A-Z]+)? <\d+\.\d{6}>", line), line
+    last = lines[-1][1]
+    assert "options=__WALL" in last and last.endswith("  <... resumed: began before the line above>"), last
+    waited = float(re.search(r"<(\d+\.\d{6})>", last).group(1))
+    assert waited >= 0.09  # the child slept 100 ms before its call
+    assert sum("resumed" in line for _, line in lines) == 1
+    assert "events, 0 lost" in run.stderr and "events, 0 lost" not in run.stdout  # the summary is on stderr
+
+
+def table_rows(text: str) -> dict[str, tuple[int, int]]:
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s*\d+\.\d\d\s+\d+\.\d{6}\s+(?:\d+\s+\d+\s+)?(\d+)\s+(\d+)?\s*(\w+)$", line)
+        if m:
+            rows[m.group(3)] = (int(m.group(1)), int(m.group(2) or 0))
+    return rows
+
+
+def test_summary_only_table_on_stderr(runs) -> None:
+    run = runs["c"]
+    expect_ok(run)
+    assert calls(run.stdout) == [] and calls(run.stderr) == []  # no call lines at all
+    assert "% time     seconds  usecs/call  max usecs     calls    errors syscall" in run.stderr
+    rows = table_rows(run.stderr)
+    # kill: 2 by the parent and 1 by a child; wait4: 3, one ECHILD; shutdown: ENOTCONN
+    assert rows == {"socket": (3, 0), "shutdown": (1, 1), "wait4": (3, 1), "kill": (3, 0), "total": (10, 2)}, run.stderr
+
+
+def test_call_summary_in_json(runs) -> None:
+    run = runs["C_json"]
+    expect_ok(run)
+    assert len(run.events) == 10
+    table = run.summary["syscalls"]
+    assert {k: (v["calls"], v["errors"]) for k, v in table.items()} == {
+        "socket": (3, 0), "shutdown": (1, 1), "wait4": (3, 1), "kill": (3, 0)}
+    wait4 = [e for e in run.events if e["syscall"] == "wait4"]
+    assert table["wait4"]["total_ns"] == sum(e["duration_ns"] for e in wait4)
+    assert table["wait4"]["max_ns"] == max(e["duration_ns"] for e in wait4)
+    assert next(iter(table)) == "wait4"  # by total time: the blocking call first
+
+
+def test_failed_only(runs) -> None:
+    run = runs["Z"]
+    expect_ok(run)
+    assert [(e["syscall"], e["ret_str"]) for e in run.events] == [("shutdown", "-107 ENOTCONN"),
+                                                                  ("wait4", "-10 ECHILD")]
+    assert run.summary["events"] == 2
