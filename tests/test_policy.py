@@ -636,9 +636,12 @@ def test_exe_conditions(proc_links, monkeypatch: pytest.MonkeyPatch) -> None:
     assert fired(base + 'parent_exe = "/usr/bin/*sh"\n', event("/etc/shadow")) == {"r": {"best_effort": True}}
     facts.clear()
     facts.update({"best_effort": True, "unknown": "process exited"})
-    alerts = Monitor(exc).check(event("/etc/shadow"))
+    # The exception cannot be checked: the rule fires and says so (never silently excepted).
+    assert fired(exc, event("/etc/shadow")) == {"r": {"unchecked": ["not_exe"]}}
+    # A positive exe condition on an unknown process is undecided: unresolved.
+    alerts = Monitor(load_text(base + 'exe = "/usr/bin/*"\n')).check(event("/etc/shadow"))
     assert [(a.rule, a.severity) for a in alerts] == [("unresolved", "high")]
-    assert alerts[0].detail == {"could_match": {"r": ["not_exe"]}}
+    assert alerts[0].detail == {"could_match": {"r": ["exe"]}}
     assert "the process's exe is unknown (process exited)" in alerts[0].description
     # exe globs are absolute paths, normalised like path globs.
     assert parse_text(base + 'exe = "sshd"\n')[1] == [

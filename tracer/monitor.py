@@ -332,6 +332,10 @@ def evaluate(rule: Rule, view: View) -> tuple[Tri, list[str], bool]:
     if any(v is False for v in conds.values()):
         return False, [], False
     unknown = [k for k, v in conds.items() if v is None]
+    if unknown and all(k == "not_exe" for k in unknown):
+        # Everything holds but an exception on a process the monitor could not identify (it exited, or
+        # exec'd): the rule fires, saying which exception went unchecked — never silently excepted.
+        return True, unknown, best_effort
     return (None if unknown else True), unknown, best_effort and not unknown
 
 
@@ -400,6 +404,9 @@ class Monitor:
                 detail: dict = {"best_effort": True} if all(r[2] for r, _ in fired) else {}
                 if len(views) > 1:  # say which values made the rule fire: entry, at exit, opened
                     detail["matched"] = [v.label for _, v in fired]
+                unchecked = sorted({u for r, _ in fired for u in r[1]})
+                if unchecked:
+                    detail["unchecked"] = unchecked
                 alerts.append(Alert(rule.id, rule.severity, rule.description, detail))
             elif any(r[0] is None for r in deciding):
                 undecided[rule.id] = sorted({u for r in deciding for u in r[1]})

@@ -325,6 +325,9 @@ class AlertOutput(ConsoleOutput):
             t.append(a.rule, "bold")
             if a.detail.get("best_effort"):
                 t.append(" (best effort)", "dim")
+            if a.detail.get("unchecked"):
+                t.append(f" (exception not checked: {', '.join(a.detail['unchecked'])}: the process could not be "
+                         "identified)", "bold")
             if a.detail.get("matched"):
                 t.append(f" (on the {' / '.join(a.detail['matched'])} values)", "dim")
             agg = a.detail.get("aggregate")
