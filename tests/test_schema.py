@@ -144,3 +144,15 @@ def test_json_output_writes_the_header_first_and_once() -> None:
     out.summary({"kind": "summary"})
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [x["kind"] for x in lines] == ["stream", "lost", "lost", "summary"] and calls == [1]
+
+
+def test_readme_samples_follow_the_schemas() -> None:
+    """The README's JSON samples of tracer's own kinds are valid lines of the contract."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    samples = [json.loads(b) for b in re.findall(r"^```json\n(.*?)^```$", text, re.S | re.M)]
+    ours = [x for x in samples if isinstance(x, dict) and x.get("kind") in KINDS]
+    assert {x["kind"] for x in ours} >= {"stream", "syscall"}
+    for obj in ours:
+        check_line(obj)
