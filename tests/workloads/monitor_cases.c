@@ -267,6 +267,13 @@ static void c_family(void)
 		die("name_to_handle_at");
 	report("f_handle_shadow", "open_by_handle_at",
 	       ret(syscall(SYS_open_by_handle_at, d, &h.fh, O_RDONLY | O_CLOEXEC)));
+	/* DIR/lnk -> /etc/ssh: DIR/lnk/../shadow is /etc/shadow for the kernel, DIR/shadow as text. */
+	const char *lnk = tmpfile_path("lnk");
+	if (symlink("/etc/ssh", lnk))
+		die("symlink");
+	char path[600];
+	snprintf(path, sizeof(path), "%s/../shadow", lnk);
+	report("f_lnk_dotdot_shadow", "openat", ret(syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC)));
 }
 
 /* FLOOD_N (default 1000) identical openat2 calls on /etc/shadow, then as many with a bad path pointer:
