@@ -173,6 +173,9 @@ def test_malformed_content_says_where_and_why() -> None:
     unknown_ext = struct.pack("<HH", 3, 9 | eh.EXT_CHAIN) + b"\xaa\xbb\xcc"
     out = eh.decode("P_L4K0", _event("little", meta, good, ext=unknown_ext))
     assert out["eventheader"]["extensions"] == [{"kind": 9, "size": 3, "hex": "aabbcc"}]
+    nested = b"".join(f"s{i}\0".encode() + b"\x81\x01" for i in range(5000)) + b"v\0\x02"
+    deep = eh.decode("P_L4K0", _event("little", nested, b"\x01"))
+    assert deep["malformed"]["reason"] == "metadata: structs nested deeper than 32"
     # Random bytes never raise: each cut of a valid event is either decoded or malformed with a reason.
     full = _event("little", meta, good)
     for cut in range(len(full)):
@@ -232,3 +235,21 @@ def test_tracer_writer_round_trips_every_encoding(order: str) -> None:
     by = {f["name"]: f for f in d["fields"]}
     assert by["h32"]["tag"] == 5 and by["pt"]["tag"] == 9 and by["varr"]["array"] == "var"
     assert by["err"]["text"] == "ENOENT" and by["t"]["text"] == "1970-01-02T00:00:00"
+
+
+def test_mutated_events_never_raise() -> None:
+    """Every byte of real events flipped, cut and extended: decoded, or malformed with an offset and a reason."""
+    import random
+
+    rng = random.Random(13)
+    recs = dat_records()
+    for _ in range(3000):
+        tp, data = rng.choice(recs)
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        b = b[:rng.randint(0, len(b))] if rng.random() < 0.3 else b
+        out = eh.decode(tp, bytes(b))
+        bad = out.get("malformed")
+        assert bad is None or (isinstance(bad["offset"], int) and bad["reason"]), out
+        assert bad is not None or out["end"] <= len(b)

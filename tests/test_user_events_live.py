@@ -200,6 +200,11 @@ def test_cli_list_trace_console_record_replay_export(bpf_env, tmp_path: Path) ->
         assert [f["name"] for f in by[f"user_events:{tp}"]["fields"]] == [
             "eventheader_flags", "version", "id", "tag", "opcode", "level"]
         assert [f["type"] for f in by[f"user_events:{name}"]["fields"]] == ["u32", "__rel_loc char[]"]
+        assert by[f"user_events:{tp}"]["eventheader"] == {"provider": prov, "level": 4, "keyword": 1, "options": ""}
+        assert by[f"user_events:{name}"]["eventheader"] is None
+        shown = tracer_cli("list", "user_events").stdout
+        assert f"user_events:{tp} id={by[f'user_events:{tp}']['id']}  disabled  EventHeader: provider {prov}, " \
+               "level 4, keyword 0x1" in shown
 
         live = tracer_cli("trace", *specs, "--json", "--no-summary", "--", *writer_cmd(spec))
         assert live.returncode == 0, live.stderr

@@ -21,6 +21,7 @@ HEADER_FIELDS = (("eventheader_flags", "u8"), ("version", "u8"), ("id", "u16"), 
                  ("level", "u8"))
 COMMAND_TYPES = "u8 eventheader_flags; u8 version; u16 id; u16 tag; u8 opcode; u8 level"
 NAME_MAX = 256
+MAX_DEPTH = 32  # struct nesting; the reference decoder stops at 8 levels, hostile metadata could go deeper
 FLAG_POINTER64, FLAG_LITTLE_ENDIAN, FLAG_EXTENSION = 0x01, 0x02, 0x04
 EXT_METADATA, EXT_ACTIVITY_ID, EXT_CHAIN = 1, 2, 0x8000
 ENC_CARRAY, ENC_VARRAY, ENC_CHAIN, FMT_CHAIN = 0x20, 0x40, 0x80, 0x80
@@ -152,13 +153,15 @@ class _Meta:
         self.pos = end + 1
         return s
 
-    def fields(self, limit: int | None) -> list[FieldDef]:
+    def fields(self, limit: int | None, depth: int = 0) -> list[FieldDef]:
+        if depth > MAX_DEPTH:
+            raise Malformed(-1, f"structs nested deeper than {MAX_DEPTH}")
         out: list[FieldDef] = []
         while self.pos < len(self.buf) and (limit is None or len(out) < limit):
-            out.append(self.field())
+            out.append(self.field(depth))
         return out
 
-    def field(self) -> FieldDef:
+    def field(self, depth: int) -> FieldDef:
         name, attrs = split_attributes(self.cstr("a field name"))
         if self.pos >= len(self.buf):
             raise Malformed(-1, f"field {name!r}: metadata ends before its encoding")
@@ -192,7 +195,7 @@ class _Meta:
         if encoding == "struct":
             if fmt_code == 0:
                 raise Malformed(-1, f"struct {name!r} declares 0 fields")
-            f.children = self.fields(fmt_code)
+            f.children = self.fields(fmt_code, depth + 1)
         return f
 
 

@@ -134,8 +134,13 @@ def event_listing(events: list[dict]) -> list[Text]:
         if ev["used_by"]:
             t.append(f" (used by {', '.join(ev['used_by'])})", "dim")
         fields = ev.get("fields")
+        eh = ev.get("eventheader")
         if fields is None:
             t.append(f"  {ev.get('note', '')}", "yellow")
+        elif eh:
+            opts = f", options {escape_text(eh['options'])}" if eh["options"] else ""
+            t.append(f"  EventHeader: provider {escape_text(eh['provider'])}, level {eh['level']}, "
+                     f"keyword {eh['keyword']:#x}{opts}", "magenta")
         else:
             t.append("  " + ("; ".join(f"{escape_text(f['type'])} {escape_text(f['name'])}" for f in fields)
                              or "(no fields)"))

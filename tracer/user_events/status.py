@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .abi import USER_EVENTS_MULTI_SYSTEM, USER_EVENTS_SYSTEM
+from .eventheader import is_eventheader, parse_tracepoint_name
 from .formats import EventFormat, read_format
 
 SYSTEMS = (USER_EVENTS_SYSTEM, USER_EVENTS_MULTI_SYSTEM)
@@ -65,6 +66,15 @@ def _enabled_file(root: Path, fmt: EventFormat) -> bool:
         return False
 
 
+def _eventheader(fmt: EventFormat) -> dict | None:
+    """What an EventHeader tracepoint's name says (provider, level, keyword, options); None for others."""
+    if not is_eventheader(fmt.reg_name, [(f.name, f.ctype) for f in fmt.fields]):
+        return None
+    n = parse_tracepoint_name(fmt.reg_name)
+    assert n is not None
+    return {"provider": n.provider, "level": n.level, "keyword": n.keyword, "options": n.options}
+
+
 def list_events(root: Path) -> list[dict]:
     """Every registered event with its fields and whether any tracer has it enabled."""
     status = read_status(root)
@@ -77,7 +87,7 @@ def list_events(root: Path) -> list[dict]:
             "event": fmt.tracepoint, "system": fmt.system, "name": fmt.name, "registered_name": fmt.reg_name,
             "multi_format": fmt.system == USER_EVENTS_MULTI_SYSTEM, "id": fmt.id,
             "enabled": bool(users) or _enabled_file(root, fmt), "used_by": list(users),
-            "fields": [f.to_json() for f in fmt.fields],
+            "fields": [f.to_json() for f in fmt.fields], "eventheader": _eventheader(fmt),
         })
     # Listed in the status file but without a directory (being created or deleted right now).
     for name, users in (status.used_by.items() if status else ()):
