@@ -168,7 +168,14 @@ def test_register_persist_multi_format_unregister_delete(bpf_env) -> None:
         assert not kept.enabled
     assert f"user_events:{p}" in names()  # PERSIST: still there after the last close
     with UserEvents() as ue:
-        ue.delete(p)
+        for _ in range(100):  # EBUSY was seen once right after the close (a reference not yet dropped): retry
+            try:
+                ue.delete(p)
+                break
+            except UserEventError as e:
+                if "EBUSY" not in str(e):
+                    raise
+                time.sleep(0.05)
         with pytest.raises(UserEventError, match="ENOENT"):
             ue.delete(p)
     for _ in range(100):  # the others are removed by the kernel's deferred cleanup once unreferenced
@@ -209,7 +216,8 @@ def test_cli_list_trace_console_record_replay_export(bpf_env, tmp_path: Path) ->
         live = tracer_cli("trace", *specs, "--json", "--no-summary", "--", *writer_cmd(spec))
         assert live.returncode == 0, live.stderr
         lines = [json.loads(x) for x in live.stdout.splitlines()]
-        wrote = next(x for x in lines if "written" in x)
+        # the command's stdout goes to stderr while events go to stdout
+        wrote = next(json.loads(x) for x in live.stderr.splitlines() if x.startswith('{"pid"'))
         assert wrote["written"] == {name: 3, tp: 3}
         evs = [x for x in lines if x.get("kind") == "user_event"]
         plain = [e for e in evs if e["event"] == f"user_events:{name}"]
