@@ -258,6 +258,7 @@ FAMILY_EXPECTED = {
     "f_openat_passwd": ("openat", "/etc/passwd", set()),
     "f_creat_etc": ("creat", "/etc/tracer-monitor-test.d/x", {"sensitive-write-follows-symlinks"}),
     "f_creat_world": ("creat", None, {"world-writable-create"}),
+    "f_creat_umask": ("creat", None, None),  # see test_world_writable_create_real_mode
     "f_openat_badptr": ("openat", None, {"unreadable"}),
     "f_handle_shadow": ("open_by_handle_at", None, {"unresolved"}),
     "f_lnk_dotdot_shadow": ("openat", None, None),  # see test_symlink_dotdot
@@ -330,6 +331,22 @@ def test_symlink_dotdot(monitored: Monitored) -> None:
     else:
         assert alert["rule"] == "unresolved" and alert["could_match"] == {"shadow-access": ["path"]}
         assert alert["severity"] == "critical"
+
+
+def test_world_writable_create_real_mode(monitored: Monitored) -> None:
+    """creat(path, 0666): under umask 0 the file is 0666 (alert); under umask 022 it is 0644, which the
+    kernel's opened file shows (no alert); without it only the requested 0666 is known (alert)."""
+    got = family_calls(monitored.runs["family"])
+    _, ev, alerts = got["f_creat_world"]
+    if opened_of(ev):
+        assert ev["opened"]["mode"] == "0o100666"
+    assert [a["rule"] for a in alerts] == ["world-writable-create"]
+    _, ev, alerts = got["f_creat_umask"]
+    assert ev["args"]["mode"] == 0o666 and ev["ret"] >= 0
+    if opened_of(ev):
+        assert ev["opened"]["mode"] == "0o100644" and alerts == []
+    else:
+        assert [a["rule"] for a in alerts] == ["world-writable-create"]
 
 
 def test_efault_unreadable_is_low(monitored: Monitored) -> None:

@@ -256,6 +256,8 @@ static void c_family(void)
 	report("f_creat_etc", "creat", ret(syscall(SYS_creat, "/etc/tracer-monitor-test.d/x", 0600)));
 	mode_t old = umask(0);
 	report("f_creat_world", "creat", ret(syscall(SYS_creat, tmpfile_path("creat-world"), 0666)));
+	umask(022);
+	report("f_creat_umask", "creat", ret(syscall(SYS_creat, tmpfile_path("creat-umask"), 0666)));
 	umask(old);
 	report("f_openat_badptr", "openat", ret(syscall(SYS_openat, AT_FDCWD, (const char *)1, O_RDONLY)));
 	struct {
