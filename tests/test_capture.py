@@ -450,10 +450,30 @@ def test_console_replay_uses_recorded_clock(capfile) -> None:
     path, _ = capfile
     cap = Capture(path)
     ts = 1_000  # the first event's CLOCK_MONOTONIC ns
-    wall = (ts + cap.mono_to_wall_ns) / 1e9
-    want = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1000000:06d}"
+    sec, ns = divmod(ts + cap.mono_to_wall_ns, 1_000_000_000)  # integers: a float's µs digit can be off by one
+    want = time.strftime("%H:%M:%S", time.localtime(sec)) + f".{ns // 1000:06d}"
     p = tracer("replay", str(path), env={"COLUMNS": "300", "TERM": "dumb"})
     assert p.returncode == 0, p.stderr
     first = next(line for line in p.stdout.splitlines() if "openat2(" in line)
     assert first.startswith(want + " cat[42/43] openat2(dfd=AT_FDCWD, filename=\"/etc/hostname\"")
     assert "evil\\x1b[50/51]" in p.stdout and "\x1b" not in p.stdout
+
+
+def test_replay_views_failed_only_durations_and_call_table(capfile) -> None:
+    """-Z, -T, -c and -C on a replay, as on a live trace (tracer/summary.py)."""
+    path, _ = capfile
+    p = tracer("replay", str(path), "-Z", "--json", "-C")
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [(e["kind"], e.get("ret_str")) for e in lines] == [("stream", None), ("syscall", "-14 EFAULT"),
+                                                             ("lost", None), ("summary", None)]
+    assert lines[-1]["syscalls"] == {"openat2": {"calls": 1, "errors": 1, "total_ns": 500, "avg_ns": 500,
+                                                 "max_ns": 500}}
+    p = tracer("replay", str(path), "-T", env={"COLUMNS": "300", "TERM": "dumb"})
+    calls = [line for line in p.stdout.splitlines() if "openat2(" in line]
+    assert [line.rsplit(" ", 1)[-1] for line in calls] == ["<0.000001>", "filename", "<0.000001>"]
+    assert "<0.000000>  ! unreadable: filename" in calls[1]  # 500 ns, then the unreadable marker
+    p = tracer("replay", str(path), "-c", env={"COLUMNS": "300", "TERM": "dumb"})
+    assert "openat2(" not in p.stdout and "openat2(" not in p.stderr
+    rows = [line.split() for line in p.stderr.splitlines() if line.endswith(("openat2", "exit_group", "total"))]
+    assert [r[-3:] for r in rows if r[-1] != "exit_group"] == [["3", "1", "openat2"], ["4", "1", "total"]]

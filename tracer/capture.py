@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .contract import WallClock, clock_info
+from .summary import is_error
 
 if TYPE_CHECKING:
     from .session import Event, Session
@@ -263,13 +264,14 @@ class Problem:
 
 @dataclass
 class Filter:
-    """Replay filters, applied in Python: EVENT patterns, -p/--tid/-n/-u, --only-missing."""
+    """Replay filters, applied in Python: EVENT patterns, -p/--tid/-n/-u, --only-missing, --failed-only."""
     patterns: Sequence[str] = ()
     pids: Sequence[int] = ()
     tids: Sequence[int] = ()
     comm: str | None = None
     uid: int | None = None
     only_missing: bool = False
+    failed_only: bool = False
     names: set[str] | None = field(default=None, init=False)  # syscall names the patterns select
 
     def bind(self, capture: Capture) -> None:
@@ -311,6 +313,8 @@ class Filter:
         if self.comm is not None and d.get("comm") != self.comm:
             return False
         if self.uid is not None and d.get("uid") != self.uid:
+            return False
+        if self.failed_only and not is_error(d):
             return False
         return not self.only_missing or ev.has_missing_data
 

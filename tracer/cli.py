@@ -284,19 +284,29 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
         err_console.print(Text(f"recorded {s['events']} events ({s['lost']} lost, {s['reads']['missing']} missing "
                                f"reads) to {escape_text(str(record))}: {human_size(record)} in {s['elapsed_s']} s",
                                style="dim"), soft_wrap=True)
-    end = session.summary()
-    if table is not None:
-        end["syscalls"] = table.to_dict()
-        if not as_json:  # like strace -c: on stderr, or with the calls in -o FILE
-            (out.console if output is not None else err_console).print(Text(table.render()), soft_wrap=True)
-    if summary:
-        if as_json or output is not None:
-            out.summary(end)
-        else:  # stdout holds only calls: `tracer trace ... > calls.txt` gets no summary in it
-            ConsoleOutput(err_console).summary(end)
+    show_end(out, session.summary() if summary else None, table, as_json, output)
     if session.exit_code is not None:
         return session.exit_code
     return 0
+
+
+def show_end(out, summary: dict | None, table, as_json: bool, output: Path | None) -> None:
+    """The end of a trace or replay: the -c/-C table (tracer/summary.py CallTable) and the summary. On the
+    console they go to stderr, as strace -c's table does (stdout holds only calls), or into -o FILE after
+    the calls; with --json the table is the summary's "syscalls" object."""
+    from .output import ConsoleOutput
+
+    if table is not None:
+        if summary is not None:
+            summary["syscalls"] = table.to_dict()
+        if not as_json:
+            (out.console if output is not None else err_console).print(Text(table.render()), soft_wrap=True)
+    if summary is None:
+        return
+    if as_json or output is not None:
+        out.summary(summary)
+    else:
+        ConsoleOutput(err_console).summary(summary)
 
 
 # --- record, replay, export (tracer/capture.py, tracer/export.py) ------------------------------------
@@ -357,7 +367,8 @@ def human_size(path: Path) -> str:
         return "?"
 
 
-def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, only_missing: bool):
+def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, only_missing: bool,
+                 failed_only: bool = False):
     """A Capture and its replay filter, or one error line (exit 1: unreadable, 2: bad filter)."""
     from .capture import Capture, Filter
 
@@ -365,7 +376,7 @@ def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, o
         cap = Capture(path)
     except CaptureError as e:
         fail(str(e), e.code)
-    keep = Filter(patterns, pids, tids, comm, uid, only_missing)
+    keep = Filter(patterns, pids, tids, comm, uid, only_missing, failed_only)
     try:
         keep.bind(cap)
     except CaptureError as e:
@@ -392,16 +403,19 @@ def replay_options(f):
 
 @cli.command()
 @replay_options
+@view_options
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, exactly as `trace --json` printed them.")
 @output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | None, no_summary: bool,
-           **filters) -> None:
+           durations: bool, summary_only: bool, call_summary: bool, **filters) -> None:
     """Show a capture as live tracing showed it: FILE [EVENT...] [filters]
 
-    EVENT (syscall name, glob, %group) and -p/--tid/-n/-u/--only-missing select what is shown.
+    EVENT (syscall name, glob, %group) and -p/--tid/-n/-u/--only-missing/-Z select what is shown; -T, -c
+    and -C as for `trace`.
     """
     from .output import ConsoleOutput, JsonOutput
+    from .summary import CallTable
 
     cap, keep = open_capture(file, events, **filters)
     from .contract import stream_header
@@ -409,20 +423,25 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | No
     stream = events_out(output)
     out = JsonOutput(stream, header=lambda: stream_header(cap.header.get("clock"))) if as_json else ConsoleOutput(
         console_for(stream))
+    table = CallTable() if summary_only or call_summary else None
     if not as_json:
         out.mono_to_wall = cap.mono_to_wall_ns  # times as they were shown while recording
+        out.durations = durations
         h = cap.header
         err_console.print(Text(f"replaying {escape_text(str(file))}: recorded on {escape_text(str(h.get('host')))} "
                                f"(Linux {escape_text(str((h.get('kernel') or {}).get('release')))}) with tracer "
                                f"{escape_text(str((h.get('tool') or {}).get('version')))}", style="dim"))
     try:
         for ev in cap.events(keep):
+            if table is not None:
+                table.add_many((ev.data,))
+                if summary_only and ev.kind != "lost":
+                    continue
             if ev.kind == "lost":
                 out.lost(ev.data)
             else:
                 out.event(ev.data)
-        if not no_summary:
-            out.summary(cap.summary())
+        show_end(out, cap.summary() if not no_summary else None, table, as_json, output)
     except BrokenPipeError:
         sys.exit(0)
     except CaptureError as e:
