@@ -142,3 +142,25 @@ def test_debug_shows_program_cache_misses_and_hits(bpf_env) -> None:
     assert "tracer: debug: tracer.bpfcache: program cache miss: compiling trace.bpf.c (key " in cold.stderr
     assert "tracer: debug: tracer.bpfcache: program cache hit: trace.bpf.c loaded without compiling" in warm.stderr
     assert quiet.stderr == ""
+
+
+def test_bootstrap_link_installs_link_man_page_and_completion(tmp_path: Path) -> None:
+    """./bootstrap --link, pointed at a scratch directory (it is idempotent: here it only checks)."""
+    if os.geteuid() != 0:
+        pytest.skip("./bootstrap runs as root")
+    env = {"TRACER_BIN_LINK": str(tmp_path / "bin" / "tracer"), "TRACER_MAN_DIR": str(tmp_path / "man1"),
+           "TRACER_COMPLETION_DIR": str(tmp_path / "completion")}
+    (tmp_path / "bin").mkdir()
+    proc = subprocess.run([str(ROOT / "bootstrap"), "--link"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(tmp_path / "bin" / "tracer") == str(ROOT / ".venv" / "bin" / "tracer")
+    assert (tmp_path / "man1" / "tracer.1").read_text().startswith(".TH TRACER 1 ")
+    assert "_tracer_completion" in (tmp_path / "completion" / "tracer").read_text()
+    # A regular file there is somebody else's: left alone, and said so.
+    (tmp_path / "bin" / "tracer").unlink()
+    (tmp_path / "bin" / "tracer").write_text("mine")
+    proc = subprocess.run([str(ROOT / "bootstrap"), "--link"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+    assert proc.returncode == 1 and "exists and is not a link: left alone" in proc.stderr
+    assert (tmp_path / "bin" / "tracer").read_text() == "mine"

@@ -85,7 +85,7 @@ def one_line(proc: subprocess.CompletedProcess, code: int = 1) -> str:
 
 def doctor_checks(exe: Path, user: int | None = None) -> dict[str, dict]:
     proc = run(exe, "doctor", "--json", user=user)
-    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stdout + proc.stderr
     return {c["key"]: c for c in json.loads(proc.stdout)["checks"]}
 
 
@@ -123,6 +123,7 @@ def test_venv_without_system_site_packages_is_one_line_with_the_fix(workdir: Pat
     checks = doctor_checks(exe)
     assert checks["seccomp"]["ok"] is False and checks["seccomp"]["fix"] == fix
     assert checks["bcc"]["ok"] is False and "--system-site-packages" in checks["bcc"]["fix"]
+    assert checks["headers"]["verdict"] == "unproven" and checks["headers"]["fix"] == "see bcc"
 
 
 def test_non_root_is_one_line_and_doctor_says_permission(workdir: Path, wheel: Path) -> None:

@@ -129,6 +129,8 @@ def check_headers(prove: bool = True) -> Check:
     if headers.path is None:
         return Check("headers", title, False, "missing", f"no header tree ({headers.how})", HEADERS_FIX)
     where = f"{headers.path}: {headers.how}"
+    if prove and check_bcc().ok is not True:  # no compile can prove anything (was: bcc's import traceback here)
+        return Check("headers", title, None, "unproven", f"{where}; not compiled: bcc cannot be imported", "see bcc")
     if prove:
         error = kenv.compile_test(headers)
         if error is not None:
