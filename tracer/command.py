@@ -195,6 +195,8 @@ class Command:
         for pid in cls._alive(family):
             try:
                 os.kill(pid, sig)
+                if sig != signal.SIGKILL:  # a stopped process (Ctrl-Z, SIGSTOP) handles it only once continued
+                    os.kill(pid, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
 
