@@ -21,7 +21,7 @@ import pytest
 from test_policy import DEFAULT_IDS
 from test_trace_live import Run, expect_ok, run_parallel, workload_env
 
-from tracer.monitor import opened_of
+from tracer.opencalls import opened_of
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tracer import globs
-from tracer import monitor as mon
-from tracer.monitor import Monitor, could_match_below, glob_match, normpath, target
+from tracer import globs, opencalls
+from tracer.globs import could_match_below, glob_match
+from tracer.monitor import Monitor
+from tracer.opencalls import normpath, target
 from tracer.output import AlertOutput
 from tracer.policy import Policy, default_policy, load, parse_text
 from tracer.proccontext import ContextReader, container_id
@@ -272,7 +273,7 @@ def event(filename: str | None = "/etc/hostname", h: dict | None = None, *, dfd:
 def proc_links(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple]:
     """/proc/PID/{cwd,fd/N} as the monitor will read them: {what: (path, reason)}."""
     links: dict[str, tuple] = {"cwd": ("/home/u", None)}
-    monkeypatch.setattr(mon, "_readlink", lambda pid, tid, what: links.get(what, (None, "fd not open any more")))
+    monkeypatch.setattr(opencalls, "_readlink", lambda pid, tid, what: links.get(what, (None, "fd not open any more")))
     return links
 
 
@@ -409,8 +410,9 @@ def test_dotdot_after_a_name_is_never_certain(proc_links) -> None:
     assert fired(DEFAULT, event("/tmp/lnk/../notes.txt", ret=-2)) == {}
     # Matching as text still fires, marked best effort.
     assert fired(DEFAULT, event("/etc/x/../shadow")) == {"shadow-access": {"best_effort": True}}
-    assert mon.known_tail("a/../b/./c") == "b/c" and mon.known_tail("../..") == "" and mon.known_tail("x") == "x"
-    assert mon.dotdot_after_name("/a/..") and not mon.dotdot_after_name("/../a") and not mon.dotdot_after_name("a/b")
+    tail, dotdot = opencalls.known_tail, opencalls.dotdot_after_name
+    assert tail("a/../b/./c") == "b/c" and tail("../..") == "" and tail("x") == "x"
+    assert dotdot("/a/..") and not dotdot("/../a") and not dotdot("a/b")
 
 
 def test_exclusions_need_certainty(proc_links) -> None:
