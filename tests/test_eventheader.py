@@ -253,3 +253,21 @@ def test_mutated_events_never_raise() -> None:
         bad = out.get("malformed")
         assert bad is None or (isinstance(bad["offset"], int) and bad["reason"]), out
         assert bad is not None or out["end"] <= len(b)
+
+
+def test_every_reference_record_renders_on_one_console_line() -> None:
+    """Struct arrays, nested structs, invalid text, NaN...: each record is one escaped line on the console."""
+    from rich.console import Console
+
+    from tracer.output import ConsoleOutput
+
+    con = Console(record=True, width=100000, color_system=None)
+    out = ConsoleOutput(con)
+    recs = dat_records()
+    for tp, data in recs:
+        out.event({"kind": "user_event", "event": f"user_events:{tp}", "name": tp, "ts": 0, "cpu": 0, "pid": 1,
+                   "tid": 1, "comm": "c", "status": "ok", "fields": {}, **eh.decode(tp, data)})
+    lines = con.export_text().splitlines()
+    assert len(lines) == len(recs) and not any("\x1b" in x or "\u202e" in x for x in lines)
+    packed = next(x for x in lines if "TestProviderC:Packed [" in x)
+    assert 'StructArray=[{Struct2={K="A", NChar16=<hex 68006a006b006c00>}}, {Struct2={K="B", ' in packed

@@ -68,8 +68,10 @@ def _eh_value(f: dict) -> str:
     from .eventheader import DEFAULT_FORMAT
 
     v, fmt = f.get("value"), f.get("as", f.get("format", DEFAULT_FORMAT[f["encoding"]]))
-    if f["encoding"] == "struct":
-        return "{" + ", ".join(f"{escape_text(c['name'])}={_eh_value(c)}" for c in v) + "}"  # type: ignore[union-attr]
+    if f["encoding"] == "struct":  # members, or for an array of structs one member list per element
+        elems = v if f.get("array") else [v]
+        shown = ["{" + ", ".join(f"{escape_text(c['name'])}={_eh_value(c)}" for c in e) + "}" for e in elems]  # type: ignore[union-attr]
+        return "[" + ", ".join(shown) + "]" if f.get("array") else shown[0]
     if f.get("array"):
         n = len(v)  # type: ignore[arg-type]
         texts, hexes = f.get("text") or [None] * n, f.get("hex") or [None] * n
