@@ -209,3 +209,25 @@ def test_uapi_eval() -> None:
     assert uapi._eval("010", known) == 8
     assert uapi._eval("B | 1", known) is None  # unknown name: no value, not a guess
     assert uapi._eval('"str"', known) is None
+
+
+def test_sigset_read_and_rendered() -> None:
+    assert RT_SIGPROCMASK.reads == (Read(1, C("RK_BUF_LEN"), 3, syscalls.SIGSET_CAP),)  # nset, not oset
+    d = Data()
+    off = d.add(struct.pack("<Q", 1 << 1 | 1 << 14 | 1 << 33))
+    ev = event(RT_SIGPROCMASK, [0, 0x7FFD0000, 0, 8], slots=(slot(1, C("RK_BUF_LEN"), RS_OK, enter=off, want=8),),
+               data=bytes(d.buf))
+    assert ev["args"]["nset"] == {"signals": ["SIGINT", "SIGTERM", "SIGRTMIN+2"],
+                                  "mask": hex(1 << 1 | 1 << 14 | 1 << 33)}
+    assert symbols.sigset_str(ev["args"]["nset"]) == "[INT TERM RTMIN+2]"
+    everything_but = symbols.sigset(struct.pack("<Q", ~(1 << 8 | 1 << 18) & U64))
+    assert symbols.sigset_str(everything_but) == "~[KILL STOP]"
+    assert symbols.sigset_str(symbols.sigset(bytes(8))) == "[]"
+
+
+def test_prctl_options() -> None:
+    names = symbols.prctl_options()
+    if not names:
+        pytest.skip("no linux/prctl.h on this machine")
+    assert (names[15], names[38], names[23]) == ("PR_SET_NAME", "PR_SET_NO_NEW_PRIVS", "PR_CAPBSET_READ")
+    assert 0 not in names and 128 not in names  # argument values (PR_FP_EXC_*), not options

@@ -13,7 +13,7 @@ from test_trace_live import expect_ok, run_tracer
 pytestmark = pytest.mark.usefixtures("bpf_env")
 
 EVENTS = ("socket", "setsockopt", "shutdown", "fcntl", "access", "faccessat", "mmap", "mprotect", "rt_sigaction",
-          "kill", "tgkill", "clone", "clone3", "wait4", "waitid")
+          "rt_sigprocmask", "prctl", "kill", "tgkill", "clone", "clone3", "wait4", "waitid")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def traced(build_c) -> tuple[dict, list[dict], str, list[dict]]:
     run = run_tracer("trace", *EVENTS, "--json", "--", exe)
     expect_ok(run)
     (report,) = run.workload
-    console = run_tracer("trace", "socket", "clone", "--", exe, env={"TERM": "dumb", "COLUMNS": "300"})
+    console = run_tracer("trace", "socket", "clone", "rt_sigprocmask", "--", exe,
+                         env={"TERM": "dumb", "COLUMNS": "300"})
     expect_ok(console)
     return report, run.of(report["pid"]), console.stderr + console.stdout, run.lines
 
@@ -79,6 +80,12 @@ def test_signals_clone_and_wait(traced) -> None:
     (sa,) = [e for e in calls(events, "rt_sigaction") if e["args"]["sig"] == 10]
     assert sa["args_str"] == {"sig": "SIGUSR1"}
     assert [e["args_str"] for e in calls(events, "kill")] == [{"sig": "SIGUSR1"}, {"sig": "SIGTERM"}]
+    masks = [e for e in calls(events, "rt_sigprocmask", sigsetsize=8) if e["args"]["nset"] is not None
+             and e["args"]["nset"]["signals"] == ["SIGINT", "SIGTERM"]]
+    assert [(e["args_str"]["how"], e["args"]["nset"]["mask"], e["reads"]["nset"]["status"]) for e in masks] == [
+        ("SIG_BLOCK", "0x4002", "ok"), ("SIG_UNBLOCK", "0x4002", "ok")]
+    (pr,) = calls(events, "prctl", arg2=0)
+    assert pr["args_str"] == {"option": "PR_GET_DUMPABLE"}
     (tg,) = calls(events, "tgkill")
     assert "args_str" not in tg  # signal 0: a number, no name
     clones = calls(events, "clone")
@@ -99,3 +106,4 @@ def test_console_shows_symbols(traced) -> None:
     _, _, text, _ = traced
     assert "socket(family=AF_INET, type=SOCK_STREAM|SOCK_CLOEXEC, protocol=IPPROTO_IP) = 3" in text
     assert "clone(clone_flags=SIGCHLD, " in text
+    assert "rt_sigprocmask(how=SIG_BLOCK, nset=[INT TERM], oset=0, sigsetsize=8) = 0" in text

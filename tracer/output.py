@@ -155,6 +155,10 @@ class ConsoleOutput:
                 at = "@" if d.get("abstract") else ""
                 return f'{{{fam}, "{at}{escape_text(d["path"])}"}}'
             return f"{{{fam}, {d.get('raw', '')}}}"
+        if "signals" in d and "mask" in d:  # a sigset_t
+            from .symbols import sigset_str
+
+            return sigset_str(d)
         if "exit_signal" in d and "flags_str" in d:  # clone3's struct clone_args: as strace shows it
             parts = [f"flags={d['flags_str']}", f"exit_signal={d.get('exit_signal_str') or d['exit_signal']}"]
             parts += [f"{k}={v:#x}" for k, v in d.items()

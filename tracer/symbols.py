@@ -341,6 +341,14 @@ def ptrace_requests() -> dict[int, str]:
 
 
 @cache
+def prctl_options() -> dict[int, str]:
+    """linux/prctl.h in file order: each option comes before the values of its arguments, so the first
+    name of a value is the option's; argument values that no option has (0, bit masks) are left out."""
+    sub = r"PR_(?!FP_EXC_|SVE_VL_|SVE_SET_VL_ONEXEC|SME_VL_|SME_SET_VL_ONEXEC|MTE_|RISCV_V_VSTATE_|PPC_DEXCR_)\w+"
+    return {v: n for v, n in _names(_header("linux/prctl.h", sub)).items() if v}
+
+
+@cache
 def sched_policies() -> dict[int, str]:
     return _names(_header("linux/sched.h", r"SCHED_(?!FLAG_|RESET_)\w+"), _module(os, r"SCHED_(?!RESET_)\w+"))
 
@@ -455,6 +463,7 @@ BY_ARG: dict[tuple[str, str], Render] = {
     ("futex", "op"): futex_op_str,
     ("ptrace", "request"): _enum(ptrace_requests),
     ("sched_setscheduler", "policy"): _enum(sched_policies),
+    ("prctl", "option"): _enum(prctl_options),
 }
 
 
@@ -541,7 +550,34 @@ def clone_args(raw: bytes) -> dict | None:
     return out
 
 
+def sigset(raw: bytes) -> dict | None:
+    """A sigset_t as the kernel reads it (bit N-1 for signal N, little-endian words): the signals, and
+    the mask in hex. strace's `[INT TERM]` / `~[KILL STOP]` is the console's rendering of it."""
+    if not raw:
+        return None
+    mask = int.from_bytes(raw, "little")
+    names = [signal_str(i + 1) or str(i + 1) for i in range(len(raw) * 8) if mask >> i & 1]
+    return {"signals": names, "mask": hex(mask)}
+
+
+def sigset_str(d: dict) -> str:
+    """strace's rendering of a decoded sigset: `[INT TERM]`, or `~[KILL STOP]` when most signals are in."""
+    bits = int(d["mask"], 16).bit_length()
+    known = [n for v, n in sorted(signals().items()) if v <= max(bits, 64)]
+    short = [n.removeprefix("SIG") for n in d["signals"]]
+    if len(short) > len(known) // 2:
+        inside = set(d["signals"])
+        return "~[" + " ".join(n.removeprefix("SIG") for n in known if n not in inside) + "]"
+    return "[" + " ".join(short) + "]"
+
+
+# Input signal sets (sigset_t *) read by the tracer: (syscall, argument) -> its size argument.
+SIGSET_ARGS = {("rt_sigprocmask", "nset"): "sigsetsize", ("rt_sigsuspend", "unewset"): "sigsetsize",
+               ("rt_sigtimedwait", "uthese"): "sigsetsize", ("signalfd4", "user_mask"): "sizemask",
+               ("signalfd", "user_mask"): "sizemask"}
+
 # (syscall, argument) -> decoder of the bytes read at that pointer (a dict), for read kinds RK_BUF*.
 STRUCTS: dict[tuple[str, str], Callable[[bytes], dict | None]] = {
     ("clone3", "uargs"): clone_args,
+    **dict.fromkeys(SIGSET_ARGS, sigset),
 }

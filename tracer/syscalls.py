@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .kenv import tracefs_root
 from .layout import const
+from .symbols import SIGSET_ARGS
 
 # Tracepoint names that are not libseccomp's syscall names.
 _ALIASES = {"newstat": "stat", "newlstat": "lstat", "newfstat": "fstat", "newuname": "uname",
@@ -41,6 +42,9 @@ _NOT_STRING = {"buf", "u_msg_ptr"}
 _NORETURN = {"exit", "exit_group"}
 # Bytes of a clone3 struct clone_args read: 88 in Linux 5.7+ (CLONE_ARGS_SIZE_VER2); room for later fields.
 CLONE_ARGS_CAP = 128
+# Bytes of an input sigset_t read, at most (the caller's size argument says how many it passed: 8 on
+# 64-bit, the kernel refuses others): 16 cover the signal numbers of every architecture.
+SIGSET_CAP = 16
 _EXEC = {"execve", "execveat"}
 
 
@@ -117,6 +121,8 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
             reads.append(Read(i, const("RK_OPEN_HOW"), names.index("usize"), const("HOW_CAP")))
         elif t == "struct clone_args *" and "size" in names:  # clone3: decoded by symbols.clone_args
             reads.append(Read(i, const("RK_BUF_LEN"), names.index("size"), CLONE_ARGS_CAP))
+        elif t in ("sigset_t *", "const sigset_t *") and (name, a.name) in SIGSET_ARGS:  # symbols.sigset
+            reads.append(Read(i, const("RK_BUF_LEN"), names.index(SIGSET_ARGS[name, a.name]), SIGSET_CAP))
         elif t == "struct sockaddr *" and i + 1 < len(args):
             lt = args[i + 1].ctype
             kind = const("RK_SOCKADDR_OUT") if lt == "int *" else const("RK_SOCKADDR")

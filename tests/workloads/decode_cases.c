@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -60,6 +61,12 @@ int main(void)
 	if (sigaction(SIGUSR1, &sa, NULL))
 		die("sigaction");
 	syscall(SYS_kill, getpid(), SIGUSR1);
+	uint64_t block = (1ULL << (SIGINT - 1)) | (1ULL << (SIGTERM - 1)); /* the kernel's 64-bit sigset_t */
+	if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, &block, NULL, sizeof(block)) ||
+	    syscall(SYS_rt_sigprocmask, SIG_UNBLOCK, &block, NULL, sizeof(block)))
+		die("rt_sigprocmask");
+	if (syscall(SYS_prctl, PR_GET_DUMPABLE, 0, 0, 0, 0) < 0)
+		die("prctl");
 	syscall(SYS_tgkill, getpid(), (pid_t)syscall(SYS_gettid), 0);
 
 	/* %process: clone with only an exit signal, then a child killed with SIGTERM */
