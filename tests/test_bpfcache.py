@@ -170,7 +170,7 @@ def comparable(run: Run) -> list[tuple[object, object]]:
 
     def clean(x: object) -> object:
         if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items() if not (k in volatile and isinstance(v, int))}
+            return {k: clean(v) for k, v in x.items() if not (k in volatile and isinstance(v, int)) and k != "time"}
         if isinstance(x, list):
             return [clean(v) for v in x]
         return x.replace(workdir, "DIR").replace(pid, "PID") if isinstance(x, str) else x
