@@ -47,6 +47,7 @@
 #define RF_ACTIVE 2   /* in-flight state, between sys_enter and sys_exit */
 #define RF_EXIT_READS 4 /* exit re-reads were attempted (recovery on) */
 #define RF_SLEEPABLE 8  /* a sleepable program read some slot at entry (read_slot.src says which) */
+#define RF_OPENED 16    /* a struct kfile (the file the kernel installed at fd = ret) is at data[xoff] */
 
 /* struct read_slot.src: who made the entry read (0: the nofault sys_enter program) */
 #define RSRC_FAULTED_IN 1 /* the nofault read failed; a sleepable copy faulted the page(s) in */
@@ -56,6 +57,21 @@
 #define SC_TRACED 1
 #define SC_NORETURN 2
 #define SC_EXEC 4 /* replaces the address space on success: no exit re-read when ret == 0 */
+#define SC_OPEN 8 /* returns a new fd on success: read the kernel's struct file at fd = ret (struct kfile) */
+
+/* The kernel's opened file (struct kfile), walked at sys_exit from current->files->fdt->fd[ret] with
+ * struct offsets from the running kernel's BTF (tracer/kstructs.py passes them as -DKO_* defines). The
+ * path's components follow the struct in data[], leaf first, each NUL-terminated (names hold neither NUL
+ * nor '/'); at most KF_DEPTH steps (components and mount crossings), each name at most KF_NAME bytes. */
+#define KF_DEPTH 40
+#define KF_NAME 256 /* NAME_MAX + 1 */
+/* struct kfile.status */
+#define KF_OK 1          /* walked up to the process's root directory: the path is whole */
+#define KF_TRUNC 2       /* KF_DEPTH steps or the record's data area ran out first: a suffix only */
+#define KF_UNREACHABLE 3 /* the chain ended elsewhere (outside the process root, detached mount, pseudo fs) */
+#define KF_NOFILE 4      /* no file at fd = ret (already closed by another thread) */
+#define KF_FAULT 5       /* a kernel read failed: kfile.err says which step */
+#define KF_NOROOM 6      /* the record's data area had no room for the struct */
 
 /* struct tracer_conf.flags: filters applied in the kernel */
 #define CF_PID 1
@@ -98,7 +114,7 @@ struct sys_record {
 	__u32 pid;    /* tgid */
 	__u32 tid;
 	__u32 uid;
-	__u32 pad0;
+	__u32 xoff;   /* RF_OPENED: offset of the struct kfile in data[] (8-aligned, after the reads) */
 	__u64 ts_enter; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
 	__u64 ts_exit;
 	__s64 ret;
@@ -106,6 +122,17 @@ struct sys_record {
 	char comm[TASK_COMM_LEN];
 	struct read_slot reads[MAX_READS];
 	__u8 data[DATA_CAP];
+};
+
+struct kfile {
+	__u64 ino;      /* inode.i_ino */
+	__u32 dev;      /* super_block.s_dev (kernel dev_t: major << 20 | minor) */
+	__u32 f_flags;  /* file.f_flags (the open flags as the kernel kept them) */
+	__u16 mode;     /* inode.i_mode */
+	__u8 status;    /* KF_* */
+	__u8 nparts;    /* path components that follow, leaf first */
+	__u16 size;     /* bytes of this struct and its components */
+	__s16 err;      /* KF_FAULT: the failed step (1 files, 2 fdt, 3 fd array, 4 file, 5 inode, 6 walk) */
 };
 
 struct sc_conf {

@@ -17,6 +17,9 @@
  * Layout and constants: record.h (shared with tracer/layout.py). Compiled by bcc at run time.
  */
 #include "reads.h"
+#ifdef TRACER_KFILE
+#include "kfile.h"
+#endif
 
 #ifndef INFLIGHT_ENTRIES
 #define INFLIGHT_ENTRIES 8192
@@ -47,6 +50,9 @@ BPF_PERCPU_ARRAY(zero_rec, struct sys_record, 1);
 /* Per-thread in-flight records, reused in place: only a thread's first traced syscall pays for the
  * insert; LRU eviction bounds the memory left by exited threads. */
 BPF_TABLE("lru_hash", __u32, struct sys_record, inflight, INFLIGHT_ENTRIES);
+#ifdef TRACER_KFILE
+BPF_PROG_ARRAY(exit_tails, 1); /* [0] sys_exit_kfile */
+#endif
 
 static __always_inline void count(int idx)
 {
@@ -301,9 +307,39 @@ int sys_exit(struct sc_exit_ctx *ctx)
 	if (c->flags & CF_RECOVER)
 		r->flags |= RF_EXIT_READS;
 	exit_reads(r, sc, c->flags & CF_RECOVER);
+#ifdef TRACER_KFILE
+	/* The file the kernel opened: the heavy part of an exit, made only for successful open calls, in a
+	 * program of its own (a tail call) so that the verifier checks its walk once, not once per outcome
+	 * of the reads above. If the tail call fails, the record goes out without it (no RF_OPENED). */
+	if ((sc->flags & SC_OPEN) && r->ret >= 0)
+		exit_tails.call(ctx, 0);
+#endif
 	emit(ctx, r, data_end(r));
 	return 0;
 }
+
+#ifdef TRACER_KFILE
+/* Tail of sys_exit for a successful open-family call: struct kfile after the reads, then the record. */
+int sys_exit_kfile(struct sc_exit_ctx *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r || !(r->flags & RF_ACTIVE))
+		return 0;
+	/* Through the record, not a register: the offset's value ranges from data_end()'s paths are then
+	 * forgotten, and the walk is verified once rather than once per range. */
+	r->xoff = (data_end(r) + 7) & ~7;
+	__u32 at = *(volatile __u32 *)&r->xoff;
+	__u32 n = kfile_read(r->data, at, r->ret);
+	if (n) {
+		r->flags |= RF_OPENED;
+		emit(ctx, r, at + n);
+	} else {
+		emit(ctx, r, data_end(r));
+	}
+	return 0;
+}
+#endif
 
 /* Follow mode: children of traced processes are traced too. */
 TRACEPOINT_PROBE(sched, sched_process_fork)

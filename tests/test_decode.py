@@ -15,7 +15,7 @@ import struct
 import pytest
 
 from tracer import layout, syscalls
-from tracer.decode import Decoder
+from tracer.decode import UNVERIFIED, Decoder
 from tracer.openat2 import decode_open_how, mode_str, open_flags_str, resolve_str
 from tracer.sockaddr import decode_sockaddr, sockaddr_str
 from tracer.syscalls import Arg, Read, Syscall
@@ -126,7 +126,9 @@ def ok_how(d: Data, usize: int = 24) -> bytes:
 
 
 HOW_INFO = {"status": "ok", "source": "enter", "errno": None, "addr": HOW, "len": 24, "size": 24,
-            "verified_at_exit": True}
+            "verified_at_exit": True, "verified": True, "verified_by": "enter_exit_equal"}
+NOT_IN_RECORD = {"status": "unavailable", "path": None, "dev": None, "ino": None, "mode": None,
+                 "reason": "not in the record (no room left in its data area)"}
 
 
 # --- openat2 read outcomes ---------------------------------------------------------------------------
@@ -140,9 +142,9 @@ def test_entry_ok_exit_same() -> None:
         args_str={"dfd": "AT_FDCWD"},
         ret=3, ret_str="3",
         reads={"filename": {"status": "ok", "source": "enter", "errno": None, "addr": FNAME, "len": 11,
-                            "verified_at_exit": True},
+                            "verified_at_exit": True, "verified": True, "verified_by": "enter_exit_equal"},
                "how": HOW_INFO},
-        missing=[], recovery=True)
+        missing=[], recovery=True, opened=NOT_IN_RECORD)
 
 
 def test_entry_fault_exit_ok_is_recovered() -> None:
@@ -159,7 +161,8 @@ def test_entry_fault_exit_ok_is_recovered() -> None:
     ev = decode(rec, explain)
     assert ev["args"]["filename"] == "/tmp/late"
     assert ev["reads"]["filename"] == {"status": "recovered", "source": "exit", "errno": EFAULT, "addr": FNAME,
-                                       "len": 9, "region": {"kind": "anon"}}
+                                       "len": 9, "region": {"kind": "anon"}, "verified": False,
+                                       "unverified_reason": UNVERIFIED["recovered"]}
     assert ev["missing"] == []
     assert seen == [(42, FNAME)]  # only failed or recovered reads are explained
 
@@ -172,7 +175,8 @@ def test_entry_fault_exit_fault_is_missing() -> None:
     assert "filename" in ev["args"]
     assert ev["args"]["filename"] is None
     assert ev["reads"]["filename"] == {"status": "missing", "source": "enter", "errno": EFAULT, "addr": FNAME,
-                                       "exit_errno": EFAULT}
+                                       "exit_errno": EFAULT, "verified": False,
+                                       "unverified_reason": UNVERIFIED["missing"]}
     assert ev["missing"] == ["filename"]
     assert ev["args"]["how"] == HOW_VALUE
 
@@ -195,7 +199,8 @@ def test_entry_fault_no_exit_read() -> None:
     rec = openat2_rec(slot(1, RK_STR, RS_FAULT, RS_NONE, eerr=-EFAULT), ok_how(d), d, flags=0)
     ev = decode(rec)
     assert ev["args"]["filename"] is None
-    assert ev["reads"]["filename"] == {"status": "missing", "source": "enter", "errno": EFAULT, "addr": FNAME}
+    assert ev["reads"]["filename"] == {"status": "missing", "source": "enter", "errno": EFAULT, "addr": FNAME,
+                                       "verified": False, "unverified_reason": UNVERIFIED["missing"]}
     assert ev["missing"] == ["filename"]
     assert "recovery" not in ev
 
@@ -209,7 +214,8 @@ def test_entry_ok_exit_different_is_changed() -> None:
     ev = decode(rec)
     assert ev["args"]["filename"] == "/tmp/a"
     assert ev["reads"]["filename"] == {"status": "changed", "source": "enter", "errno": None, "addr": FNAME,
-                                       "len": 6, "value_at_exit": "/etc/shadow", "len_at_exit": 11}
+                                       "len": 6, "value_at_exit": "/etc/shadow", "len_at_exit": 11,
+                                       "verified": False, "unverified_reason": UNVERIFIED["changed"]}
     assert ev["missing"] == []
 
 
@@ -220,7 +226,8 @@ def test_entry_ok_exit_fault() -> None:
     ev = decode(rec)
     assert ev["args"]["filename"] == "/tmp/a"
     assert ev["reads"]["filename"] == {"status": "ok", "source": "enter", "errno": None, "addr": FNAME, "len": 6,
-                                       "exit_errno": EFAULT}
+                                       "exit_errno": EFAULT, "verified": False,
+                                       "unverified_reason": UNVERIFIED["exit_fault"]}
 
 
 def test_null_pointer() -> None:
@@ -230,7 +237,8 @@ def test_null_pointer() -> None:
                  slots=(slot(1, RK_STR, RS_NULL), how))
     ev = decode(rec)
     assert ev["args"]["filename"] is None
-    assert ev["reads"]["filename"] == {"status": "null", "source": "enter", "errno": None, "addr": 0, "len": 0}
+    assert ev["reads"]["filename"] == {"status": "null", "source": "enter", "errno": None, "addr": 0, "len": 0,
+                                       "verified": True, "verified_by": "pointer"}
     assert ev["missing"] == []  # NULL is the value, not a failure
     assert ev["ret_str"] == "-14 EFAULT"
 
@@ -243,7 +251,8 @@ def test_truncated_string() -> None:
     ev = decode(rec)
     assert ev["args"]["filename"] == long.decode()
     assert ev["reads"]["filename"] == {"status": "truncated", "source": "enter", "errno": None, "addr": FNAME,
-                                       "len": C("STR_CAP") - 1, "truncated": True, "verified_at_exit": True}
+                                       "len": C("STR_CAP") - 1, "truncated": True, "verified_at_exit": True,
+                                       "verified": True, "verified_by": "enter_exit_equal"}
     assert ev["missing"] == []
 
 
@@ -255,7 +264,8 @@ def test_data_area_full() -> None:
     ev = decode(rec)
     assert ev["args"]["how"] is None
     assert ev["reads"]["how"] == {"status": "missing", "source": "enter", "errno": None, "addr": HOW,
-                                  "note": "record data area full"}
+                                  "note": "record data area full", "verified": False,
+                                  "unverified_reason": UNVERIFIED["missing"]}
     assert ev["missing"] == ["how"]
 
 
@@ -281,7 +291,7 @@ def test_open_how_usize_16_is_short() -> None:
     ev = decode(rec)
     assert ev["args"]["how"] == {"short": True, "raw": HOW_BYTES[:16].hex()}
     assert ev["reads"]["how"] == {"status": "ok", "source": "enter", "errno": None, "addr": HOW, "len": 16,
-                                  "size": 16}
+                                  "size": 16, "verified": False, "unverified_reason": UNVERIFIED["no_exit"]}
     assert ev["ret_str"] == "-22 EINVAL"
 
 
@@ -353,7 +363,8 @@ def test_exec_exit_read_skipped() -> None:
     assert ev["syscall"] == "execve"
     assert ev["args"] == {"filename": "/bin/true", "argv": 0x1000, "envp": 0x2000}
     assert ev["reads"]["filename"] == {"status": "ok", "source": "enter", "errno": None, "addr": FNAME, "len": 9,
-                                       "exit": "skipped: the address space was replaced"}
+                                       "exit": "skipped: the address space was replaced", "verified": False,
+                                       "unverified_reason": UNVERIFIED["skipped"]}
 
 
 def test_unknown_syscall_number() -> None:
@@ -378,7 +389,8 @@ def test_connect_sockaddr() -> None:
     assert ev["args"] == {"fd": 5, "uservaddr": {"family": "AF_INET", "port": 443, "addr": "192.0.2.7"},
                           "addrlen": 16}
     assert ev["reads"]["uservaddr"] == {"status": "ok", "source": "enter", "errno": None, "addr": SA, "len": 16,
-                                        "size": 16, "verified_at_exit": True}
+                                        "size": 16, "verified_at_exit": True, "verified": True,
+                                        "verified_by": "enter_exit_equal"}
 
 
 def test_accept4_sockaddr_filled_at_exit() -> None:
@@ -390,7 +402,8 @@ def test_accept4_sockaddr_filled_at_exit() -> None:
     assert ev["args"]["upeer_sockaddr"] == {"family": "AF_INET", "port": 51000, "addr": "198.51.100.1"}
     assert ev["args"]["upeer_addrlen"] == SALEN
     assert ev["reads"]["upeer_sockaddr"] == {"status": "ok", "source": "exit", "errno": None, "addr": SA,
-                                             "len": 16, "size": 16}
+                                             "len": 16, "size": 16, "verified": False,
+                                             "unverified_reason": UNVERIFIED["output"]}
 
 
 def test_accept4_failed_has_no_sockaddr() -> None:

@@ -25,7 +25,7 @@ from conftest import need_feature, require, scaled, workload_reports
 from test_decode import FNAME, HOW_BYTES, OPENAT2, TABLE, Data, ok_how, openat2_rec, slot
 
 from tracer import bpfsys, btf, layout, sleepable
-from tracer.decode import Decoder
+from tracer.decode import UNVERIFIED, Decoder
 from tracer.kenv import EnvironmentProblem
 from tracer.layout import const
 
@@ -138,16 +138,19 @@ def test_decode_sleepable_reads() -> None:
     assert ev["faulted_in"]["args"]["filename"] == "/etc/hostname" and ev["faulted_in"]["missing"] == []
     assert ev["faulted_in"]["reads"]["filename"] == {
         "status": "ok", "source": "sleepable", "errno": None, "addr": FNAME, "len": 13, "verified_at_exit": True,
-        "faulted_in": True, "region": {"kind": "file"}}
+        "verified": True, "verified_by": "enter_exit_equal", "faulted_in": True, "region": {"kind": "file"}}
     assert ev["faulted_in"]["reads"]["how"]["source"] == "enter"  # the nofault entry read made that one
     assert ev["plain"]["reads"]["filename"] == {"status": "ok", "source": "sleepable", "errno": None,
-                                                "addr": FNAME, "len": 13}
+                                                "addr": FNAME, "len": 13, "verified": False,
+                                                "unverified_reason": UNVERIFIED["no_exit"]}
     assert ev["plain"]["reads"]["how"]["source"] == "sleepable" and ev["plain"]["args"]["how"]["resolve"] == 8
     assert ev["recovered"]["reads"]["filename"] == {
-        "status": "recovered", "source": "exit", "errno": 14, "addr": FNAME, "len": 13, "region": {"kind": "file"}}
+        "status": "recovered", "source": "exit", "errno": 14, "addr": FNAME, "len": 13, "region": {"kind": "file"},
+        "verified": False, "unverified_reason": UNVERIFIED["recovered"]}
     assert ev["missing"]["args"]["filename"] is None and ev["missing"]["missing"] == ["filename"]
     assert ev["missing"]["reads"]["filename"] == {"status": "missing", "source": "sleepable", "errno": 14,
-                                                  "addr": FNAME, "exit_errno": 14, "region": {"kind": "file"}}
+                                                  "addr": FNAME, "exit_errno": 14, "region": {"kind": "file"},
+                                                  "verified": False, "unverified_reason": UNVERIFIED["missing"]}
     assert regions == [(42, FNAME)] * 6  # three reads, each decoded by both decoders
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import require, scaled, workload_reports
 
+from tracer.decode import UNVERIFIED
+
 ROOT = Path(__file__).resolve().parent.parent
 TRACER = [sys.executable, "-m", "tracer"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -219,12 +221,16 @@ def test_openat2_ok(all_cases) -> None:
     assert ev["ret"] == report["ret"] and ev["ret_str"] == str(report["ret"])
     assert ev["reads"] == {
         "filename": {"status": "ok", "source": "enter", "errno": None, "addr": report["filename"], "len": 13,
-                     "verified_at_exit": True},
+                     "verified_at_exit": True, "verified": True, "verified_by": "opened_file", "opened_match": "same"},
         "how": {"status": "ok", "source": "enter", "errno": None, "addr": report["how"], "len": 24, "size": 24,
-                "verified_at_exit": True},
+                "verified_at_exit": True, "verified": True, "verified_by": "enter_exit_equal"},
     }
     assert ev["missing"] == []
     assert ev["recovery"] is True
+    st = os.stat("/etc/hostname")
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert ev["opened"] == {"status": "ok", "path": "/etc/hostname", "dev": dev, "ino": st.st_ino,
+                            "mode": oct(st.st_mode), "reason": None}
 
 
 def test_openat2_bad_pointer_is_missing_not_empty(all_cases) -> None:
@@ -235,8 +241,10 @@ def test_openat2_bad_pointer_is_missing_not_empty(all_cases) -> None:
     assert ev["args"]["how"] == HOW_24
     assert ev["reads"]["filename"] == {
         "status": "missing", "source": "enter", "errno": 14, "addr": 1, "exit_errno": 14,
-        "region": {"kind": "unmapped", "where": "NULL page"},
+        "region": {"kind": "unmapped", "where": "NULL page"}, "verified": False,
+        "unverified_reason": UNVERIFIED["missing"],
     }
+    assert "opened" not in ev  # the call failed: no file
     assert ev["reads"]["how"]["status"] == "ok"
     assert ev["missing"] == ["filename"]
 
@@ -248,11 +256,14 @@ def test_openat2_untouched_file_mapping_recovered_at_exit(all_cases) -> None:
     assert ev["args"] == {"dfd": -100, "filename": "/etc/hostname", "how": HOW_24, "usize": 24}
     start = report["filename"]
     region = {"kind": "file", "start": start, "end": start + PAGE, "perms": "r--p", "path": report["file"]}
+    # The path names the very file the kernel opened: proven. The open_how has no such witness.
     assert ev["reads"] == {
         "filename": {"status": "recovered", "source": "exit", "errno": 14, "addr": start, "len": 13,
-                     "region": {**region, "file_offset": 0}},
+                     "region": {**region, "file_offset": 0}, "verified": True, "verified_by": "opened_file",
+                     "opened_match": "same"},
         "how": {"status": "recovered", "source": "exit", "errno": 14, "addr": report["how"], "len": 24,
-                "size": 24, "region": {**region, "file_offset": report["how_off"]}},
+                "size": 24, "region": {**region, "file_offset": report["how_off"]}, "verified": False,
+                "unverified_reason": UNVERIFIED["recovered"]},
     }
     assert ev["missing"] == []
 
@@ -267,6 +278,7 @@ def test_openat2_string_across_untouched_page_recovered_whole(all_cases) -> None
         "status": "recovered", "source": "exit", "errno": 14, "addr": report["filename"], "len": 13,
         "region": {"kind": "file", "start": start, "end": start + 2 * PAGE, "perms": "rw-p",
                    "path": report["file"], "file_offset": PAGE - 5},
+        "verified": True, "verified_by": "opened_file", "opened_match": "same",
     }
     assert ev["reads"]["how"]["status"] == "ok" and ev["args"]["how"] == HOW_24
 
@@ -282,6 +294,7 @@ def test_openat2_struct_across_untouched_page_recovered_whole(all_cases) -> None
         "status": "recovered", "source": "exit", "errno": 14, "addr": report["how"], "len": 24, "size": 24,
         "region": {"kind": "file", "start": start, "end": start + 2 * PAGE, "perms": "rw-p",
                    "path": report["file"], "file_offset": PAGE - 8},
+        "verified": False, "unverified_reason": UNVERIFIED["recovered"],
     }
     assert ev["reads"]["filename"]["status"] == "ok"
 
@@ -293,10 +306,13 @@ def test_openat2_path_changed_during_call(all_cases) -> None:
     assert ev["args"]["filename"] == report["fifo"]
     assert ev["args"]["how"] == {"flags": O_RDONLY_CLOEXEC, "mode": 0, "resolve": 0,
                                  "flags_str": "O_RDONLY|O_CLOEXEC", "resolve_str": "0"}
+    # Memory changed; the kernel's opened file shows the entry value is the one it used.
     assert ev["reads"]["filename"] == {
         "status": "changed", "source": "enter", "errno": None, "addr": report["filename"],
         "len": len(report["fifo"]), "value_at_exit": report["new"], "len_at_exit": len(report["new"]),
+        "verified": True, "verified_by": "opened_file", "opened_match": "same",
     }
+    assert ev["opened"]["path"] == report["fifo"] and ev["opened"]["mode"].startswith("0o10")  # S_IFIFO
     assert ev["reads"]["how"]["verified_at_exit"] is True
 
 
@@ -343,7 +359,8 @@ def test_openat2_extension_bytes(all_cases) -> None:
     assert zev["args"]["usize"] == 32
     assert zev["args"]["how"] == {**base, "ext": "0000000000000000", "ext_nonzero": False}
     assert zev["reads"]["how"] == {"status": "ok", "source": "enter", "errno": None, "addr": zr["how"], "len": 32,
-                                   "size": 32, "verified_at_exit": True}
+                                   "size": 32, "verified_at_exit": True, "verified": True,
+                                   "verified_by": "enter_exit_equal"}
     assert nr["ret"] == -7 and nev["ret"] == -7 and nev["ret_str"] == "-7 E2BIG"
     assert nev["args"]["how"] == {**base, "ext": "000000ab00000000", "ext_nonzero": True}
     assert nev["reads"]["how"]["len"] == 32
@@ -388,7 +405,8 @@ def test_no_recover_shows_what_entry_reads_saw(batch: Batch) -> None:
 
     report, ev = pairs["badptr"]
     assert ev["reads"]["filename"] == {"status": "missing", "source": "enter", "errno": 14, "addr": 1,
-                                       "region": {"kind": "unmapped", "where": "NULL page"}}
+                                       "region": {"kind": "unmapped", "where": "NULL page"}, "verified": False,
+                                       "unverified_reason": UNVERIFIED["missing"]}
 
     report, ev = pairs["untouched"]
     assert report["mapped_before"] == [0]
@@ -397,7 +415,8 @@ def test_no_recover_shows_what_entry_reads_saw(batch: Batch) -> None:
     for arg, off in (("filename", 0), ("how", report["how_off"])):
         info = ev["reads"][arg]
         assert {k: v for k, v in info.items() if k != "region"} == {
-            "status": "missing", "source": "enter", "errno": 14, "addr": report[arg]}
+            "status": "missing", "source": "enter", "errno": 14, "addr": report[arg], "verified": False,
+            "unverified_reason": UNVERIFIED["missing"]}
         assert info["region"]["path"] == report["file"] and info["region"]["file_offset"] == off
 
     report, ev = pairs["cross_str"]
@@ -411,16 +430,21 @@ def test_no_recover_shows_what_entry_reads_saw(batch: Batch) -> None:
     assert report["mapped_before"] == [1, 0]
     assert ev["args"]["how"] is None
     assert {k: v for k, v in ev["reads"]["how"].items() if k != "region"} == {
-        "status": "missing", "source": "enter", "errno": 14, "addr": report["how"]}
+        "status": "missing", "source": "enter", "errno": 14, "addr": report["how"], "verified": False,
+        "unverified_reason": UNVERIFIED["missing"]}
     assert ev["reads"]["how"]["region"]["file_offset"] == PAGE - 8
     assert ev["missing"] == ["how"]
     assert ev["args"]["filename"] == "/etc/hostname"
 
-    # Without an exit read the change goes unnoticed: the entry value, shown as ok.
+    # Without an exit read the change goes unnoticed: the entry value, shown as ok — not as proven, except
+    # that the kernel's opened file is that very path.
     report, ev = pairs["changed"]
     assert ev["args"]["filename"] == report["fifo"]
     assert ev["reads"]["filename"] == {"status": "ok", "source": "enter", "errno": None, "addr": report["filename"],
-                                       "len": len(report["fifo"])}
+                                       "len": len(report["fifo"]), "verified": True, "verified_by": "opened_file",
+                                       "opened_match": "same"}
+    assert ev["reads"]["how"]["verified"] is False
+    assert ev["reads"]["how"]["unverified_reason"] == UNVERIFIED["no_exit"]
 
     s = run.summary
     assert s["reads"] == {"ok": 5, "recovered": 0, "changed": 0, "missing": 5, "truncated": 0, "null": 0}
@@ -484,14 +508,16 @@ def test_connect_and_accept4_sockaddrs(batch: Batch) -> None:
     assert inet["args"] == {"fd": r["fd"], "uservaddr": {"family": "AF_INET", "port": batch.tcp_port,
                                                          "addr": "127.0.0.1"}, "addrlen": 16}
     assert inet["reads"] == {"uservaddr": {"status": "ok", "source": "enter", "errno": None, "addr": r["addr"],
-                                           "len": 16, "size": 16, "verified_at_exit": True}}
+                                           "len": 16, "size": 16, "verified_at_exit": True, "verified": True,
+                                           "verified_by": "enter_exit_equal"}}
 
     r = reports["connect_unix"]
     assert r["ret"] == 0
     assert unix["args"] == {"fd": r["fd"], "uservaddr": {"family": "AF_UNIX", "path": batch.unix_path},
                             "addrlen": r["addrlen"]}
     assert unix["reads"]["uservaddr"] == {"status": "ok", "source": "enter", "errno": None, "addr": r["addr"],
-                                          "len": r["addrlen"], "size": r["addrlen"], "verified_at_exit": True}
+                                          "len": r["addrlen"], "size": r["addrlen"], "verified_at_exit": True,
+                                          "verified": True, "verified_by": "enter_exit_equal"}
 
     r = reports["connect_own"]
     assert own["args"]["uservaddr"] == {"family": "AF_INET", "port": r["port"], "addr": "127.0.0.1"}
@@ -503,11 +529,12 @@ def test_connect_and_accept4_sockaddrs(batch: Batch) -> None:
                                                                     "addr": "127.0.0.1"},
                            "upeer_addrlen": r["addrlen_ptr"], "flags": os.O_CLOEXEC}
     assert acc["reads"] == {"upeer_sockaddr": {"status": "ok", "source": "exit", "errno": None, "addr": r["addr"],
-                                               "len": 16, "size": 16}}
+                                               "len": 16, "size": 16, "verified": False,
+                                               "unverified_reason": UNVERIFIED["output"]}}
 
     assert acc_null["args"]["upeer_sockaddr"] is None
     assert acc_null["reads"] == {"upeer_sockaddr": {"status": "null", "source": "exit", "errno": None, "addr": 0,
-                                                    "len": 0}}
+                                                    "len": 0, "verified": True, "verified_by": "pointer"}}
     # A failed accept4 filled nothing: the pointer is shown, nothing is read.
     assert acc_again["ret_str"] == "-11 EAGAIN"
     assert acc_again["args"]["upeer_sockaddr"] == reports["accept4_eagain"]["addr"]
@@ -754,7 +781,8 @@ def detach(build_c) -> Iterator[dict[str, Detached]]:
 
 
 # openat2 has 4 arguments; bcc loads and attaches the TRACEPOINT_PROBE (follow mode) by itself.
-PROG_NAMES = {"sys_enter_4", "sys_exit", "tracepoint__sched__sched_process_fork"}
+# sys_exit_kfile: the opened-file walk, tail-called by sys_exit after a successful openat2.
+PROG_NAMES = {"sys_enter_4", "sys_exit", "sys_exit_kfile", "tracepoint__sched__sched_process_fork"}
 
 
 @pytest.mark.parametrize("how", ["duration", "sigint", "sigterm"])

@@ -443,6 +443,10 @@ class BpfObject:
     def attach_tracepoint(self, tp: str, fn: str) -> None:
         raise NotImplementedError
 
+    def prog_fd(self, fn: str) -> int:
+        """fn loaded (once) without being attached, e.g. to be placed in a program array for tail calls."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -450,8 +454,9 @@ class BpfObject:
 class BccObject(BpfObject):
     """bcc's own load: compiled now, attached through bcc; the maps are reached through their fds."""
 
-    def __init__(self, bpf: object) -> None:
+    def __init__(self, bpf: object, prog_type: int = 5) -> None:  # BPF_PROG_TYPE_TRACEPOINT
         self.bpf = bpf
+        self.prog_type = prog_type
         lib, mod = _libbcc(), bpf.module  # type: ignore[attr-defined]
         self.maps = {lib.bpf_table_name(mod, i).decode(): bpfsys.Map(lib.bpf_table_fd_id(mod, i))
                      for i in range(lib.bpf_num_tables(mod))}
@@ -462,6 +467,9 @@ class BccObject(BpfObject):
 
     def attach_tracepoint(self, tp: str, fn: str) -> None:
         self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())  # type: ignore[attr-defined]
+
+    def prog_fd(self, fn: str) -> int:
+        return self.bpf.load_func(fn.encode(), self.prog_type).fd  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self.bpf is not None:
@@ -578,7 +586,8 @@ def open_object(spec: Spec, read: bool = True) -> BpfObject:
 
     BPF = require("bcc").BPF  # imported late: bcc compiles against the headers chosen above
 
-    obj = BccObject(BPF(src_file=str(bpf_source(spec.source)).encode(), cflags=[*BCC_CFLAGS, *spec.cflags]))
+    obj = BccObject(BPF(src_file=str(bpf_source(spec.source)).encode(), cflags=[*BCC_CFLAGS, *spec.cflags]),
+                    spec.prog_type)
     if cache:
         try:
             write_entry(spec, key, extract(obj.bpf, spec))

@@ -22,6 +22,8 @@ KIND_NAMES = (
 )
 BTF_KIND_STRUCT = 4
 BTF_KIND_FUNC = 12
+_MODIFIERS = (8, 9, 10, 11, 18)  # TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG: look through to the type
+_STRUCT_KINDS = (4, 5)  # STRUCT, UNION
 
 # Bytes after the 12-byte btf_type, per kind: (fixed, per vlen item). A kind missing here cannot be
 # skipped, so the walk stops rather than misread everything after it.
@@ -138,35 +140,63 @@ class Btf:
         except KeyError:
             raise KeyError(f"no BTF FUNC named {name!r}") from None
 
+    @functools.cached_property
+    def _structs(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        unpack = struct.Struct(self._end + "II").unpack_from
+        for i, pos in enumerate(self._offsets):
+            name_off, info = unpack(self._data, pos)
+            if (info >> 24) & 0x1F == BTF_KIND_STRUCT and name_off:
+                found.setdefault(self.name_at(name_off), i + 1)
+        return found
 
     def struct_named(self, name: str) -> BtfType:
         """The STRUCT called `name` (the first one: vmlinux has one per name)."""
-        for i in range(1, len(self._offsets) + 1):
-            name_off, info = struct.unpack_from(self._end + "II", self._data, self._offsets[i - 1])
-            if (info >> 24) & 0x1F == BTF_KIND_STRUCT and self.name_at(name_off) == name:
-                return self.type(i)
-        raise KeyError(f"no BTF struct named {name!r}")
+        try:
+            return self.type(self._structs[name])
+        except KeyError:
+            raise KeyError(f"no BTF struct named {name!r}") from None
+
+    def _resolved(self, type_id: int) -> BtfType:
+        t = self.type(type_id)
+        while t.kind in _MODIFIERS:
+            t = self.type(t.size_or_type)
+        return t
 
     def member(self, t: BtfType, name: str) -> tuple[int, int]:
-        """(byte offset, type id) of member `name` of struct/union `t`; KeyError for a bitfield or none."""
+        """(byte offset, type id) of member `name` of struct/union `t`, found also inside its anonymous
+        struct and union members (offsets add up: `file.f_path` and `dentry.d_name` sit in such unions);
+        KeyError for a bitfield or none."""
+        found = self._member(t, name)
+        if found is None:
+            raise KeyError(f"no member {name!r} in {t.name or 'an anonymous struct'}")
+        return found
+
+    def _member(self, t: BtfType, name: str) -> tuple[int, int] | None:
         pos = self._offsets[t.id - 1] + 12
         kind_flag = struct.unpack_from(self._end + "I", self._data, self._offsets[t.id - 1] + 4)[0] >> 31
         for k in range(t.vlen):
             name_off, type_id, off = struct.unpack_from(self._end + "III", self._data, pos + 12 * k)
-            if self.name_at(name_off) == name:
-                bits = off & 0xFFFFFF if kind_flag else off
+            bits = off & 0xFFFFFF if kind_flag else off
+            mname = self.name_at(name_off)
+            if mname == name:
                 if bits % 8 or (kind_flag and off >> 24):
                     raise KeyError(f"{t.name}.{name} is a bitfield")
                 return bits // 8, type_id
-        raise KeyError(f"no member {name!r} in {t.name}")
+            if not mname and not bits % 8:
+                inner = self._resolved(type_id)
+                if inner.kind in _STRUCT_KINDS:
+                    sub = self._member(inner, name)
+                    if sub is not None:
+                        return bits // 8 + sub[0], sub[1]
+        return None
 
     def offsetof(self, struct_name: str, *path: str) -> int:
         """Byte offset of a (nested) member, as offsetof(struct NAME, a.b) — from the running kernel's
         types, not a header's."""
         t, total = self.struct_named(struct_name), 0
         for name in path:
-            while t.kind in (8, 9, 10, 11, 18):  # typedef and qualifiers
-                t = self.type(t.size_or_type)
+            t = self._resolved(t.id)
             off, type_id = self.member(t, name)
             total += off
             t = self.type(type_id)
@@ -182,3 +212,4 @@ def vmlinux(path: Path = VMLINUX) -> Btf:
 def func_id(name: str, path: Path = VMLINUX) -> int:
     """Type id of kernel function `name` in vmlinux BTF (cached per process)."""
     return vmlinux(path).func_id(name)
+

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer import btf, kenv, pyenv, sleepable
+from tracer import btf, kenv, kstructs, pyenv, sleepable
 
 CAP_PERFMON, CAP_BPF = 38, 39
 LOCKDOWN = Path("/sys/kernel/security/lockdown")
@@ -94,6 +94,19 @@ def check_btf() -> Check:
     except (OSError, btf.BtfError) as e:
         return Check("btf", "kernel BTF", False, "unreadable", f"{btf.VMLINUX}: {e}")
     return Check("btf", "kernel BTF", True, "ok", f"{btf.VMLINUX}: {n} types")
+
+
+def check_opened_file() -> Check:
+    """Can the programs read the file an open call installed (bpf/kfile.h)? Needs every struct offset of
+    the walk in the running kernel's BTF."""
+    title = "kernel's opened file"
+    off = kstructs.offsets()
+    if not off.ok:
+        return Check("opened_file", title, False, "unavailable", f"{off.problem}; events say opened: unavailable",
+                     "needs a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y)")
+    shown = ", ".join(f"{s}.{m}={off.values[k]}" for k, (s, m) in kstructs.OFFSETS.items())
+    return Check("opened_file", title, True, "ok",
+                 f"{len(off.values)} struct offsets from {btf.VMLINUX}: {shown}")
 
 
 def check_bcc() -> Check:
@@ -225,7 +238,7 @@ def base_checks(mount: bool = False) -> list[Check]:
     """Every check but the sleepable probes; tracefs comes first so `mount` helps the checks that read it."""
     return [
         check_privileges(), check_tracefs(mount), check_bcc(), check_seccomp(), check_headers(),
-        check_syscall_tracepoints(), check_btf(), check_lockdown(), check_user_events(),
+        check_syscall_tracepoints(), check_btf(), check_opened_file(), check_lockdown(), check_user_events(),
     ]
 
 

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import opened
 from .layout import const, packer
 from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
 from .sockaddr import decode_sockaddr
 from .symbols import BY_CONTEXT, STRUCTS, context_symbols, renderer
-from .syscalls import Arg, Syscall
+from .syscalls import OPEN_FAMILY, Arg, Syscall
 
 _HDR = packer("sys_record", "reads")
 _SLOT = packer("read_slot")
@@ -31,6 +32,7 @@ RS_NONE, RS_OK, RS_FAULT, RS_TRUNC, RS_NULL, RS_NOROOM, RS_SKIPPED = (
 RF_NORETURN = const("RF_NORETURN")
 RF_EXIT_READS = const("RF_EXIT_READS")
 RF_SLEEPABLE = const("RF_SLEEPABLE")  # some slot read by a sleepable program: decoded by decode_generic
+RF_OPENED = const("RF_OPENED")
 RSRC_SLEEPABLE, RSRC_FAULTED_IN = const("RSRC_SLEEPABLE"), const("RSRC_FAULTED_IN")
 _READ_OK = (RS_OK, RS_TRUNC)
 MAX_READS = const("MAX_READS")
@@ -40,6 +42,22 @@ _HDRS = [struct.Struct(_HDR.format + _SLOT.format[1:] * n) for n in range(MAX_RE
 _FAST_KINDS = (RK_STR, RK_OPEN_HOW, RK_SOCKADDR)
 _MEMO_MAX = 4096
 _UNSET = object()
+
+# Why a value is not proven to be the one the kernel used (reads.<arg>.unverified_reason). An entry read
+# comes before the kernel's own copy, an exit read after it: only an exit read equal to the entry read
+# (or kernel-side evidence, see tracer/opened.py) vouches for a value.
+UNVERIFIED = {
+    "recovered": "read at exit, after the call: shows what memory held then, not necessarily what the kernel used",
+    "changed": "memory changed during the call: the kernel may have used either value, or another one between",
+    "no_exit": "read at entry only, before the kernel's copy, and not re-read at exit (--no-recover)",
+    "noreturn": "read at entry only: the call does not return, so there is no exit re-read",
+    "exit_fault": "read at entry; the exit re-read failed, so a change during the call cannot be ruled out",
+    "skipped": "read at entry; not re-read at exit: the address space was replaced (execve)",
+    "missing": "not read",
+    "output": "written by the kernel, read back from user memory at exit: another thread could have "
+              "rewritten it in between",
+}
+_VERIFIED_EQUAL = "enter_exit_equal"  # entry read, then the same bytes again at exit
 
 AT_FDCWD = -100
 _AT_FLAGS = {0x100: "AT_SYMLINK_NOFOLLOW", 0x200: "AT_REMOVEDIR", 0x400: "AT_SYMLINK_FOLLOW",
@@ -141,6 +159,8 @@ class Decoder:
     # Called with (pid, addr) for reads that failed or were recovered; returns where addr lives.
     explain: Callable[[int, int], dict] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    # Why the programs cannot read the kernel's opened file (tracer/kstructs.py), or None when they can.
+    kfile_problem: str | None = None
     # Caches of the hot path (see `decode`); bounded by _MEMO_MAX entries each.
     _plans: dict[int, _Plan] = field(default_factory=dict, repr=False)
     _steps: dict[object, tuple] = field(default_factory=dict, repr=False)  # (nr, slot args) -> (plan, steps)
@@ -168,7 +188,7 @@ class Decoder:
         return self.value(kind, raw, want)
 
     def read(self, rec: bytes, slot: tuple, sc: Syscall, args: list[int], pid: int,
-             ret: int | None) -> tuple[object, dict | None]:
+             ret: int | None, flags: int = 0) -> tuple[object, dict | None]:
         (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, src, _p1, want) = slot
         addr = args[argi]
         base = {"status": "ok", "source": "enter", "errno": None, "addr": addr}
@@ -188,17 +208,19 @@ class Decoder:
             elif kind != RK_STR and want:
                 info["size"] = want
 
-        if kind == RK_SOCKADDR_OUT:
+        output = kind == RK_SOCKADDR_OUT
+        if output:
             if ret is None or ret < 0 or xs == RS_NONE:
                 return addr, None  # the kernel filled nothing: the call failed
             es, eerr, eoff, elen, xs = xs, xerr, xoff, xlen, RS_NONE
             base["source"] = "exit"
-        if es == RS_NULL:
-            return None, {**base, "status": "null", "len": 0}
+        if es == RS_NULL:  # the pointer itself is the value, from the tracepoint's arguments
+            return None, {**base, "status": "null", "len": 0, "verified": True, "verified_by": "pointer"}
         if es == RS_NONE:
             return addr, None
         if es == RS_NOROOM:
-            return None, {**base, "status": "missing", "note": "record data area full"}
+            return None, {**base, "status": "missing", "note": "record data area full", "verified": False,
+                          "unverified_reason": UNVERIFIED["missing"]}
         if es in _READ_OK:
             raw = data(eoff, elen)
             info = {**base}
@@ -217,6 +239,13 @@ class Decoder:
                 info["exit"] = "skipped: the address space was replaced"
             if xs in _READ_OK and same:
                 info["verified_at_exit"] = True
+                info["verified"] = True
+                info["verified_by"] = _VERIFIED_EQUAL
+            else:
+                info["verified"] = False
+                info["unverified_reason"] = UNVERIFIED[
+                    "output" if output else "changed" if xs in _READ_OK else "exit_fault" if xs == RS_FAULT
+                    else "skipped" if xs == RS_SKIPPED else "noreturn" if flags & RF_NORETURN else "no_exit"]
             if src & RSRC_FAULTED_IN:  # a nofault read failed: the sleepable copy faulted the page in
                 info["faulted_in"] = True
                 if self.explain is not None:
@@ -230,6 +259,8 @@ class Decoder:
             fill(info, raw)
             if xs == RS_TRUNC:
                 info["truncated"] = True
+            info["verified"] = False
+            info["unverified_reason"] = UNVERIFIED["recovered"]
             val: object = self.struct_value(sc, argi, kind, raw, want)
         else:
             info["status"] = "missing"
@@ -237,6 +268,8 @@ class Decoder:
                 info["exit_errno"] = -xerr
             elif xs == RS_SKIPPED:
                 info["exit"] = "skipped: the address space was replaced"
+            info["verified"] = False
+            info["unverified_reason"] = UNVERIFIED["missing"]
             val = None
         if self.explain is not None:
             info["region"] = self.explain(pid, addr)
@@ -296,10 +329,15 @@ class Decoder:
                         val, info = self._read_ok(rec, s, h[12 + i])
                     if xs != RS_NONE:
                         info["verified_at_exit"] = True
+                        info["verified"] = True
+                        info["verified_by"] = _VERIFIED_EQUAL
+                    else:
+                        info["verified"] = False
+                        info["unverified_reason"] = UNVERIFIED["noreturn" if h[4] & RF_NORETURN else "no_exit"]
                     out_args[aname] = val
                     reads[aname] = info
                     continue
-                val, info = self.read(rec, s, plan.sc, list(h[12:18]), h[5], the_ret)  # type: ignore[arg-type]
+                val, info = self.read(rec, s, plan.sc, list(h[12:18]), h[5], the_ret, h[4])  # type: ignore[arg-type]
                 out_args[aname] = val
                 if info is not None:
                     reads[aname] = info
@@ -345,7 +383,14 @@ class Decoder:
         ev["missing"] = missing
         if h[4] & RF_EXIT_READS:
             ev["recovery"] = True
+        if plan.name in OPEN_FAMILY and the_ret is not None and the_ret >= 0:
+            self._opened(ev, rec, h[4], h[8])
         return ev
+
+    def _opened(self, ev: dict, rec: bytes, flags: int, xoff: int) -> None:
+        """`opened`: the file the kernel installed at fd = ret (successful open-family calls)."""
+        raw = opened.unpack_xoff(rec, _DATA_OFF, xoff) if flags & RF_OPENED else None
+        opened.attach(ev, raw, self.kfile_problem)
 
     def _read_ok(self, rec: bytes, s: tuple, addr: int) -> tuple[object, dict]:
         """`read` for an entry read that succeeded whole (status ok), the common case."""
@@ -420,7 +465,7 @@ class Decoder:
         by_arg = {s[0]: s for s in slots}
         for i, a in enumerate(sc.args if sc else ()):
             if i in by_arg:
-                val, info = self.read(rec, by_arg[i], sc, args, pid, the_ret)
+                val, info = self.read(rec, by_arg[i], sc, args, pid, the_ret, flags)
                 out_args[a.name] = val
                 if info is not None:
                     reads[a.name] = info
@@ -442,4 +487,6 @@ class Decoder:
         ev["missing"] = missing
         if flags & RF_EXIT_READS:
             ev["recovery"] = True
+        if name in OPEN_FAMILY and the_ret is not None and the_ret >= 0:
+            self._opened(ev, rec, flags, h[8])
         return ev

@@ -20,11 +20,13 @@ def report(checks: list[Check], kinds: dict[str, dict]) -> dict[str, Any]:
     """The --json document: the whole check list plus the two summaries other tools look up directly."""
     ue = next((c for c in checks if c.key == "user_events"), None)
     hd = next((c for c in checks if c.key == "headers"), None)
+    of = next((c for c in checks if c.key == "opened_file"), None)
     sleepable = {kind: {k: res.get(k) for k in ("ok", "errno", "reason")} for kind, res in kinds.items()}
     return {
         "ok": syscall_tracing_ok(checks),
         "kernel": os.uname().release,
         "user_events": {"available": bool(ue and ue.ok), "reason": ue.detail if ue else "not checked"},
+        "opened_file": {"available": bool(of and of.ok), "detail": of.detail if of else "not checked"},
         "sleepable": sleepable,
         # kind: own, kheaders, generic (another kernel's: struct layouts come from BTF), environment,
         # missing or broken (bcc could not compile against them)

@@ -255,13 +255,21 @@ class ConsoleOutput:
             a((self.value(val, is_hex), None))
             if st == "recovered":
                 where = _describe_region(info.get("region"))
-                a((f" [recovered at exit; entry read failed errno {info['errno']}"
+                proof = ("verified: names the kernel's opened file" if info.get("verified")
+                         else "UNVERIFIED: memory after the call, maybe not what the kernel used")
+                a((f" [recovered at exit, {proof}; entry read failed errno {info['errno']}"
                    + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st]))
             elif st == "changed":
-                a((f" [CHANGED during the call; at exit: {self.value(info.get('value_at_exit'), is_hex)}]",
-                   STATUS_STYLE[st]))
+                seen = []
+                if "value_at_exit" in info:
+                    seen.append(f"at exit: {self.value(info.get('value_at_exit'), is_hex)}")
+                if "kernel_path" in info:
+                    seen.append(f"the kernel opened: {self.value(info['kernel_path'])}")
+                a((f" [CHANGED during the call; {'; '.join(seen)}]", STATUS_STYLE[st]))
             elif st == "truncated":
                 a((" [truncated]", STATUS_STYLE[st]))
+            if info.get("verified") is False and st in ("ok", "truncated"):
+                a((" [unverified]", "yellow"))
         a((")", None))
         if ev["ret"] is None:
             a((" = ?", "dim"))
@@ -271,11 +279,27 @@ class ConsoleOutput:
             shown = ev["ret_str"] if err or abs(ret) < 1 << 32 else hex(ret)
             a((" = ", None))
             a((shown, "red" if err else "green"))
+        op = ev.get("opened")
+        if op is not None:
+            a((" -> ", "dim"))
+            self._opened(a, op)
         if self.durations and ev.get("duration_ns") is not None:
             a((f" <{ev['duration_ns'] / 1e9:.6f}>", "dim"))
         if ev.get("missing"):
             a(("  ! unreadable: " + ", ".join(ev["missing"]), "bold red"))
         return t
+
+    @staticmethod
+    def _opened(a: Callable[[tuple[str, str | None]], None], op: dict) -> None:
+        """The file the kernel opened (tracer/opened.py): its path, or why there is none."""
+        if op["status"] == "unavailable":
+            a((f"opened <unavailable: {escape_text(str(op['reason']))}>", "yellow"))
+            return
+        if op["status"] == "truncated":
+            a((f'opened "…/{escape_text(op["path"])}" [path cut: {escape_text(str(op["reason"]))}]', "cyan"))
+        else:
+            a((f'opened "{escape_text(op["path"])}"', None))
+        a((f" (dev {op['dev']}, ino {op['ino']}, mode {op['mode']})", "dim"))
 
     def lost(self, ev: dict) -> None:
         self.events((ev,))

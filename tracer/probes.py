@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import bpfcache, bpfsys, sleepable
+from . import bpfcache, bpfsys, kstructs, sleepable
 from .kenv import BPF_DIR, EnvironmentProblem
 from .layout import const, packer
 from .perf import RingSet
@@ -41,6 +41,13 @@ class Filters:
     recover: bool = True
 
 
+def trace_spec(sleepable_kind: str | None = None) -> bpfcache.Spec:
+    """bpf/trace.bpf.c as this kernel gets it. The kernel-struct offsets of the opened-file walk are cflags:
+    a kernel with other offsets gets another program (and another cache entry)."""
+    extra = (*kstructs.offsets().cflags(), *(sleepable.syscall_cflags() if sleepable_kind else ()))
+    return bpfcache.Spec(SPEC.source, (*SPEC.cflags, *extra))
+
+
 class SyscallProbes(bpfcache.ObjectOwner):
     def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int = DEFAULT_PAGES,
                  sleepable_kind: str | None = None) -> None:
@@ -54,6 +61,9 @@ class SyscallProbes(bpfcache.ObjectOwner):
         def begin(obj: bpfcache.BpfObject) -> None:
             self.obj = obj
             self._configure()
+            if self.kfile.ok and any(s.opens_file for s in self.syscalls):
+                # sys_exit tail-calls the opened-file walk (bpf/kfile.h) for successful open-family calls.
+                self._set("exit_tails", 0, _U32.pack(obj.prog_fd("sys_exit_kfile")))
             self.open_output("events", pages)
             # -- sleepable syscall reads (tracer/sleepable.py): before _attach, whose entry programs
             # tp.s readers replace
@@ -63,7 +73,8 @@ class SyscallProbes(bpfcache.ObjectOwner):
             # -- end sleepable syscall reads
             self._attach()
 
-        spec = SPEC if not sleepable_kind else bpfcache.Spec(SPEC.source, (*SPEC.cflags, *sleepable.syscall_cflags()))
+        self.kfile = kstructs.offsets()
+        spec = trace_spec(sleepable_kind)
         status_off = task_status_offset() if use_raw(len(syscalls), sleepable_kind) else None
         self.raw = status_off is not None  # attached to raw_syscalls (see RAW_MIN_SYSCALLS)
         if self.raw:
@@ -103,7 +114,7 @@ class SyscallProbes(bpfcache.ObjectOwner):
         nmax = const("MAX_READS")
         for s in self.syscalls:
             fl = const("SC_TRACED") | (const("SC_NORETURN") if s.noreturn else 0) | (
-                const("SC_EXEC") if s.exec_ else 0)
+                const("SC_EXEC") if s.exec_ else 0) | (const("SC_OPEN") if s.opens_file and self.kfile.ok else 0)
             pad = [0] * (nmax - len(s.reads))
             self._set("sc_conf", s.nr, sc.pack(
                 fl, len(s.args), len(s.reads), 0,
@@ -139,6 +150,13 @@ class SyscallProbes(bpfcache.ObjectOwner):
 
     def close(self) -> None:
         self.attached = []
+        if self.obj is not None and "exit_tails" in self.obj.maps:
+            # A program array keeps its programs alive until the kernel clears it, later, once no fd
+            # holds it: empty it now so that nothing is left loaded when close() returns.
+            try:
+                self.obj.maps["exit_tails"].delete(_U32.pack(0))
+            except bpfsys.BpfError:
+                pass
         if self.sleepers is not None:
             self.sleepers.close()
             self.sleepers = None

@@ -85,7 +85,7 @@ class SyscallSource(Source):
         sleepable_kind = None if self.read_mode == "nofault" else self.read_mode
         self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages, sleepable_kind)
         self.rings = self.probes.rings
-        self.decoder = Decoder(syscalls.by_nr(), opts.explain)
+        self.decoder = Decoder(syscalls.by_nr(), opts.explain, kfile_problem=self.probes.kfile.problem)
         self.decode = self.decoder.decode  # type: ignore[method-assign]
 
     def add_pid(self, pid: int) -> None:

@@ -46,6 +46,8 @@ CLONE_ARGS_CAP = 128
 # 64-bit, the kernel refuses others): 16 cover the signal numbers of every architecture.
 SIGSET_CAP = 16
 _EXEC = {"execve", "execveat"}
+# Return a new file descriptor on success: the kernel's opened file is read at sys_exit (bpf/kfile.h).
+OPEN_FAMILY = frozenset({"open", "openat", "openat2", "creat", "open_by_handle_at"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ class Syscall:
 
     def read_for(self, argidx: int) -> Read | None:
         return next((r for r in self.reads if r.arg == argidx), None)
+
+    @property
+    def opens_file(self) -> bool:
+        return self.name in OPEN_FAMILY
 
     @property
     def takes_path(self) -> bool:

@@ -1,0 +1,108 @@
+"""Live: what the kernel used versus what memory held after the call (tests/workloads/truth_cases.c).
+
+A racing thread rewrites a path (openat of a FIFO) or a sockaddr (connect to a full AF_UNIX backlog) after
+the kernel's own copy; the entry read failed (untouched page), so only the exit re-read has a value — and it
+is the decoy. The event must not present it as certain; where the kernel's opened file settles it, it says
+so either way. Needs what tests/test_trace_live.py needs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+import pytest
+from test_trace_live import Run, expect_ok, run_parallel, workload_env
+
+from tracer.decode import UNVERIFIED
+
+pytestmark = pytest.mark.usefixtures("bpf_env")
+
+CASES = ["fifo_race", "fifo_race_nofollow", "untouched_abs", "untouched_rel", "unix_race"]
+
+
+@pytest.fixture(scope="module")
+def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[dict, dict]]]:
+    exe = build_c("truth_cases")
+    tmp = tmp_path_factory.mktemp("truth")
+    runs = run_parallel({"all": (("trace", "openat", "connect", "--json", "--", exe, *CASES), workload_env(tmp))})
+    run: Run = runs["all"]
+    expect_ok(run)
+    reports = {r["case"]: r for r in run.workload}
+    assert sorted(reports) == sorted(CASES), run.describe()
+    evs = run.of(reports["fifo_race"]["pid"])
+    by_case = {}
+    for case, r in reports.items():
+        if case == "unix_race":
+            match = [e for e in evs if e["syscall"] == "connect" and e["args"]["uservaddr"] is not None
+                     and e["reads"]["uservaddr"]["addr"] == r["addr"]]
+        else:
+            match = [e for e in evs if e["syscall"] == "openat" and e["reads"]["filename"]["addr"] == r["filename"]]
+        assert len(match) == 1, (case, run.describe())
+        by_case[case] = (r, match[0])
+    yield by_case
+
+
+def opened_of(r: dict) -> dict:
+    return {"dev": r["dev"], "ino": r["ino"], "mode": oct(r["mode"])}
+
+
+def test_fifo_rewritten_after_the_kernels_copy_is_not_shown_as_certain(truth) -> None:
+    r, ev = truth["fifo_race"]
+    assert r["after"] == r["decoy"] and ev["ret"] == r["ret"] >= 0
+    assert ev["args"]["filename"] == r["decoy"]  # all that memory held after the call
+    info = ev["reads"]["filename"]
+    assert info["status"] == "recovered" and info["errno"] == 14
+    assert info["verified"] is False and info["opened_match"] == "undecided"
+    assert info["unverified_reason"] == (
+        f"{UNVERIFIED['recovered']}; the kernel's opened file does not settle it: the kernel opened "
+        f"{r['fifo']!r}; this value names it only if it goes through a symbolic link")
+    assert ev["opened"] == {"status": "ok", "path": r["fifo"], **opened_of(r), "reason": None}
+    assert stat.S_ISFIFO(r["mode"])
+
+
+def test_fifo_rewritten_with_o_nofollow_is_changed(truth) -> None:
+    r, ev = truth["fifo_race_nofollow"]
+    assert r["flags"] & os.O_NOFOLLOW and ev["args"]["flags"] == r["flags"]
+    info = ev["reads"]["filename"]
+    assert ev["args"]["filename"] == r["decoy"]
+    assert (info["status"], info["verified"], info["opened_match"], info["kernel_path"]) == (
+        "changed", False, "conflict", r["fifo"])
+    leaf, kleaf = os.path.basename(r["decoy"]), os.path.basename(r["fifo"])
+    assert info["unverified_reason"] == (
+        f"cannot be the file the kernel opened: its last component {leaf!r} is not the opened file's name "
+        f"{kleaf!r}, and the last component cannot be a symbolic link (O_NOFOLLOW or RESOLVE_NO_SYMLINKS)")
+    assert ev["opened"]["path"] == r["fifo"] and ev["opened"]["ino"] == r["ino"]
+
+
+def test_recovered_absolute_path_verified_by_the_opened_file(truth) -> None:
+    r, ev = truth["untouched_abs"]
+    info = ev["reads"]["filename"]
+    path = ev["args"]["filename"]
+    assert info["status"] == "recovered" and info["verified"] is True and info["verified_by"] == "opened_file"
+    assert "unverified_reason" not in info
+    assert ev["opened"] == {"status": "ok", "path": path, **opened_of(r), "reason": None}
+    assert r["mode"] == 0o100640
+
+
+def test_recovered_relative_path_stays_unverified(truth) -> None:
+    r, ev = truth["untouched_rel"]
+    info = ev["reads"]["filename"]
+    assert ev["args"]["dfd"] == r["dfd"] >= 0
+    assert info["status"] == "recovered" and info["verified"] is False and info["opened_match"] == "undecided"
+    assert info["unverified_reason"].endswith(
+        "a relative path: the directory it was resolved from (dfd or the working directory) is not known to "
+        "tracer at the time of the call")
+    assert ev["opened"]["path"].endswith("/" + ev["args"]["filename"])
+    assert ev["opened"]["status"] == "ok" and ev["opened"]["ino"] == r["ino"] and ev["opened"]["dev"] == r["dev"]
+
+
+def test_sockaddr_rewritten_after_the_kernels_copy_is_unverified(truth) -> None:
+    r, ev = truth["unix_race"]
+    assert r["ret"] == 0 == ev["ret"] and r["after"] == r["decoy"]
+    assert ev["args"]["uservaddr"] == {"family": "AF_UNIX", "path": r["decoy"]}
+    info = ev["reads"]["uservaddr"]
+    assert (info["status"], info["verified"], info["unverified_reason"]) == (
+        "recovered", False, UNVERIFIED["recovered"])
+    assert "opened" not in ev
