@@ -11,7 +11,8 @@ from conftest import require
 from test_trace_live import ALL_CASES, expect_ok, paired, run_parallel, run_tracer, workload_env
 
 # What differs from run to run: times, ids, addresses, and string lengths (paths hold the directory and pid).
-VOLATILE = {"ts", "ts_exit", "duration_ns", "cpu", "pid", "tid", "addr", "region", "time", "len", "len_at_exit"}
+VOLATILE = {"ts", "ts_exit", "duration_ns", "cpu", "pid", "tid", "addr", "region", "time", "len", "len_at_exit",
+            "ino"}
 
 
 def comparable(ev: dict, workdir: Path) -> object:
