@@ -97,7 +97,9 @@ static void c_dev_mem(void)
 static void c_world_writable(void)
 {
 	const char *p = tmpfile_path("world-writable");
+	mode_t old = umask(0); /* the rule judges the created file's mode, after the umask */
 	call("world_writable", AT_FDCWD, p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666, 0);
+	umask(old);
 }
 
 /* Relative to a directory fd on /etc (opened with openat, which the monitor does not watch); the fd
