@@ -467,7 +467,7 @@ def test_replay_views_failed_only_durations_and_call_table(capfile) -> None:
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert [(e["kind"], e.get("ret_str")) for e in lines] == [("stream", None), ("syscall", "-14 EFAULT"),
                                                              ("lost", None), ("summary", None)]
-    assert lines[-1]["syscalls"] == {"openat2": {"calls": 1, "errors": 1, "total_ns": 500, "avg_ns": 500,
+    assert lines[-1]["per_syscall"] == {"openat2": {"calls": 1, "errors": 1, "total_ns": 500, "avg_ns": 500,
                                                  "max_ns": 500}}
     p = tracer("replay", str(path), "-T", env={"COLUMNS": "300", "TERM": "dumb"})
     calls = [line for line in p.stdout.splitlines() if "openat2(" in line]

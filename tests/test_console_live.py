@@ -68,7 +68,7 @@ def test_call_summary_in_json(runs) -> None:
     run = runs["C_json"]
     expect_ok(run)
     assert len(run.events) == 10
-    table = run.summary["syscalls"]
+    table = run.summary["per_syscall"]
     assert {k: (v["calls"], v["errors"]) for k, v in table.items()} == {
         "socket": (3, 0), "shutdown": (1, 1), "wait4": (3, 1), "kill": (3, 0)}
     wait4 = [e for e in run.events if e["syscall"] == "wait4"]

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from schema_check import check_stream
 from test_policy import DEFAULT_IDS
 from test_trace_live import Run, expect_ok, run_parallel, workload_env
 
@@ -293,6 +294,7 @@ def family_calls(run: Run) -> dict[str, tuple[dict, dict, list[dict]]]:
 def test_whole_family_watched_by_default(monitored: Monitored) -> None:
     run = monitored.runs["family"]
     expect_ok(run, rc=3)
+    check_stream(run.lines)  # the JSON contract (tracer/schema): alerts, calls and summary
     assert run.summary["syscalls"] == ["open", "openat", "openat2", "creat", "open_by_handle_at"]
     got = family_calls(run)
     assert set(got) == set(FAMILY_EXPECTED)

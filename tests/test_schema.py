@@ -156,3 +156,15 @@ def test_readme_samples_follow_the_schemas() -> None:
     assert {x["kind"] for x in ours} >= {"stream", "syscall"}
     for obj in ours:
         check_line(obj)
+
+
+def test_summaries_with_a_call_table_and_of_the_monitor_validate() -> None:
+    from tracer.summary import CallTable
+
+    table = CallTable()
+    table.add_many(synthesized_events())
+    s = summary_of(Stats(), {}, 0.5, 0, 0)
+    check_line({**s, "per_syscall": table.to_dict()})
+    check_line({**s, "syscalls": ["open", "openat"], "alerts": 2, "alerts_by_rule": {"x": 2}})
+    with pytest.raises(jsonschema.ValidationError):
+        check_line({**s, "per_syscall": {"openat": {"calls": 1}}})

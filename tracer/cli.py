@@ -135,7 +135,7 @@ def view_options(f):
         click.option("-T", "--durations", is_flag=True, help="Show the time spent in each call: <seconds>."),
         click.option("-c", "--summary-only", is_flag=True,
                      help="No call lines: count calls, errors and time per syscall, and print that table on stderr "
-                          "at the end (in the JSON summary as \"syscalls\" with --json)."),
+                          "at the end (in the JSON summary as \"per_syscall\" with --json)."),
         click.option("-C", "--call-summary", is_flag=True, help="Like -c, and show the calls too."),
         click.option("-Z", "--failed-only", is_flag=True, help="Only syscalls that returned an error."),
     ])
@@ -293,12 +293,12 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
 def show_end(out, summary: dict | None, table, as_json: bool, output: Path | None) -> None:
     """The end of a trace or replay: the -c/-C table (tracer/summary.py CallTable) and the summary. On the
     console they go to stderr, as strace -c's table does (stdout holds only calls), or into -o FILE after
-    the calls; with --json the table is the summary's "syscalls" object."""
+    the calls; with --json the table is the summary's "per_syscall" object."""
     from .output import ConsoleOutput
 
     if table is not None:
         if summary is not None:
-            summary["syscalls"] = table.to_dict()
+            summary["per_syscall"] = table.to_dict()
         if not as_json:
             (out.console if output is not None else err_console).print(Text(table.render()), soft_wrap=True)
     if summary is None:

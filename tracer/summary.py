@@ -56,7 +56,7 @@ class CallTable:
                     row.max_ns = d
 
     def to_dict(self) -> dict:
-        """The JSON summary's "syscalls" object, by total time, then calls."""
+        """The JSON summary's "per_syscall" object, by total time, then calls."""
         return {name: {"calls": r.calls, "errors": r.errors, "total_ns": r.total_ns,
                        "avg_ns": r.total_ns // r.timed if r.timed else None, "max_ns": r.max_ns if r.timed else None}
                 for name, r in self._sorted()}
