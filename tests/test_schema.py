@@ -168,3 +168,12 @@ def test_summaries_with_a_call_table_and_of_the_monitor_validate() -> None:
     check_line({**s, "syscalls": ["open", "openat"], "alerts": 2, "alerts_by_rule": {"x": 2}})
     with pytest.raises(jsonschema.ValidationError):
         check_line({**s, "per_syscall": {"openat": {"calls": 1}}})
+
+
+def test_stamp_is_iso_for_every_event() -> None:
+    """WallClock.stamp (the inlined hot path) gives what WallClock.iso gives, across second boundaries."""
+    w = WallClock(1_000_000_000_000_000_000)
+    evs = [{"ts": t} for t in range(0, 5_000_000_000, 7_777_777)] + [{"kind": "lost"}, {"ts": 3}]
+    w.stamp(evs)
+    ref = WallClock(w.offset)
+    assert [e.get("time") for e in evs] == [ref.iso(e["ts"]) if "ts" in e else None for e in evs]
