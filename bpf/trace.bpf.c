@@ -158,8 +158,19 @@ static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc,
 		return;
 	if (kind == RK_SOCKADDR_OUT) {
 		/* The caller's buffer size: the kernel copies at most this much but reports the full
-		 * address length, so the exit read must not go past it. */
+		 * address length, so the exit read must not go past it. When *addrlen itself cannot be read
+		 * here (an untouched page), enter_status RS_FAULT says the size is unknown: the exit read
+		 * then takes the length the kernel wrote back. */
 		s->want = want_size(sc, k, args);
+		__u8 la = sc->rd_lenarg[k];
+		if (!s->want && args[a] && la < MAX_ARGS && args[la]) {
+			int ulen = 0;
+			int e = bpf_probe_read_user(&ulen, sizeof(ulen), (void *)args[la]);
+			if (e < 0) {
+				s->enter_status = RS_FAULT;
+				s->enter_err = e;
+			}
+		}
 		return;
 	}
 	s->want = kind == RK_STR ? 0 : want_size(sc, k, args);
@@ -262,7 +273,7 @@ static __always_inline void exit_slot(struct sys_record *r, struct sc_conf *sc, 
 	__u32 want = s->kind == RK_STR ? 0 : want_size(sc, k, r->args);
 	__u32 cap = sc->rd_size[k];
 	if (s->kind == RK_SOCKADDR_OUT) {
-		if (s->want < cap)
+		if (s->enter_status != RS_FAULT && s->want < cap)
 			cap = s->want; /* what the kernel could write: shorter than `want` means truncated */
 		s->want = want;
 	}
@@ -420,7 +431,7 @@ static __always_inline void copy_slot(struct sys_record *r, struct sc_conf *sc, 
 		return;
 	struct read_slot *s = &r->reads[k];
 	__u8 a = s->arg;
-	if (s->enter_status != RS_FAULT || a >= MAX_ARGS)
+	if (s->enter_status != RS_FAULT || a >= MAX_ARGS || s->kind == RK_SOCKADDR_OUT)
 		return;
 	__u32 pos = data_end(r);
 	__s16 err = 0;

@@ -406,6 +406,19 @@ def test_accept4_sockaddr_filled_at_exit() -> None:
                                              "unverified_reason": UNVERIFIED["output"]}
 
 
+def test_accept4_addrlen_unreadable_at_entry() -> None:
+    """*addrlen was on an untouched page: the exit read took the kernel's length; the buffer size is unknown."""
+    d = Data()
+    x = d.add(sin(51000, "198.51.100.1"))
+    rec = record(288, [3, SA, SALEN, 0], ret=7, data=bytes(d.buf),
+                 slots=(slot(1, RK_SOCKADDR_OUT, RS_FAULT, RS_OK, eerr=-EFAULT, exit=x, want=16),))
+    ev = decode(rec)
+    assert ev["args"]["upeer_sockaddr"] == {"family": "AF_INET", "port": 51000, "addr": "198.51.100.1"}
+    assert ev["reads"]["upeer_sockaddr"] == {"status": "ok", "source": "exit", "errno": None, "addr": SA,
+                                             "len_errno": EFAULT, "len": 16, "size": 16, "verified": False,
+                                             "unverified_reason": UNVERIFIED["output_size"]}
+
+
 def test_accept4_failed_has_no_sockaddr() -> None:
     rec = record(288, [3, SA, SALEN, 0], ret=-11, slots=(slot(1, RK_SOCKADDR_OUT, RS_NONE, RS_NONE),))
     ev = decode(rec)

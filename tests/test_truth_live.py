@@ -19,14 +19,15 @@ from tracer.decode import UNVERIFIED
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
 
-CASES = ["fifo_race", "fifo_race_nofollow", "untouched_abs", "untouched_rel", "unix_race"]
+CASES = ["fifo_race", "fifo_race_nofollow", "untouched_abs", "untouched_rel", "unix_race", "accept4_untouched_len"]
 
 
 @pytest.fixture(scope="module")
 def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[dict, dict]]]:
     exe = build_c("truth_cases")
     tmp = tmp_path_factory.mktemp("truth")
-    runs = run_parallel({"all": (("trace", "openat", "connect", "--json", "--", exe, *CASES), workload_env(tmp))})
+    runs = run_parallel({"all": (("trace", "openat", "connect", "accept4", "--json", "--", exe, *CASES),
+                                 workload_env(tmp))})
     run: Run = runs["all"]
     expect_ok(run)
     reports = {r["case"]: r for r in run.workload}
@@ -34,7 +35,9 @@ def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     evs = run.of(reports["fifo_race"]["pid"])
     by_case = {}
     for case, r in reports.items():
-        if case == "unix_race":
+        if case == "accept4_untouched_len":
+            match = [e for e in evs if e["syscall"] == "accept4" and e["ret"] == r["ret"]]
+        elif case == "unix_race":
             match = [e for e in evs if e["syscall"] == "connect" and e["args"]["uservaddr"] is not None
                      and e["reads"]["uservaddr"]["addr"] == r["addr"]]
         else:
@@ -106,3 +109,16 @@ def test_sockaddr_rewritten_after_the_kernels_copy_is_unverified(truth) -> None:
     assert (info["status"], info["verified"], info["unverified_reason"]) == (
         "recovered", False, UNVERIFIED["recovered"])
     assert "opened" not in ev
+
+
+def test_accept4_with_untouched_addrlen_reads_what_the_kernel_wrote(truth) -> None:
+    r, ev = truth["accept4_untouched_len"]
+    assert r["ret"] >= 0 and r["addrlen_after"] == 16
+    assert ev["args"]["upeer_addrlen"] == r["addrlen_ptr"]
+    assert ev["args"]["upeer_sockaddr"] == {"family": "AF_INET", "port": r["client_port"], "addr": "127.0.0.1"}
+    info = ev["reads"]["upeer_sockaddr"]
+    # Whole (16 bytes, as the kernel reported), not cut: the buffer's size was unknown, which is said.
+    assert {k: v for k, v in info.items() if k != "addr"} == {
+        "status": "ok", "source": "exit", "errno": None, "len_errno": 14, "len": 16, "size": 16,
+        "verified": False, "unverified_reason": UNVERIFIED["output_size"]}
+    assert info["addr"] == r["addr"]

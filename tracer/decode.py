@@ -56,6 +56,9 @@ UNVERIFIED = {
     "missing": "not read",
     "output": "written by the kernel, read back from user memory at exit: another thread could have "
               "rewritten it in between",
+    "output_size": "written by the kernel, read back at exit for the length it reported; the caller's buffer "
+                   "size (*addrlen at entry) was unreadable, so had the buffer been smaller, the bytes past it "
+                   "are not the kernel's",
 }
 _VERIFIED_EQUAL = "enter_exit_equal"  # entry read, then the same bytes again at exit
 
@@ -209,9 +212,13 @@ class Decoder:
                 info["size"] = want
 
         output = kind == RK_SOCKADDR_OUT
+        size_unknown = False
         if output:
             if ret is None or ret < 0 or xs == RS_NONE:
                 return addr, None  # the kernel filled nothing: the call failed
+            if es == RS_FAULT:  # *addrlen (the caller's buffer size) was unreadable at entry
+                size_unknown = True
+                base["len_errno"] = -eerr
             es, eerr, eoff, elen, xs = xs, xerr, xoff, xlen, RS_NONE
             base["source"] = "exit"
         if es == RS_NULL:  # the pointer itself is the value, from the tracepoint's arguments
@@ -244,8 +251,9 @@ class Decoder:
             else:
                 info["verified"] = False
                 info["unverified_reason"] = UNVERIFIED[
-                    "output" if output else "changed" if xs in _READ_OK else "exit_fault" if xs == RS_FAULT
-                    else "skipped" if xs == RS_SKIPPED else "noreturn" if flags & RF_NORETURN else "no_exit"]
+                    "output_size" if size_unknown else "output" if output else "changed" if xs in _READ_OK
+                    else "exit_fault" if xs == RS_FAULT else "skipped" if xs == RS_SKIPPED
+                    else "noreturn" if flags & RF_NORETURN else "no_exit"]
             if src & RSRC_FAULTED_IN:  # a nofault read failed: the sleepable copy faulted the page in
                 info["faulted_in"] = True
                 if self.explain is not None:

@@ -13,10 +13,13 @@
  *   untouched_rel         openat(dirfd, "name") of the same file by a relative path.
  *   unix_race             connect(AF_UNIX) to a listener whose backlog is full: blocks after the kernel
  *                         copied the address; another thread rewrites sun_path, then accepts (unblocks it).
+ *   accept4_untouched_len accept4 whose *addrlen is on an untouched page (the peer buffer is not).
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <string.h>
@@ -205,6 +208,39 @@ static void case_unix_race(void)
 	unlink(sa.sun_path);
 }
 
+/* --- accept4 with *addrlen on an untouched page ------------------------------------------------------- */
+
+static void case_accept4_untouched_len(void)
+{
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in la = {.sin_family = AF_INET};
+	la.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t lalen = sizeof(la);
+	if (l < 0 || bind(l, (struct sockaddr *)&la, sizeof(la)) || listen(l, 4) ||
+	    getsockname(l, (struct sockaddr *)&la, &lalen))
+		die("listen");
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c < 0 || connect(c, (struct sockaddr *)&la, sizeof(la)))
+		die("connect");
+	struct sockaddr_in me;
+	socklen_t melen = sizeof(me);
+	if (getsockname(c, (struct sockaddr *)&me, &melen))
+		die("getsockname");
+	struct sockaddr_storage peer;
+	memset(&peer, 0xee, sizeof(peer));
+	socklen_t size = sizeof(peer);
+	socklen_t *lenp = (socklen_t *)untouched(&size, sizeof(size));
+	int a = accept4(l, (struct sockaddr *)&peer, lenp, SOCK_CLOEXEC);
+	int ret = R(a);
+	out("{\"kind\":\"workload\",\"case\":\"accept4_untouched_len\",\"pid\":%d,\"addr\":%lu,\"addrlen_ptr\":%lu,"
+	    "\"ret\":%d,\"addrlen_after\":%u,\"client_port\":%d}",
+	    getpid(), U(&peer), U(lenp), ret, *lenp, ntohs(me.sin_port));
+	if (a >= 0)
+		close(a);
+	close(c);
+	close(l);
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -214,6 +250,7 @@ static const struct {
 	{"untouched_abs", case_untouched_abs},
 	{"untouched_rel", case_untouched_rel},
 	{"unix_race", case_unix_race},
+	{"accept4_untouched_len", case_accept4_untouched_len},
 };
 
 int main(int argc, char **argv)
