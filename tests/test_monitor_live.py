@@ -60,7 +60,10 @@ class Monitored:
 def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
     exe = build_c("monitor_cases")
     tmp = tmp_path_factory.mktemp("monitor")
-    dirs = {name: tmp / name for name in ("triggers", "benign", "console", "family", "flood", "flood_all")}
+    dirs = {name: tmp / name for name in ("triggers", "benign", "console", "family", "flood", "flood_all", "race")}
+    secret = tmp / "secret.toml"  # 0644, root's: a policy the monitor accepts
+    secret.write_text('[[rule]]\nid = "secret-open"\nseverity = "critical"\ndescription = "Open of a secret"\n'
+                      'path = "/**/secret-fifo.*"\n')
     for d in dirs.values():
         d.mkdir()
     console_env = {**workload_env(dirs["console"]), "TERM": "dumb", "COLUMNS": "400"}
@@ -76,6 +79,8 @@ def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
         "cat": (("monitor", "--", "cat", "/etc/shadow"), {**console_env, "TERM": "dumb"}),
         "flood": (("monitor", "openat2", "--json", "--", exe, "flood"),
                   workload_env(dirs["flood"], FLOOD_N=str(FLOOD), LINGER_MS="5000")),  # /proc facts stay
+        "race": (("monitor", "openat2", "--json", "--all", "--policy", str(secret), "--", exe, "race"),
+                 workload_env(dirs["race"])),
         "flood_all": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "flood"),
                       workload_env(dirs["flood_all"], FLOOD_N=str(FLOOD))),
     })
@@ -408,3 +413,20 @@ def test_no_aggregate_shows_every_alert(monitored: Monitored) -> None:
     alerts = [x for x in run.lines if x.get("kind") == "alert"]
     assert len(alerts) == 2 * FLOOD and not any("aggregate" in a for a in alerts)
     assert run.summary["alerts_folded"] == 0
+
+
+def test_racing_writer_alerts_on_the_opened_file(monitored: Monitored) -> None:
+    """The path was rewritten after the kernel copied it: read at exit it names DIR/harmless-xx.PID,
+    while the kernel opened DIR/secret-fifo.PID. The rule on the secret fires on the kernel's file."""
+    run = monitored.runs["race"]
+    expect_ok(run, rc=3)
+    (report,) = run.workload
+    d, pid = monitored.dirs["race"], report["pid"]
+    (ev,) = {x["ts"]: x for x in (y.get("event", y) for y in run.lines if y.get("kind") in ("alert", "syscall"))
+             if x["pid"] == pid}.values()  # the one call, whether shown as an alert or with --all
+    assert ev["ret"] == report["ret"] >= 0
+    assert ev["args"]["filename"] == f"{d}/harmless-xx.{pid}" and ev["reads"]["filename"]["verified"] is False
+    assert ev["opened"]["status"] == "ok" and ev["opened"]["path"] == f"{d}/secret-fifo.{pid}"
+    assert ev["args"]["filename"] != ev["opened"]["path"]  # what the exit re-read found: not the kernel's
+    alerts = {x["rule"]: x for x in run.lines if x.get("kind") == "alert"}
+    assert alerts["secret-open"]["matched"] == ["opened"] and "best_effort" not in alerts["secret-open"]

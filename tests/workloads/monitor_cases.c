@@ -280,6 +280,49 @@ static void c_family(void)
 	report("f_lnk_dotdot_shadow", "openat", ret(syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC)));
 }
 
+/* A racing writer: the path is on a page nothing has touched (unreadable at entry); the kernel faults it
+ * in, copies DIR/secret-fifo.PID and blocks opening the FIFO; meanwhile another thread rewrites the
+ * memory to DIR/harmless-xx.PID, then opens the FIFO for writing. Read again at exit, the path says
+ * harmless; the kernel opened the secret. */
+static char *race_mem;
+static char race_fifo[512], race_harmless[512];
+
+static void *race_writer(void *arg)
+{
+	(void)arg;
+	struct timespec ts = {0, 200 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+	strcpy(race_mem, race_harmless);
+	int fd = open(race_fifo, O_WRONLY | O_CLOEXEC); /* unblocks the reader */
+	if (fd < 0)
+		die("open fifo for writing");
+	close(fd);
+	return NULL;
+}
+
+static void c_race(void)
+{
+	strcpy(race_fifo, tmpfile_path("secret-fifo"));
+	strcpy(race_harmless, tmpfile_path("harmless-xx"));
+	if (mkfifo(race_fifo, 0600))
+		die("mkfifo");
+	const char *file = tmpfile_path("race-page");
+	int fd = open(file, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
+	char page[PAGE] = {0};
+	strcpy(page, race_fifo);
+	if (fd < 0 || write(fd, page, PAGE) != PAGE)
+		die(file);
+	race_mem = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0); /* not touched */
+	if (race_mem == MAP_FAILED)
+		die("mmap");
+	close(fd);
+	pthread_t t;
+	if (pthread_create(&t, NULL, race_writer, NULL))
+		die("pthread_create");
+	call("race", AT_FDCWD, race_mem, O_RDONLY | O_CLOEXEC, 0, 0);
+	pthread_join(t, NULL);
+}
+
 /* FLOOD_N (default 1000) identical openat2 calls on /etc/shadow, then as many with a bad path pointer:
  * one report each for the first and the last call of each kind. */
 static void c_flood(void)
@@ -329,7 +372,7 @@ static const struct {
 	{"proc_mem", c_proc_mem}, {"dev_mem", c_dev_mem}, {"world_writable", c_world_writable},
 	{"dfd_shadow", c_dfd_shadow}, {"cwd_mem", c_cwd_mem}, {"cwd_deleted", c_cwd_deleted},
 	{"badptr", c_badptr}, {"how_badptr", c_how_badptr}, {"untouched_shadow", c_untouched_shadow},
-	{"changed", c_changed}, {"escape", c_escape}, {"benign", c_benign}, {"family", c_family}, {"flood", c_flood},
+	{"changed", c_changed}, {"escape", c_escape}, {"benign", c_benign}, {"family", c_family}, {"flood", c_flood}, {"race", c_race},
 };
 #define NCASES (sizeof(CASES) / sizeof(CASES[0]))
 
@@ -342,7 +385,8 @@ int main(int argc, char **argv)
 		for (size_t k = 0; k < NCASES; k++) {
 			int all = !strcmp(argv[i], "triggers") && strcmp(CASES[k].name, "benign") &&
 				  strcmp(CASES[k].name, "escape") && strcmp(CASES[k].name, "family") &&
-				  strcmp(CASES[k].name, "flood");
+				  strcmp(CASES[k].name, "flood") &&
+				  strcmp(CASES[k].name, "race");
 			if (all || !strcmp(argv[i], CASES[k].name)) {
 				CASES[k].fn();
 				found = 1;
