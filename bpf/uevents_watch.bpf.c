@@ -79,6 +79,50 @@ static __always_inline int enter_write(int fd, __u64 addr, __u64 count, __u8 sc)
 	return 0;
 }
 
+#ifdef UE_K_USER_DATA_FOPS
+/* The event the kernel itself resolved write_index to on this descriptor: current->files->fdt->fd[fd]
+ * (a user_events_data file: f_op is user_data_fops) -> private_data (struct user_event_file_info) ->
+ * refs->events[write_index] -> call.event.type, the tracefs id. Offsets come from the running kernel's
+ * BTF (tracer/user_events/watch.py). Read at the exit of the failed write: the table only grows while the
+ * file is open, so this is the entry the write used. 0 when any step fails. */
+static __always_inline __u32 kernel_event_id(int fd, __u32 idx)
+{
+	char *task = (char *)bpf_get_current_task();
+	char *files = 0, *fdt = 0, *fds = 0, *file = 0, *fop = 0, *info = 0, *refs = 0, *user = 0;
+	unsigned int max_fds = 0;
+	int count = 0, type = 0;
+
+	if (fd < 0 || bpf_probe_read_kernel(&files, sizeof(files), task + UE_K_TASK_FILES) || !files)
+		return 0;
+	if (bpf_probe_read_kernel(&fdt, sizeof(fdt), files + UE_K_FILES_FDT) || !fdt)
+		return 0;
+	if (bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + UE_K_FDT_MAX_FDS) || (unsigned int)fd >= max_fds)
+		return 0;
+	if (bpf_probe_read_kernel(&fds, sizeof(fds), fdt + UE_K_FDT_FD) || !fds)
+		return 0;
+	if (bpf_probe_read_kernel(&file, sizeof(file), fds + (__u64)(unsigned int)fd * sizeof(void *)) || !file)
+		return 0;
+	if (bpf_probe_read_kernel(&fop, sizeof(fop), file + UE_K_FILE_F_OP) || (__u64)fop != UE_K_USER_DATA_FOPS)
+		return 0;
+	if (bpf_probe_read_kernel(&info, sizeof(info), file + UE_K_FILE_PRIVATE) || !info)
+		return 0;
+	if (bpf_probe_read_kernel(&refs, sizeof(refs), info + UE_K_INFO_REFS) || !refs)
+		return 0;
+	if (bpf_probe_read_kernel(&count, sizeof(count), refs + UE_K_REFS_COUNT) || count <= 0 || idx >= (__u32)count)
+		return 0;
+	if (bpf_probe_read_kernel(&user, sizeof(user), refs + UE_K_REFS_EVENTS + (__u64)idx * sizeof(void *)) || !user)
+		return 0;
+	if (bpf_probe_read_kernel(&type, sizeof(type), user + UE_K_USER_TYPE))
+		return 0;
+	return (__u32)type;
+}
+#else
+static __always_inline __u32 kernel_event_id(int fd, __u32 idx)
+{
+	return 0;
+}
+#endif
+
 static __always_inline int exit_write(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -113,6 +157,7 @@ static __always_inline int exit_write(void *ctx, long ret)
 	r->write_index = c->write_index;
 	r->index_err = c->index_err;
 	r->name_len = 0;
+	r->event_id = (c->flags & UE_F_INDEX) ? kernel_event_id(c->fd, c->write_index) : 0;
 	bpf_get_current_comm(r->comm, sizeof(r->comm));
 	if (ue_events.perf_submit(ctx, r, offsetof(struct ue_record, name)) == 0)
 		ue_count(UE_ST_FAULT);
@@ -186,6 +231,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	if (n == UE_NAME_CAP)
 		r->flags |= UE_F_NAME_TRUNC;
 	r->type = UE_REC_REG;
+	r->event_id = 0;
 	r->sc = UE_SC_IOCTL;
 	r->pid = tgid;
 	r->tid = tid;

@@ -47,7 +47,7 @@ struct ue_record {
 	__s32 index_err;  /* helper error reading the write_index (0 when read) */
 	__u16 name_len;
 	__u16 pad0;
-	__u32 pad1;
+	__u32 event_id;   /* fault: tracefs id of the event the kernel's table maps write_index to (0: unknown) */
 	char comm[UE_TASK_COMM_LEN];
 	char name[UE_NAME_CAP];
 };

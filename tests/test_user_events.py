@@ -320,3 +320,17 @@ def test_console_line_for_user_events() -> None:
     con = Console(record=True, width=400, color_system=None)
     ConsoleOutput(con).event(plain)
     assert 'user_events:x(n=7, s="hi")' in con.export_text()
+
+
+def test_format_with_the_kernels_garbage_array_length() -> None:
+    """Seen on 6.12 (4 times in 300 registrations): `__rel_loc char s[-1043189696]`. The field is kept, with
+    the registered spelling; a declaration that cannot be parsed is kept as bytes, never dropped."""
+    from tracer.user_events.formats import parse_format
+
+    text = ("name: fl_204\nID: 1577\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+            "\tfield:u32 n;\toffset:8;\tsize:4;\tsigned:0;\n"
+            "\tfield:__rel_loc char s[-1043189696];\toffset:12;\tsize:4;\tsigned:1;\n"
+            "\tfield:???;\toffset:16;\tsize:2;\tsigned:0;\n\nprint fmt: \"n=%u\"\n")
+    fmt = parse_format(text, "user_events")
+    assert [(f.name, f.ctype, f.offset, f.kind) for f in fmt.fields] == [
+        ("n", "u32", 8, "int"), ("s", "__rel_loc char[]", 12, "loc_str"), ("???", "???", 16, "bytes")]

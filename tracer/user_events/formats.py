@@ -158,7 +158,9 @@ def parse_name_args(name_args: str) -> tuple[str, str | None, tuple[Field, ...]]
 
 _FMT_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);"
                         r"(?:\s*signed:(?P<signed>\d+);)?")
-_DECL = re.compile(r"(?P<type>.*?)\s*(?P<name>\w+)\s*(?P<dim>\[\w*\])?")
+# The dimension may be garbage: 6.12 prints `__rel_loc char s[-1043189696]` now and then (an
+# uninitialised length in the kernel), so any text between the brackets is accepted.
+_DECL = re.compile(r"(?P<type>.*?)\s*(?P<name>\w+)\s*(?P<dim>\[[^\]]*\])?")
 
 
 def parse_format_fields(text: str) -> tuple[Field, ...]:
@@ -167,8 +169,10 @@ def parse_format_fields(text: str) -> tuple[Field, ...]:
     ("char[20]", "__rel_loc char[]")."""
     out = []
     for m in _FMT_FIELD.finditer(text):
-        d = _DECL.fullmatch(" ".join(m.group("decl").split()))
-        if d is None:
+        decl = " ".join(m.group("decl").split())
+        d = _DECL.fullmatch(decl)
+        if d is None:  # never dropped: kept as bytes under its declaration
+            out.append(Field(decl, decl, int(m.group("off")), int(m.group("size")), False))
             continue
         ctype, name, dim = d.group("type"), d.group("name"), d.group("dim")
         if name.startswith("common_"):

@@ -30,8 +30,46 @@ from .formats import parse_name_args
 _LAYOUT = layout()
 C = _LAYOUT.consts
 SPEC = bpfcache.Spec("uevents_watch.bpf.c", (f"-I{BPF_DIR}", "-Wno-unused-function"))
+# write_index -> event through the kernel's own table (bpf/uevents_watch.bpf.c kernel_event_id): member
+# offsets from the running kernel's BTF, as (macro, struct, member path).
+_KERNEL_OFFSETS = (("UE_K_TASK_FILES", "task_struct", ("files",)), ("UE_K_FILES_FDT", "files_struct", ("fdt",)),
+                   ("UE_K_FDT_MAX_FDS", "fdtable", ("max_fds",)), ("UE_K_FDT_FD", "fdtable", ("fd",)),
+                   ("UE_K_FILE_F_OP", "file", ("f_op",)), ("UE_K_FILE_PRIVATE", "file", ("private_data",)),
+                   ("UE_K_INFO_REFS", "user_event_file_info", ("refs",)),
+                   ("UE_K_REFS_COUNT", "user_event_refs", ("count",)),
+                   ("UE_K_REFS_EVENTS", "user_event_refs", ("events",)),
+                   ("UE_K_USER_TYPE", "user_event", ("call", "event", "type")))
+
+
+def kallsyms_address(symbol: str) -> int | None:
+    """A kernel symbol's address from /proc/kallsyms (None when absent or hidden as 0 by kptr_restrict)."""
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == symbol:
+                    return int(parts[0], 16) or None
+    except OSError:
+        return None
+    return None
+
+
+def kernel_walk() -> tuple[tuple[str, ...], str | None]:
+    """(-D flags that enable the walk, None) or ((), why it cannot be done on this kernel)."""
+    from .. import btf
+
+    try:
+        b = btf.vmlinux()
+        flags = [f"-D{macro}={b.offsetof(st, *path)}" for macro, st, path in _KERNEL_OFFSETS]
+    except (OSError, KeyError, ValueError) as e:
+        return (), f"the kernel's BTF does not give the user_events file layout ({e})"
+    fops = kallsyms_address("user_data_fops")
+    if fops is None:
+        return (), "user_data_fops is not in /proc/kallsyms (or hidden by kptr_restrict)"
+    return (*flags, f"-DUE_K_USER_DATA_FOPS={fops:#x}ULL"), None
 _REC = _LAYOUT.structs["ue_record"]
 _HDR = struct.Struct(_REC.fmt("name"))
+_REC_FIELDS = [f.name for f in _REC.fields][:len(_HDR.unpack(bytes(_HDR.size)))]
 _SC = {C["UE_SC_WRITE"]: "write", C["UE_SC_WRITEV"]: "writev", C["UE_SC_IOCTL"]: "ioctl"}
 _NR_KCMP = {"x86_64": 312, "aarch64": 272}
 _KCMP_FILE = 0
@@ -96,8 +134,12 @@ class Watch(bpfcache.ObjectOwner):
         self.counts: Counter = Counter()
         self.rings: RingSet | None = None
         self.obj: bpfcache.BpfObject | None = None  # programs attach when loaded (TRACEPOINT_PROBEs)
+        self.root = data_path.parent
+        self.ids: dict[int, tuple[str, str]] = {}  # tracefs id -> (tracepoint, registered name)
+        walk, self.walk_reason = kernel_walk()
+        spec = bpfcache.Spec(SPEC.source, SPEC.cflags + walk)
         try:
-            bpfcache.start(SPEC, lambda obj: self._begin(obj, pages), self.close)
+            bpfcache.start(spec, lambda obj: self._begin(obj, pages), self.close)
         except Exception:
             self.close()
             raise
@@ -175,7 +217,24 @@ class Watch(bpfcache.ObjectOwner):
         if not flags & C["UE_F_INDEX"]:
             return {}
         name_args, why = self.name_for(pid, fd, idx)
-        return {"name_args": name_args} if name_args is not None else {"name_reason": why}
+        if name_args is not None:
+            return {"name_args": name_args}
+        event_id = rec[_REC_FIELDS.index("event_id")]
+        if event_id:
+            known = self._event_for_id(event_id)
+            if known is not None:
+                return {"event": known[0], "name": known[1], "event_id": event_id, "named_by": "kernel"}
+            why += f"; the kernel maps it to tracefs event id {event_id}, no longer in tracefs"
+        elif self.walk_reason:
+            why += f"; {self.walk_reason}"
+        return {"name_reason": why}
+
+    def _event_for_id(self, event_id: int) -> tuple[str, str] | None:
+        if event_id not in self.ids:
+            from . import status
+
+            self.ids = {f.id: (f.tracepoint, f.reg_name) for f in status.formats(self.root) if f.id is not None}
+        return self.ids.get(event_id)
 
     def kernel_stats(self) -> dict[str, int]:
         out = dict(self.counts)
@@ -188,7 +247,7 @@ class Watch(bpfcache.ObjectOwner):
 def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
     """The event of a discarded write: its ue_record and the watch's findings (Watch.findings)."""
     rec = _HDR.unpack_from(raw)
-    (_t, sc, flags, pid, tid, fd, ts, ret, addr, count, data_addr, idx, err, _nl, _p0, _p1, comm) = rec
+    (_t, sc, flags, pid, tid, fd, ts, ret, addr, count, data_addr, idx, err, _nl, _p0, _eid, comm) = rec
     ev: dict = {"kind": "user_event", "status": "discarded", "event": None, "name": None, "ts": ts,
                 "cpu": cpu, "pid": pid, "tid": tid,
                 "comm": comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
@@ -198,7 +257,10 @@ def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
     if flags & C["UE_F_INDEX"]:
         ev["write_index"] = idx
         name_args = found.get("name_args")
-        if name_args is not None:
+        if found.get("named_by") == "kernel":  # the kernel's own write_index table, read by the watch
+            ev.update({"event": found["event"], "name": found["name"], "event_id": found["event_id"],
+                       "named_by": "kernel"})
+        elif name_args is not None:
             try:
                 name = parse_name_args(name_args)[0]
             except ValueError:
