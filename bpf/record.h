@@ -32,6 +32,15 @@
 #define RK_SOCKADDR_OUT 4 /* sockaddr filled by the kernel: read at exit, size from *(int *)rd_lenarg */
 #define RK_BUF 5          /* fixed-size buffer of rd_size bytes */
 #define RK_BUF_LEN 6      /* buffer, size from the argument rd_lenarg, at most rd_size */
+#define RK_STRV 7         /* NULL-terminated array of strings (execve argv/envp): struct strv below;
+			   * rd_lenarg says which area of the new mm holds the kernel's copy (0 args, 1 env) */
+
+/* An RK_STRV read at entry (and at exit of a failed exec): struct strv, then per element a struct
+ * strv_elem followed by its len bytes (no NUL). At exit of a successful exec the exit bytes are instead
+ * the kernel's copy in the new process's memory (mm->arg_start..arg_end or env_start..env_end), NUL-separated,
+ * RS_TRUNC when cut. Bounded: STRV_MAX elements, STRV_ELEM_CAP bytes each, and the record's data area. */
+#define STRV_MAX 48
+#define STRV_ELEM_CAP 256
 
 /* Outcome of one read (struct read_slot.enter_status / exit_status). */
 #define RS_NONE 0     /* not attempted */
@@ -122,6 +131,22 @@ struct sys_record {
 	char comm[TASK_COMM_LEN];
 	struct read_slot reads[MAX_READS];
 	__u8 data[DATA_CAP];
+};
+
+struct strv {
+	__u16 n;      /* elements that follow */
+	__u8 status;  /* RS_OK: the NULL that ends the array was read after them; RS_TRUNC: cut (STRV_MAX, room);
+		       * RS_FAULT: the pointer of element n could not be read (err) */
+	__u8 pad;
+	__s16 err;
+	__u16 size;   /* bytes of this struct and its elements */
+};
+
+struct strv_elem {
+	__u8 status;  /* RS_OK, RS_TRUNC (longer than STRV_ELEM_CAP - 1), RS_FAULT (err) */
+	__u8 pad;
+	__s16 err;
+	__u16 len;
 };
 
 struct kfile {

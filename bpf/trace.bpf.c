@@ -19,6 +19,7 @@
 #include "reads.h"
 #ifdef TRACER_KFILE
 #include "kfile.h"
+#include "strv.h"
 #endif
 
 #ifndef INFLIGHT_ENTRIES
@@ -51,7 +52,10 @@ BPF_PERCPU_ARRAY(zero_rec, struct sys_record, 1);
  * insert; LRU eviction bounds the memory left by exited threads. */
 BPF_TABLE("lru_hash", __u32, struct sys_record, inflight, INFLIGHT_ENTRIES);
 #ifdef TRACER_KFILE
-BPF_PROG_ARRAY(exit_tails, 1); /* [0] sys_exit_kfile */
+/* Work done for a few syscalls only, in programs of their own (tail calls): verified once each, and
+ * absent from the path of every other syscall. */
+BPF_PROG_ARRAY(enter_tails, 1); /* [0] sys_enter_exec */
+BPF_PROG_ARRAY(exit_tails, 2);  /* [0] sys_exit_kfile, [1] sys_exit_exec */
 #endif
 
 static __always_inline void count(int idx)
@@ -154,7 +158,7 @@ static __always_inline void enter_slot(struct sys_record *r, struct sc_conf *sc,
 	s->want = 0;
 	s->enter_status = RS_NONE;
 	s->src = 0;
-	if (a >= MAX_ARGS)
+	if (a >= MAX_ARGS || kind == RK_STRV) /* RK_STRV: read by sys_enter_exec */
 		return;
 	if (kind == RK_SOCKADDR_OUT) {
 		/* The caller's buffer size: the kernel copies at most this much but reports the full
@@ -225,6 +229,10 @@ static __always_inline int handle_enter(void *ctx, int nr, __u64 *args, const in
 	enter_slot(r, sc, args, 2, sleepable);
 	enter_slot(r, sc, args, 3, sleepable);
 
+#ifdef TRACER_KFILE
+	if (!sleepable && (sc->flags & SC_EXEC))
+		enter_tails.call(ctx, 0); /* argv/envp; returns here only if the tail call fails */
+#endif
 	/* Sleepable entry programs cannot emit: they are attached to syscalls that return only. */
 	if (!sleepable && (sc->flags & SC_NORETURN)) {
 		r->flags |= RF_NORETURN;
@@ -258,7 +266,7 @@ static __always_inline void exit_slot(struct sys_record *r, struct sc_conf *sc, 
 		return;
 	struct read_slot *s = &r->reads[k];
 	__u8 a = s->arg;
-	if (a >= MAX_ARGS)
+	if (a >= MAX_ARGS || s->kind == RK_STRV) /* RK_STRV: read by sys_exit_exec */
 		return;
 	if (s->kind == RK_SOCKADDR_OUT) {
 		if (r->ret < 0)
@@ -324,6 +332,8 @@ int sys_exit(struct sc_exit_ctx *ctx)
 	 * of the reads above. If the tail call fails, the record goes out without it (no RF_OPENED). */
 	if ((sc->flags & SC_OPEN) && r->ret >= 0)
 		exit_tails.call(ctx, 0);
+	if (sc->flags & SC_EXEC)
+		exit_tails.call(ctx, 1);
 #endif
 	emit(ctx, r, data_end(r));
 	return 0;
@@ -348,6 +358,98 @@ int sys_exit_kfile(struct sc_exit_ctx *ctx)
 	} else {
 		emit(ctx, r, data_end(r));
 	}
+	return 0;
+}
+#endif
+
+#ifdef TRACER_KFILE
+/* Slot k (constant) of an exec, if it is an RK_STRV: the caller's array at data_end, at entry or (exit,
+ * failed exec) again at exit. The offset goes through the record so the verifier forgets its ranges. */
+static __always_inline void strv_slot(struct sys_record *r, int k, int at_exit)
+{
+	if (k >= r->nreads)
+		return;
+	struct read_slot *s = &r->reads[k];
+	__u8 a = s->arg;
+	if (s->kind != RK_STRV || a >= MAX_ARGS)
+		return;
+	__u32 at = data_end(r);
+	if (at_exit) {
+		s->exit_off = at;
+		at = *(volatile __u16 *)&s->exit_off;
+	} else {
+		s->enter_off = at;
+		at = *(volatile __u16 *)&s->enter_off;
+	}
+	__u64 vec = r->args[a];
+	__u32 n = 0;
+	if (!vec) {
+		if (!at_exit)
+			s->enter_status = RS_NULL;
+		return;
+	}
+	n = strv_read(r->data, at, vec);
+	if (at_exit) {
+		s->exit_len = n;
+		s->exit_status = n ? RS_OK : RS_NOROOM;
+	} else {
+		s->enter_len = n;
+		s->enter_status = n ? RS_OK : RS_NOROOM;
+	}
+}
+
+/* Slot k at exit of a successful exec: the kernel's copy in the new process's memory. */
+static __always_inline void mm_slot(struct sys_record *r, struct sc_conf *sc, int k)
+{
+	if (k >= r->nreads)
+		return;
+	struct read_slot *s = &r->reads[k];
+	if (s->kind != RK_STRV)
+		return;
+	s->exit_off = data_end(r);
+	mm_block(r->data, s, sc->rd_lenarg[k] == 1);
+}
+
+/* Tail of sys_enter_N for execve/execveat: argv and envp. */
+int sys_enter_exec(void *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r || !(r->flags & RF_ACTIVE))
+		return 0;
+	strv_slot(r, 0, 0);
+	strv_slot(r, 1, 0);
+	strv_slot(r, 2, 0);
+	strv_slot(r, 3, 0);
+	return 0;
+}
+
+/* Tail of sys_exit for execve/execveat: the kernel's copies after a success, the old memory after a
+ * failure (recovery on), then the record. */
+int sys_exit_exec(struct sc_exit_ctx *ctx)
+{
+	__u32 zero = 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r || !(r->flags & RF_ACTIVE))
+		return 0;
+	__u32 nr = r->nr;
+	struct sc_conf *sc = sc_conf.lookup(&nr);
+	struct tracer_conf *c = conf.lookup(&zero);
+	if (!sc || !c)
+		return 0;
+	if (r->ret == 0) {
+		mm_slot(r, sc, 0);
+		mm_slot(r, sc, 1);
+		mm_slot(r, sc, 2);
+		mm_slot(r, sc, 3);
+	} else if (c->flags & CF_RECOVER) {
+		strv_slot(r, 0, 1);
+		strv_slot(r, 1, 1);
+		strv_slot(r, 2, 1);
+		strv_slot(r, 3, 1);
+	}
+	emit(ctx, r, data_end(r));
 	return 0;
 }
 #endif

@@ -19,14 +19,16 @@ from tracer.decode import UNVERIFIED
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
 
-CASES = ["fifo_race", "fifo_race_nofollow", "untouched_abs", "untouched_rel", "unix_race", "accept4_untouched_len"]
+CASES = ["fifo_race", "fifo_race_nofollow", "untouched_abs", "untouched_rel", "unix_race", "accept4_untouched_len",
+         "exec_fail_untouched", "exec_ok_untouched"]
+EXEC_ARGS = ["/bin/true", "arg-one", "arg two"]
 
 
 @pytest.fixture(scope="module")
 def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[dict, dict]]]:
     exe = build_c("truth_cases")
     tmp = tmp_path_factory.mktemp("truth")
-    runs = run_parallel({"all": (("trace", "openat", "connect", "accept4", "--json", "--", exe, *CASES),
+    runs = run_parallel({"all": (("trace", "openat", "connect", "accept4", "execve", "--json", "--", exe, *CASES),
                                  workload_env(tmp))})
     run: Run = runs["all"]
     expect_ok(run)
@@ -35,7 +37,10 @@ def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     evs = run.of(reports["fifo_race"]["pid"])
     by_case = {}
     for case, r in reports.items():
-        if case == "accept4_untouched_len":
+        if case.startswith("exec_"):
+            match = [e for e in run.of(r["pid"]) if e["syscall"] == "execve" and e["reads"].get("argv", {}).get(
+                "addr") == r["argv"]]
+        elif case == "accept4_untouched_len":
             match = [e for e in evs if e["syscall"] == "accept4" and e["ret"] == r["ret"]]
         elif case == "unix_race":
             match = [e for e in evs if e["syscall"] == "connect" and e["args"]["uservaddr"] is not None
@@ -122,3 +127,33 @@ def test_accept4_with_untouched_addrlen_reads_what_the_kernel_wrote(truth) -> No
         "status": "ok", "source": "exit", "errno": None, "len_errno": 14, "len": 16, "size": 16,
         "verified": False, "unverified_reason": UNVERIFIED["output_size"]}
     assert info["addr"] == r["addr"]
+
+
+def test_exec_argv_from_the_new_programs_memory(truth) -> None:
+    """A successful exec whose argv/envp were unreadable at entry: the kernel's own copy, read at exit from
+    the new process's mm->arg_start..arg_end and env_start..env_end, is the value — and proves it."""
+    r, ev = truth["exec_ok_untouched"]
+    assert ev["ret"] == 0 and ev["args"]["argv"] == EXEC_ARGS and ev["args"]["envp"] == ["TRUTH=1"]
+    argv = ev["reads"]["argv"]
+    assert argv == {
+        "status": "recovered", "source": "exit", "errno": None, "addr": r["argv"], "count": 3, "len": 23,
+        "elements": [{"status": "ok", "len": 9}, {"status": "ok", "len": 7}, {"status": "ok", "len": 7}],
+        "entry_status": "missing", "entry_errno": 14,
+        "exit_from": "the new program's memory, as the kernel copied it during the exec",
+        "verified": True, "verified_by": "kernel_copy"}
+    envp = ev["reads"]["envp"]
+    assert (envp["status"], envp["count"], envp["verified_by"], envp["addr"]) == ("recovered", 1, "kernel_copy",
+                                                                                 r["envp"])
+    assert ev["missing"] == ["filename"]  # its page was untouched too; the new program has no copy of it
+
+
+def test_failed_exec_argv_recovered_from_the_old_memory_unverified(truth) -> None:
+    r, ev = truth["exec_fail_untouched"]
+    assert ev["ret"] == r["ret"] == -2
+    assert ev["args"]["argv"] == EXEC_ARGS and ev["args"]["envp"] == ["TRUTH=1"]
+    for arg in ("argv", "envp"):
+        info = ev["reads"][arg]
+        assert (info["status"], info["source"], info["entry_status"], info["entry_errno"]) == (
+            "recovered", "exit", "missing", 14)
+        assert info["verified"] is False and info["unverified_reason"] == UNVERIFIED["recovered"]
+    assert ev["reads"]["argv"]["count"] == 3 and ev["reads"]["envp"]["count"] == 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import opened
+from . import opened, strv
 from .layout import const, packer
 from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
 from .sockaddr import decode_sockaddr
@@ -33,6 +33,7 @@ RF_NORETURN = const("RF_NORETURN")
 RF_EXIT_READS = const("RF_EXIT_READS")
 RF_SLEEPABLE = const("RF_SLEEPABLE")  # some slot read by a sleepable program: decoded by decode_generic
 RF_OPENED = const("RF_OPENED")
+RK_STRV = const("RK_STRV")
 RSRC_SLEEPABLE, RSRC_FAULTED_IN = const("RSRC_SLEEPABLE"), const("RSRC_FAULTED_IN")
 _READ_OK = (RS_OK, RS_TRUNC)
 MAX_READS = const("MAX_READS")
@@ -194,6 +195,8 @@ class Decoder:
              ret: int | None, flags: int = 0) -> tuple[object, dict | None]:
         (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, src, _p1, want) = slot
         addr = args[argi]
+        if kind == RK_STRV:  # execve argv/envp (tracer/strv.py)
+            return strv.decode(slot, rec, _DATA_OFF, addr, ret, bool(flags & RF_EXIT_READS), UNVERIFIED)
         base = {"status": "ok", "source": "enter", "errno": None, "addr": addr}
         if src & RSRC_SLEEPABLE:  # the entry read was made by a sleepable program (tp.s, fentry.s)
             base["source"] = "sleepable"

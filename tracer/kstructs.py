@@ -36,6 +36,12 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "KO_INODE_MODE": ("inode", "i_mode"),
     "KO_INODE_SB": ("inode", "i_sb"),
     "KO_SB_DEV": ("super_block", "s_dev"),
+    # execve argv/envp as the kernel copied them into the new process (bpf/strv.h)
+    "KO_TASK_MM": ("task_struct", "mm"),
+    "KO_MM_ARG_START": ("mm_struct", "arg_start"),
+    "KO_MM_ARG_END": ("mm_struct", "arg_end"),
+    "KO_MM_ENV_START": ("mm_struct", "env_start"),
+    "KO_MM_ENV_END": ("mm_struct", "env_end"),
 }
 
 

@@ -64,6 +64,10 @@ class SyscallProbes(bpfcache.ObjectOwner):
             if self.kfile.ok and any(s.opens_file for s in self.syscalls):
                 # sys_exit tail-calls the opened-file walk (bpf/kfile.h) for successful open-family calls.
                 self._set("exit_tails", 0, _U32.pack(obj.prog_fd("sys_exit_kfile")))
+            if self.kfile.ok and any(s.exec_ for s in self.syscalls):
+                # execve argv/envp (bpf/strv.h): read at entry and exit by tail-called programs.
+                self._set("enter_tails", 0, _U32.pack(obj.prog_fd("sys_enter_exec")))
+                self._set("exit_tails", 1, _U32.pack(obj.prog_fd("sys_exit_exec")))
             self.open_output("events", pages)
             # -- sleepable syscall reads (tracer/sleepable.py): before _attach, whose entry programs
             # tp.s readers replace
@@ -150,13 +154,16 @@ class SyscallProbes(bpfcache.ObjectOwner):
 
     def close(self) -> None:
         self.attached = []
-        if self.obj is not None and "exit_tails" in self.obj.maps:
+        for name, slots in (("enter_tails", 1), ("exit_tails", 2)):
+            if self.obj is None or name not in self.obj.maps:
+                continue
             # A program array keeps its programs alive until the kernel clears it, later, once no fd
             # holds it: empty it now so that nothing is left loaded when close() returns.
-            try:
-                self.obj.maps["exit_tails"].delete(_U32.pack(0))
-            except bpfsys.BpfError:
-                pass
+            for i in range(slots):
+                try:
+                    self.obj.maps[name].delete(_U32.pack(i))
+                except bpfsys.BpfError:
+                    pass
         if self.sleepers is not None:
             self.sleepers.close()
             self.sleepers = None

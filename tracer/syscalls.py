@@ -123,6 +123,9 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
         t = a.ctype
         if (t == "const char *" and a.name not in _NOT_STRING) or (t == "char *" and is_path_arg(name, a.name)):
             reads.append(Read(i, const("RK_STR"), size=const("STR_CAP")))
+        elif t == "const char *const *" and a.name in ("argv", "envp") and name in _EXEC:
+            # lenarg: which area of the new process's memory holds the kernel's copy (bpf/strv.h)
+            reads.append(Read(i, const("RK_STRV"), 0 if a.name == "argv" else 1, const("STRV_ELEM_CAP")))
         elif t == "struct open_how *" and "usize" in names:
             reads.append(Read(i, const("RK_OPEN_HOW"), names.index("usize"), const("HOW_CAP")))
         elif t == "struct clone_args *" and "size" in names:  # clone3: decoded by symbols.clone_args

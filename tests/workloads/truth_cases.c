@@ -14,6 +14,8 @@
  *   unix_race             connect(AF_UNIX) to a listener whose backlog is full: blocks after the kernel
  *                         copied the address; another thread rewrites sun_path, then accepts (unblocks it).
  *   accept4_untouched_len accept4 whose *addrlen is on an untouched page (the peer buffer is not).
+ *   exec_fail_untouched   execve("/nonexistent/...") whose argv/envp arrays and strings are on untouched pages.
+ *   exec_ok_untouched     the same layout, execve("/bin/true") in a child (reported with the child's pid).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -28,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "workload.h"
@@ -241,6 +244,89 @@ static void case_accept4_untouched_len(void)
 	close(l);
 }
 
+/* --- execve with argv/envp (array and strings) on untouched pages --------------------------------------- */
+
+static const char *const EXEC_ARGS[] = {"/bin/true", "arg-one", "arg two", NULL};
+static const char *const EXEC_ENV[] = {"TRUTH=1", NULL};
+
+/* filename, argv and envp laid out in a two-page memfd mapped where the pointers say (MAP_FIXED at an
+ * address reserved first): nothing of it is in the page table before the exec. */
+static char *exec_layout(const char *filename, char ***argv, char ***envp)
+{
+	char *at = mmap(NULL, 2 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (at == MAP_FAILED || munmap(at, 2 * PAGE))
+		die("reserve");
+	char buf[2 * PAGE] = {0};
+	char **av = (char **)buf, **ev = (char **)(buf + 64);
+	size_t pos = PAGE; /* strings on the second page */
+	strcpy(buf + pos, filename);
+	pos += strlen(filename) + 1;
+	for (int i = 0; EXEC_ARGS[i]; i++) {
+		av[i] = at + pos;
+		strcpy(buf + pos, EXEC_ARGS[i]);
+		pos += strlen(EXEC_ARGS[i]) + 1;
+	}
+	for (int i = 0; EXEC_ENV[i]; i++) {
+		ev[i] = at + pos;
+		strcpy(buf + pos, EXEC_ENV[i]);
+		pos += strlen(EXEC_ENV[i]) + 1;
+	}
+	int fd = memfd_create("truth-exec", MFD_CLOEXEC);
+	if (fd < 0 || write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf))
+		die("memfd");
+	char *m = mmap(at, 2 * PAGE, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	if (m != at)
+		die("mmap fixed");
+	close(fd);
+	if (mapped(m) || mapped(m + PAGE))
+		die("precondition: the exec arguments are already mapped");
+	*argv = (char **)m;
+	*envp = (char **)(m + 64);
+	return m + PAGE;
+}
+
+static void exec_report(const char *name, pid_t pid, char **argv, char **envp, int ret)
+{
+	out("{\"kind\":\"workload\",\"case\":\"%s\",\"pid\":%d,\"argv\":%lu,\"envp\":%lu,\"ret\":%d}", name, pid,
+	    U(argv), U(envp), ret);
+}
+
+static void case_exec_fail_untouched(void)
+{
+	char **argv, **envp;
+	char *file = exec_layout("/nonexistent/truth-exec", &argv, &envp);
+	int r = execve(file, argv, envp);
+	exec_report("exec_fail_untouched", getpid(), argv, envp, R(r));
+}
+
+static void case_exec_ok_untouched(void)
+{
+	char **argv, **envp;
+	char *file = exec_layout("/bin/true", &argv, &envp);
+	int gate[2];
+	if (pipe(gate))
+		die("pipe");
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		char go;
+		close(gate[1]);
+		if (read(gate[0], &go, 1) != 1) /* the parent reports first: its line precedes /bin/true's exit */
+			_exit(98);
+		execve(file, argv, envp);
+		_exit(97);
+	}
+	close(gate[0]);
+	exec_report("exec_ok_untouched", pid, argv, envp, 0);
+	if (write(gate[1], "g", 1) != 1)
+		die("gate");
+	close(gate[1]);
+	int st;
+	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		die("/bin/true did not run");
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -251,6 +337,8 @@ static const struct {
 	{"untouched_rel", case_untouched_rel},
 	{"unix_race", case_unix_race},
 	{"accept4_untouched_len", case_accept4_untouched_len},
+	{"exec_fail_untouched", case_exec_fail_untouched},
+	{"exec_ok_untouched", case_exec_ok_untouched},
 };
 
 int main(int argc, char **argv)
