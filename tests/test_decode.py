@@ -43,8 +43,9 @@ OPENAT = Syscall("openat", 257, (Arg("dfd", "int"), Arg("filename", "const char 
                                  Arg("mode", "umode_t")), (Read(1, RK_STR, size=C("STR_CAP")),))
 EXIT_GROUP = Syscall("exit_group", 231, (Arg("error_code", "int"),), noreturn=True)
 EXECVE = Syscall("execve", 59, (Arg("filename", "const char *"), Arg("argv", "const char *const *"),
-                                Arg("envp", "const char *const *")), (Read(0, RK_STR, size=C("STR_CAP")),),
-                 exec_=True)
+                                Arg("envp", "const char *const *")),
+                 (Read(0, RK_STR, size=C("STR_CAP")), Read(1, C("RK_STRV"), 0, C("STRV_ELEM_CAP")),
+                  Read(2, C("RK_STRV"), 1, C("STRV_ELEM_CAP"))), exec_=True)
 CONNECT = Syscall("connect", 42, (Arg("fd", "int"), Arg("uservaddr", "struct sockaddr *"), Arg("addrlen", "int")),
                   (Read(1, RK_SOCKADDR, 2, C("SOCKADDR_CAP")),))
 ACCEPT4 = Syscall("accept4", 288, (Arg("fd", "int"), Arg("upeer_sockaddr", "struct sockaddr *"),

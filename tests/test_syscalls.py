@@ -173,7 +173,10 @@ def test_plan_write_buf_is_not_a_string() -> None:
 
 
 def test_plan_other_syscalls() -> None:
-    assert plan_reads("execve", args_of("execve")) == (Read(0, RK_STR, size=STR_CAP),)  # not argv/envp
+    # argv/envp: NULL-terminated string arrays; lenarg says which area of the new mm holds the kernel's copy
+    strv, cap = const("RK_STRV"), const("STRV_ELEM_CAP")
+    assert plan_reads("execve", args_of("execve")) == (Read(0, RK_STR, size=STR_CAP), Read(1, strv, 0, cap),
+                                                       Read(2, strv, 1, cap))
     assert plan_reads("unlinkat", args_of("unlinkat")) == (Read(1, RK_STR, size=STR_CAP),)
     assert plan_reads("socket", args_of("socket")) == ()
     assert plan_reads("exit_group", args_of("exit_group")) == ()
