@@ -166,6 +166,13 @@ def test_setsockopt_names_depend_on_level() -> None:
     ev = event(SETSOCKOPT, [3, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0x7FFD0000, 4])
     assert ev["args_str"] == {"level": "SOL_TCP", "optname": "TCP_NODELAY"}
     assert list(ev["args_str"]) == ["level", "optname"]  # argument order, context symbols included
+    if uapi.find("linux/in.h"):
+        ev = event(SETSOCKOPT, [3, socket.IPPROTO_IP, 0, 0x7FFD0000, 4])  # IP_PMTUDISC_DONT is a value, not an option
+        assert ev["args_str"] == {"level": "SOL_IP"}
+        ev = event(SETSOCKOPT, [3, socket.IPPROTO_IP, socket.IP_TTL, 0x7FFD0000, 4])
+        assert ev["args_str"] == {"level": "SOL_IP", "optname": "IP_TTL"}
+        ev = event(SETSOCKOPT, [3, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0x7FFD0000, 4])
+        assert ev["args_str"] == {"level": "SOL_IPV6", "optname": "IPV6_V6ONLY"}
 
 
 def test_futex_op() -> None:

@@ -132,6 +132,18 @@ def so_options() -> dict[int, str]:
 
 
 @cache
+def ip_options() -> dict[int, str]:
+    """IPPROTO_IP socket options (linux/in.h), without the values of IP_MTU_DISCOVER and the defaults."""
+    return _names(_header("linux/in.h", r"IP_(?!PMTUDISC_|DEFAULT_)\w+"))
+
+
+@cache
+def ipv6_options() -> dict[int, str]:
+    """IPPROTO_IPV6 socket options (linux/in6.h), without flow-label, priority, TLV and PMTU values."""
+    return _names(_header("linux/in6.h", r"IPV6_(?!FL_|FLOWINFO_(?!SEND)|PRIORITY_|TLV_|PMTUDISC_)\w+"))
+
+
+@cache
 def tcp_options() -> dict[int, str]:
     return _names(_module(socket, r"TCP_[A-Z_]+"))
 
@@ -484,6 +496,10 @@ def _sockopt_name(args: dict) -> str | None:
         return so_options().get(opt)  # type: ignore[arg-type]
     if level == socket.IPPROTO_TCP:
         return tcp_options().get(opt)  # type: ignore[arg-type]
+    if level == socket.IPPROTO_IP:
+        return ip_options().get(opt)  # type: ignore[arg-type]
+    if level == socket.IPPROTO_IPV6:
+        return ipv6_options().get(opt)  # type: ignore[arg-type]
     return None
 
 
