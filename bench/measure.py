@@ -86,6 +86,13 @@ def prog_stats(ids: list[int]) -> dict[int, tuple[str, int, int]]:
     return out
 
 
+def per_run_ns(before: dict, after: dict) -> float:
+    """BPF ns per program run (all programs together), from two prog_stats snapshots."""
+    ns = sum(v[1] - before.get(k, (0, 0, 0))[1] for k, v in after.items())
+    runs = sum(v[2] - before.get(k, (0, 0, 0))[2] for k, v in after.items())
+    return ns / runs if runs else 0.0
+
+
 def per_call_ns(before: dict, after: dict, calls: int) -> dict[str, float]:
     """BPF time per traced call by program name (enter/exit), from two prog_stats snapshots. Divided by
     the traced calls, not by run_cnt: a program that runs for every task and filters (bpftrace's comm

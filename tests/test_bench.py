@@ -23,8 +23,8 @@ def test_bench_smoke(bpf_env) -> None:
     table = out[out.index("\nfigure "):]
     for row in ("events per consumer CPU-s, tracer --json", "ratio to bpftrace (printf to a file)",
                 "events per consumer CPU-s, tracer console", "CPU added per traced openat2, tracer",
-                "BPF time per call, tracer (enter + exit)", "lost at 20k openat2/s", "time from start to first event",
-                "`trace %file`: SIGINT to exit"):
+                "BPF time per call, tracer (enter + exit)", "lost at 20k openat2/s", "start to first event",
+                "CPU time of that start-up", "attach raw: BPF ns per traced openat2", "`trace %file`: SIGINT to exit"):
         line = next((ln for ln in table.splitlines() if row in ln), None)
         assert line is not None, f"row {row!r} missing:\n{table}"
         assert re.search(r"\d", line.split(row, 1)[1]) and "not measured" not in line, line
