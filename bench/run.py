@@ -48,7 +48,9 @@ from tracer.probes import Filters  # noqa: E402
 from tracer.session import Session  # noqa: E402
 
 COMM = "tracer-loadgen"
-MEASURED = "/nonexistent-tracer-bench/measured"  # the path of measured calls; pokes use another
+# The path of measured calls (pokes use another), unique to this run: another bench running meanwhile
+# (the same comm) must not be counted.
+MEASURED = f"/nonexistent-tracer-bench/measured-{os.getpid()}"
 BIG_PAGES = 8192  # 32 MiB per CPU: holds a whole burst, so the consumer is timed alone
 # The same work as tracer's openat2 program: both pointers read at entry, one record sent at exit.
 BPFTRACE = (
