@@ -1,9 +1,21 @@
-"""Alert aggregation (tracer/aggregate.py) on synthesized alerts: windows in the calls' own time."""
+"""Alert aggregation (tracer/aggregate.py) on synthesized alerts: windows in the calls' own time; alert
+lines against their JSON Schema."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time as clock
+from pathlib import Path
+
+import jsonschema
+import pytest
+from schema_check import check_line
+from test_policy import DEFAULT, event
+
 from tracer.aggregate import Aggregator
-from tracer.monitor import Alert
+from tracer.monitor import Alert, Monitor, lost_alert
+from tracer.proccontext import ContextReader
 
 S = 1_000_000_000
 
@@ -45,3 +57,30 @@ def test_what_makes_alerts_identical() -> None:
     assert agg.offer(ev(3, pid=9), alert(exe=None, unknown="process exited")) is True
     assert agg.offer(ev(4, pid=10), alert(exe="/usr/bin/cat")) is False  # same exe, another pid: alike
     assert agg.folded == 2
+
+
+def test_alert_lines_follow_the_schema() -> None:
+    """Alerts as a run writes them (context from this very process, a folded repeat, a lost-record alert)
+    validate against tracer/schema/alert.json; broken ones do not."""
+    reader = ContextReader()
+    comm = Path("/proc/self/comm").read_text().rstrip("\n")
+    ev = {**event("/etc/shadow"), "pid": os.getpid(), "tid": threading.get_native_id(), "comm": comm,
+          "ts": clock.monotonic_ns()}
+    (first,) = Monitor(DEFAULT, reader).check(ev)
+    assert first.context["process"]["exe"]  # this process: identified
+    agg = Aggregator(60)
+    assert agg.offer(ev, first)
+    (again,) = Monitor(DEFAULT, reader).check(dict(ev))
+    assert not agg.offer({**ev, "ts": ev["ts"] + 1}, again)
+    (_, folded), = agg.closed()
+    lost = lost_alert(3, 1)
+    lost.context = reader.now()
+    lines = [first.to_dict(ev), folded.to_dict(ev), lost.to_dict(None)]
+    for line in lines:
+        check_line(line)
+    assert folded.detail["aggregate"]["count"] == 1
+    for broken in ({**lines[0], "context": {**lines[0]["context"], "time": "14:01:40"}},
+                   {**lines[1], "aggregate": {**lines[1]["aggregate"], "count": 0}},
+                   {**lines[0], "matched": []}):
+        with pytest.raises(jsonschema.ValidationError):
+            check_line(broken)
