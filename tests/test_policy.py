@@ -690,7 +690,7 @@ def test_racing_writer_alerts_on_the_opened_file(proc_links) -> None:
     out.alerts(ev, Monitor(DEFAULT).check(ev))
     lines = buf.getvalue().splitlines()
     assert lines[0] == " CRITICAL  shadow-access (on the opened values)  Open of a password hash database"
-    assert lines[3] == "    opened /etc/shadow  (the kernel's file: dev 8:1 ino 4242 mode 0o100640)"
+    assert lines[1].endswith(' -> opened "/etc/shadow" (dev 8:1, ino 4242, mode 0o100640)')  # the call line
     # Both agree: both named.
     assert fired(DEFAULT, event("/etc/shadow") | {"opened": opened("/etc/shadow")}) == {
         "shadow-access": {"matched": ["entry", "opened"]}}

@@ -367,10 +367,7 @@ class AlertOutput(ConsoleOutput):
             self.console.print(t)
         if ev is not None:
             self.console.print(Text("    ").append_text(self.line(ev)))
-            self.console.print(self.place(ev))
-            op = ev.get("opened")
-            if isinstance(op, dict) and ev.get("ret", -1) >= 0:
-                self.console.print(self.kernel_file(op))
+            self.console.print(self.place(ev))  # (the call line ends with the kernel's opened file)
         ctx = next((a.context for a in alerts if a.context), None)
         if ctx is not None:
             self.console.print(context_line(ctx))
@@ -389,18 +386,6 @@ class AlertOutput(ConsoleOutput):
             t.append(f"  (best effort: {via} -> {where}, read from /proc after the call)", "dim")
         elif tgt.get("basis") == "absolute":
             t.append("  (absolute, lexical: symlinks not resolved)", "dim")
-        return t
-
-    @staticmethod
-    def kernel_file(op: dict) -> Text:
-        """The file the kernel opened, which rules are judged on too (`opened` in the event)."""
-        t = Text("    opened ", "dim")
-        if op.get("status") == "ok" and op.get("path") is not None:
-            t.append(escape_text(op["path"]))
-            t.append(f"  (the kernel's file: dev {op.get('dev')} ino {op.get('ino')} mode {op.get('mode')})", "dim")
-        else:
-            t.append(f"{escape_text(str(op.get('status')))} ({escape_text(str(op.get('reason')))}): rules judged on "
-                     "the path as passed", "bold red")
         return t
 
     def monitor_summary(self, s: dict) -> None:
