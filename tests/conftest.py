@@ -16,7 +16,10 @@ WORKLOADS = Path(__file__).parent / "workloads"
 CFLAGS = ("-O0", "-g", "-Wall", "-Wextra", "-Werror", "-pthread")
 # The program cache (tracer/bpfcache.py) of this test session, inherited by every tracer it starts: the
 # suite's first BPF loads compile (cold path), later ones load the cache (warm path).
-CACHE_DIR = tempfile.mkdtemp(prefix="tracer-cache-")
+# The VM lane passes one cache for all its steps in a VM (TRACER_LANE_CACHE_DIR; doctor and demo filled it), so
+# that the compiles software emulation makes slow happen once per kernel, not once per parallel tracer.
+LANE_CACHE = os.environ.get("TRACER_LANE_CACHE_DIR")
+CACHE_DIR = LANE_CACHE or tempfile.mkdtemp(prefix="tracer-cache-")
 os.environ["TRACER_CACHE_DIR"] = CACHE_DIR  # (TRACER_NO_CACHE=1 makes every load in the suite cold)
 
 
@@ -24,7 +27,9 @@ os.environ["TRACER_CACHE_DIR"] = CACHE_DIR  # (TRACER_NO_CACHE=1 makes every loa
 # kernel) on each kernel it boots; everything else runs on the host only. Add a file here when its tests
 # load BPF programs or probe kernel features.
 KERNEL_FILES = ("test_trace_live.py", "test_sleepable.py", "test_caps.py", "test_user_events_live.py",
-                "test_uprobes.py", "test_monitor_live.py", "test_kenv.py")
+                "test_uprobes.py", "test_monitor_live.py", "test_kenv.py", "test_truth_live.py",
+                "test_record_live.py", "test_attach_raw.py", "test_command_live.py", "test_console_live.py",
+                "test_symbols_live.py")
 # Set by the VM lane: the features the booted kernel is known to have (e.g. "user_events,fentry.s"). A test
 # that needs one of them fails there when it is missing, instead of skipping.
 EXPECTED = frozenset(filter(None, os.environ.get("TRACER_EXPECT_FEATURES", "").split(",")))
@@ -114,4 +119,5 @@ def bpf_env() -> None:
 
 
 def pytest_sessionfinish() -> None:
-    shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    if not LANE_CACHE:
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
