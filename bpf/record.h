@@ -89,13 +89,21 @@
 #define CF_COMM 8
 #define CF_FOLLOW 16  /* add children of traced processes to the pid set */
 #define CF_RECOVER 32 /* re-read pointer arguments at sys_exit */
+#define CF_OFF 64     /* not tracing (until every program is attached, and from the end): the programs
+		       * change nothing, so that tracing starts and stops at one instant for all of them */
 
-/* per-CPU counters (stats map index) */
+/* per-CPU counters (stats map index). Each call the programs see entering ends in exactly one of:
+ * emitted, submit_fail, state_full, no_exit, or still in flight when tracing stops
+ * (tracer/accounting.py). */
 #define ST_EMITTED 0
-#define ST_NO_STATE 1    /* sys_exit without our sys_enter state (started mid-syscall or evicted) */
-#define ST_STATE_FULL 2  /* could not store the in-flight state */
-#define ST_SUBMIT_FAIL 3 /* perf output failed (ring full): the kernel also counts these as lost */
-#define NSTATS 4
+#define ST_NO_STATE 1    /* a traced thread's sys_exit without entry state: the call began before tracing
+			  * did (or before the task existed: a child's return from fork), or its entry is
+			  * in state_full. Not a lost call of its own. */
+#define ST_STATE_FULL 2  /* the in-flight table was full at entry: the call's record cannot be built */
+#define ST_SUBMIT_FAIL 3 /* bpf_perf_event_output failed: ring full (the ring counts those too) or other */
+#define ST_NO_EXIT 4     /* in-flight state dropped without its sys_exit: replaced by a newer entry, a
+			  * sys_exit of another syscall, or the thread exited */
+#define NSTATS 5
 
 struct read_slot {
 	__u8 arg;          /* argument index 0..5 */

@@ -49,8 +49,9 @@ BPF_HASH(tids, __u32, __u8, 1024);
 BPF_PERCPU_ARRAY(stats, __u64, NSTATS);
 BPF_PERCPU_ARRAY(zero_rec, struct sys_record, 1);
 /* Per-thread in-flight records, reused in place: only a thread's first traced syscall pays for the
- * insert; LRU eviction bounds the memory left by exited threads. */
-BPF_TABLE("lru_hash", __u32, struct sys_record, inflight, INFLIGHT_ENTRIES);
+ * insert. A plain hash, not an LRU: an LRU would silently evict the state of a thread blocked in a
+ * long call; exited threads give their entry back (sched_process_exit) and a full table is counted. */
+BPF_HASH(inflight, __u32, struct sys_record, INFLIGHT_ENTRIES);
 #ifdef TRACER_KFILE
 /* Work done for a few syscalls only, in programs of their own (tail calls): verified once each, and
  * absent from the path of every other syscall. */
@@ -67,7 +68,7 @@ static __always_inline void count(int idx)
 
 static __always_inline int wanted(struct tracer_conf *c, __u32 pid, __u32 tid)
 {
-	if (pid == c->self_pid)
+	if (pid == c->self_pid || (c->flags & CF_OFF))
 		return 0;
 	if ((c->flags & CF_PID) && !pids.lookup(&pid))
 		return 0;
@@ -205,9 +206,11 @@ static __always_inline int handle_enter(void *ctx, int nr, __u64 *args, const in
 		inflight.update(&tid, z);
 		r = inflight.lookup(&tid);
 		if (!r) {
-			count(ST_STATE_FULL);
+			count(ST_STATE_FULL); /* a lost call: its record cannot be built */
 			return 0;
 		}
+	} else if (r->flags & RF_ACTIVE) {
+		count(ST_NO_EXIT); /* the previous call's sys_exit was never seen */
 	}
 	r->type = REC_SYSCALL;
 	r->nr = nr;
@@ -303,24 +306,39 @@ static __always_inline void exit_reads(struct sys_record *r, struct sc_conf *sc,
 	exit_slot(r, sc, recover, 3);
 }
 
+/* A sys_exit with no entry state of this call: counted, not lost. The call began before tracing did
+ * (a new task's return from fork/clone, the -- CMD child's wait to start, a call in progress when
+ * tracing started) or its entry was counted as state_full. */
+static __always_inline void exit_without_entry(struct tracer_conf *c)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (wanted(c, id >> 32, (__u32)id))
+		count(ST_NO_STATE);
+}
+
 int sys_exit(struct sc_exit_ctx *ctx)
 {
 	__u32 zero = 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_record *r = inflight.lookup(&tid);
-	if (!r || !(r->flags & RF_ACTIVE))
-		return 0;
 	int nr = ctx->nr;
-	if (nr != r->nr) {
-		/* A sys_exit of another syscall: our state is stale (e.g. we attached mid-call). */
-		r->flags &= ~RF_ACTIVE;
-		count(ST_NO_STATE);
-		return 0;
-	}
 	struct tracer_conf *c = conf.lookup(&zero);
 	struct sc_conf *sc = sc_conf.lookup((__u32 *)&nr);
-	if (!c || !sc)
+	if (!c || !sc || (c->flags & CF_OFF))
+		return 0; /* stopped: a call still in flight is counted as such, from user space */
+	if (!(sc->flags & SC_TRACED))
+		return 0; /* raw_syscalls:sys_exit runs for every syscall */
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r || !(r->flags & RF_ACTIVE)) {
+		exit_without_entry(c);
 		return 0;
+	}
+	if (nr != r->nr) {
+		/* A sys_exit of another syscall: the stored call never exited, this one never entered. */
+		r->flags &= ~RF_ACTIVE;
+		count(ST_NO_EXIT);
+		exit_without_entry(c);
+		return 0;
+	}
 	r->ret = ctx->ret;
 	r->ts_exit = bpf_ktime_get_ns();
 	if (c->flags & CF_RECOVER)
@@ -467,6 +485,23 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	__u32 child = args->child_pid;
 	__u8 one = 1;
 	pids.update(&child, &one);
+	return 0;
+}
+
+/* An exiting thread gives its in-flight entry back; a call still in flight then never returns. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	__u32 zero = 0;
+	struct tracer_conf *c = conf.lookup(&zero);
+	if (!c || (c->flags & CF_OFF))
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_record *r = inflight.lookup(&tid);
+	if (!r)
+		return 0;
+	if (r->flags & RF_ACTIVE)
+		count(ST_NO_EXIT);
+	inflight.delete(&tid);
 	return 0;
 }
 

@@ -109,8 +109,8 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
         ev = src.decode(raw, 1)
         WALL.stamp([ev])  # as Session does
         if i == 2:  # a lost-records report between two batches
-            w.lost(src, 1, 9)
-            delivered.append({"kind": "lost", "source": "syscalls", "cpu": 1, "count": 9})
+            w.lost(src, 1, 9, "ring_full")
+            delivered.append({"kind": "lost", "source": "syscalls", "cpu": 1, "count": 9, "reason": "ring_full"})
         w.event(ev)
         delivered.append(ev)
         w.flush()
@@ -120,7 +120,7 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
     for e in delivered:
         if e["kind"] == "syscall":
             stats.add(e)
-    stats.lost, stats.lost_per_cpu[1] = 9, 9
+    stats.add_lost(delivered[2])
     # No trailer: as if killed.
     w.close(summary_of(stats, {"emitted": 5}, 1.25, 0, FAKE_CLOCK["mono_to_wall_ns"]) if trailer else None)
     return delivered
@@ -146,6 +146,7 @@ def test_replay_equals_delivered_events(capfile) -> None:
     assert cap.problem is None and cap.records == 4
     s = cap.summary()
     assert s["events"] == 4 and s["lost"] == 9 and s["lost_per_cpu"] == {"1": 9}
+    assert s["lost_by_reason"]["ring_full"] == 9 and sum(s["lost_by_reason"].values()) == 9
     assert s["kernel"] == {"emitted": 5} and s["elapsed_s"] == 1.25 and s["exit_code"] == 0
     assert s["reads"]["missing"] == 1 and s["reads"]["recovered"] == 1
 

@@ -12,6 +12,7 @@ import errno as errno_mod
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # bpf(2) syscall numbers by machine; only x86_64 is supported for now.
@@ -197,6 +198,7 @@ BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_LOAD = 18
 BPF_BTF_GET_FD_BY_ID = 19
@@ -357,6 +359,30 @@ class Map:
         """Keys 0..n-1 of a per-CPU array of u64 counters, each summed over the CPUs."""
         return [sum(int.from_bytes(v[:8], "little") for v in self.lookup_percpu(i.to_bytes(4, "little")) or ())
                 for i in range(n)]
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key (BPF_MAP_GET_NEXT_KEY from none); a key deleted meanwhile restarts the walk there,
+        as the kernel does, so a map changing under the walk may yield a key twice or miss one."""
+        size = self.info.key_size
+        nbuf = ctypes.create_string_buffer(size)
+        key: bytes | None = None
+        while True:
+            kbuf = ctypes.create_string_buffer(key, size) if key is not None else None
+            attr = _attr(struct.pack("<I4xQQ", self.fd, ctypes.addressof(kbuf) if kbuf is not None else 0,
+                                     ctypes.addressof(nbuf)), 32)
+            ret, err = _sys_bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            if ret < 0 and err == errno_mod.ENOENT:
+                return
+            _check(ret, err, f"walk of map {self.info.name}")
+            key = nbuf.raw
+            yield key
+
+    def values(self) -> Iterator[bytes]:
+        """The value of every key still present (see keys)."""
+        for key in self.keys():
+            v = self.lookup(key)
+            if v is not None:
+                yield v
 
     def delete(self, key: bytes) -> bool:
         ret, err = self._op(BPF_MAP_DELETE_ELEM, key, None)

@@ -10,7 +10,8 @@ Layout (integers little-endian):
                   one entry per source (its name, the class that replays it, a description to decode with)
       R  record   source index u16, cpu u16, raw length u32, the raw record, then JSON of the region
                   explanations made while decoding it live ([[pid, addr, region], ...]; empty if none)
-      L  lost     source index u16, cpu u16, count u64
+      L  lost     source index u16, cpu u16 (0xffff: not one CPU's), count u64, then the reason in ASCII
+                  (accounting.REASONS; format 1 had no reason)
       T  trailer  JSON, last frame of a session that ended cleanly: its summary
 
 Only what the session delivered is written (after --only-missing and --count), in delivery order, so a
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .accounting import REASONS, UNSPECIFIED
 from .contract import WallClock, clock_info
 from .summary import is_error
 
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
     from .sources import Source
 
 MAGIC = b"\x89TRACER\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # 1: lost frames without a reason
+NO_CPU = 0xFFFF
 FRAME = struct.Struct("<B3xII")
 REC = struct.Struct("<HHI")
 LOST = struct.Struct("<HHQ")
@@ -200,8 +204,9 @@ class CaptureWriter:
         self._frame(b"R", REC.pack(index, cpu, len(raw)) + raw + (json.dumps(expl).encode() if expl else b""))
         self.records += 1
 
-    def lost(self, src: Source, cpu: int, count: int) -> None:
-        self._frame(b"L", LOST.pack(self._index.get(id(src), 0), cpu, count))
+    def lost(self, src: Source, cpu: int | None, count: int, reason: str) -> None:
+        self._frame(b"L", LOST.pack(self._index.get(id(src), 0), NO_CPU if cpu is None else cpu, count)
+                    + reason.encode())
         self.lost_frames += 1
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
@@ -352,9 +357,13 @@ class Capture:
             header = None
         if not isinstance(header, dict) or not isinstance(header.get("sources"), list):
             raise CaptureError(f"{self.path}: the capture header is not valid")
-        if not isinstance(header.get("version"), int) or header["version"] > FORMAT_VERSION:
-            raise CaptureError(f"{self.path} was written in capture format {header.get('version')!r}; this "
-                               f"tracer ({__version__}) reads format {FORMAT_VERSION}: upgrade tracer")
+        version = header.get("version")
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:  # not bool: True == 1
+            shown = repr(version)[:40]
+            raise CaptureError(f"{self.path} was written in capture format {shown}; this tracer ({__version__}) "
+                               f"reads formats {', '.join(map(str, SUPPORTED_VERSIONS))}"
+                               + (": upgrade tracer" if type(version) is int and version > FORMAT_VERSION else ""))
+        self.version = version
         self.header = header
         self._data_offset = first[1] + FRAME.size + len(first[2])
         self.problem: Problem | None = None
@@ -445,8 +454,7 @@ class Capture:
                 if not keep(event):
                     continue
                 if ev.get("kind") == "lost":
-                    self._stats.lost += ev["count"]
-                    self._stats.lost_per_cpu[ev["cpu"]] += ev["count"]
+                    self._stats.add_lost(ev)
                 else:
                     self._stats.add(ev)
                 yield event
@@ -465,9 +473,13 @@ class Capture:
                 self.records += 1
                 return ev
             if kind == ord("L"):
-                src, cpu, count = LOST.unpack(payload)
+                src, cpu, count = LOST.unpack_from(payload)
+                reason = payload[LOST.size:].decode("ascii") if self.version >= 2 else UNSPECIFIED
+                if reason not in REASONS and not (self.version < 2 and reason == UNSPECIFIED):
+                    raise ValueError(f"unknown lost reason {reason[:40]!r}")
                 names = [s.get("name", "?") for s in self.header["sources"]]
-                return {"kind": "lost", "source": names[src] if src < len(names) else "?", "cpu": cpu, "count": count}
+                return {"kind": "lost", "source": names[src] if src < len(names) else "?",
+                        "cpu": None if cpu == NO_CPU else cpu, "count": count, "reason": reason}
             if kind == ord("T"):
                 trailer = json.loads(payload)
                 self.trailer = trailer if isinstance(trailer, dict) else None

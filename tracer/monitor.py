@@ -341,10 +341,12 @@ def _show(v: object) -> str:
     return repr(v)
 
 
-def lost_alert(count: int, cpu: int | None = None, source: str = "syscalls") -> Alert:
-    where = f" on CPU {cpu}" if cpu is not None else ""
-    return builtin("lost", f"{count} records lost{where} (ring full): those calls were not checked",
-                   lost={"count": count, "cpu": cpu, "source": source})
+def lost_alert(ev: dict) -> Alert:
+    """One alert per lost-records event of the session: each lost call is counted once, with its reason."""
+    from .output import lost_text
+
+    return builtin("lost", f"{lost_text(ev)}: those calls were not checked",
+                   lost={k: ev.get(k) for k in ("count", "cpu", "source", "reason")})
 
 
 # --- a monitor run (tracer monitor [SYSCALL...]) ---------------------------------------------------------
@@ -405,7 +407,7 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
                 f"{', '.join(policy.files)} — Ctrl-C to stop", markup=False, style="dim")
         for ev in session:
             if ev.kind == "lost":
-                emit(None, [lost_alert(ev.count, ev.cpu, ev.source)])
+                emit(None, [lost_alert(ev.data)])
                 continue
             alerts = monitor.check(ev.data)
             if alerts:
@@ -419,12 +421,6 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
             out.alerts(e, [a])
     if not ok:
         return 3 if fired else 0
-    k = session.kernel_counts
-    dropped = k.get("state_full", 0) + k.get("submit_fail", 0)
-    if dropped:  # calls the kernel side could not hand over: unchecked
-        emit(None, [builtin("lost", f"{dropped} calls were not delivered by the kernel (in-flight table "
-                            "full or perf output failed): they were not checked", lost={"count": dropped,
-                                                                                      "kernel": dict(k)})])
     if summary:
         out.monitor_summary({**session.summary(), "syscalls": [s.name for s in session.syscalls],
                              "alerts": sum(fired.values()), "alerts_folded": agg.folded if agg else 0,

@@ -11,6 +11,7 @@ from typing import IO
 from rich.console import Console
 from rich.text import Text
 
+from .accounting import SHOWN, UNSPECIFIED
 from .escape import escape_text
 from .jsonenc import dumps
 from .openat2 import mode_str
@@ -306,7 +307,7 @@ class ConsoleOutput:
 
     @staticmethod
     def _lost(ev: dict) -> list[tuple[str, str | None]]:
-        return [(f"!! {ev['count']} records lost on CPU {ev['cpu']} (ring full)", "bold red")]
+        return [(f"!! {lost_text(ev)}", "bold red")]
 
     def notice(self, obj: dict) -> None:
         self.console.print(Text(str(obj.get("message", "")), "dim"))
@@ -315,11 +316,7 @@ class ConsoleOutput:
         c = self.console
         head = Text(f"{s['events']} events, {s['lost']} lost")
         if s["lost"]:
-            head.append(" (per CPU: " + ", ".join(f"{k}: {v}" for k, v in s["lost_per_cpu"].items()) + ")")
-        k = s.get("kernel") or {}
-        if k.get("no_state") or k.get("state_full"):
-            head.append(f"; {k.get('no_state', 0)} exits without entry state, "
-                        f"{k.get('state_full', 0)} entries not stored")
+            head.append(f" ({lost_reasons_text(s)})")
         c.print(head)
         if not s["by_arg"]:
             return
@@ -397,7 +394,7 @@ class AlertOutput(ConsoleOutput):
         if s.get("alerts_folded"):
             t.append(f"; {s['alerts_folded']} of them counted into repeated alerts")
         if s["lost"]:
-            t.append(f"; {s['lost']} records lost", "bold red")
+            t.append(f"; {s['lost']} calls lost, not checked ({lost_reasons_text(s)})", "bold red")
         self.console.print(t)
 
 
@@ -427,6 +424,18 @@ def context_line(ctx: dict) -> Text:
         t.append(f" container {p['container_id'][:12]}")
     t.append("  (process: best effort, /proc after the call)", "dim")
     return t
+
+
+def lost_text(ev: dict) -> str:
+    """One lost-records event in words: how many, where, why (accounting.SHOWN)."""
+    where = f" on CPU {ev['cpu']}" if ev.get("cpu") is not None else ""
+    reason = ev.get("reason") or UNSPECIFIED
+    return f"{ev['count']} {ev.get('source', 'syscalls')} records lost{where} ({SHOWN.get(reason, reason)})"
+
+
+def lost_reasons_text(s: dict) -> str:
+    """The summary's lost counts by reason, e.g. "ring full: 1,034; in flight at exit: 1"."""
+    return "; ".join(f"{SHOWN.get(r, r)}: {n}" for r, n in (s.get("lost_by_reason") or {}).items() if n)
 
 
 class JsonAlertOutput(JsonOutput):

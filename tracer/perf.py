@@ -26,11 +26,13 @@ PERF_SAMPLE_CPU = 1 << 7
 PERF_SAMPLE_RAW = 1 << 10
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
+PERF_FORMAT_LOST = 1 << 4  # read() also returns the event's lost_samples (Linux 6.0)
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 PERF_EVENT_IOC_ENABLE = 0x2400
 PERF_EVENT_IOC_DISABLE = 0x2401
 _ATTR_SIZE = 128
 _ATTR_WATERMARK = 1 << 14
+_READ_FORMAT_OFF = 32
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -61,7 +63,7 @@ def pack_attr(type_: int, config: int, sample_type: int, wakeup_bytes: int) -> b
     """struct perf_event_attr (size 128) for a sampling event that wakes the reader by watermark (at most
     WAKEUP_MAX bytes: in a big ring a quarter would let a burst pile up before the reader wakes)."""
     buf = bytearray(_ATTR_SIZE)
-    struct.pack_into("<IIQQQ", buf, 0, type_, _ATTR_SIZE, config, 1, sample_type)
+    struct.pack_into("<IIQQQQ", buf, 0, type_, _ATTR_SIZE, config, 1, sample_type, PERF_FORMAT_LOST)
     struct.pack_into("<QI", buf, 40, _ATTR_WATERMARK, min(wakeup_bytes, WAKEUP_MAX))
     return bytes(buf)
 
@@ -75,6 +77,11 @@ def perf_event_open(attr: bytes, pid: int, cpu: int) -> int:
                        ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
     if fd < 0:
         e = ctypes.get_errno()
+        read_format = struct.unpack_from("<Q", attr, _READ_FORMAT_OFF)[0]
+        if e == errno.EINVAL and read_format & PERF_FORMAT_LOST:  # before 6.0: no lost count to read
+            plain = bytearray(attr)
+            struct.pack_into("<Q", plain, _READ_FORMAT_OFF, read_format & ~PERF_FORMAT_LOST)
+            return perf_event_open(bytes(plain), pid, cpu)
         raise OSError(e, f"perf_event_open(cpu {cpu}): {os.strerror(e)}")
     return fd
 
@@ -149,15 +156,25 @@ class Ring:
         self.lost_total += lost
         return Batch(self.cpu, samples, lost)
 
-    def discard(self) -> int:
-        """Release everything the ring holds, unread; returns how many records that was (samples, plus
-        the kernel's own lost counts among them). Headers only: ~0.3 µs per record."""
+    def kernel_lost(self) -> int | None:
+        """Records the kernel could not write to this ring since it was opened (every failed write:
+        the same drops its PERF_RECORD_LOST markers report, including those no marker was written for
+        yet); None where the kernel cannot say (before 6.0, see perf_event_open)."""
+        try:
+            data = os.read(self.fd, 16)
+        except OSError:
+            return None
+        return struct.unpack("<QQ", data)[1] if len(data) == 16 else None
+
+    def discard(self) -> tuple[int, int]:
+        """Release everything the ring holds, unread; returns (samples released, the kernel's lost
+        counts among them). Headers only: ~0.3 µs per record."""
         m = self.map
         head, tail, off, size = _META.unpack_from(m, _META_OFF)
         off = off or self.page
         size = size or self.size
         unpack = _HDR.unpack_from
-        count = pos = 0
+        count = lost = pos = 0
         while tail + pos + 8 <= head:
             at = off + (tail + pos) % size  # records are 8-byte aligned: a header never wraps
             typ, _misc, rsize = unpack(m, at)
@@ -166,12 +183,13 @@ class Ring:
             if typ == PERF_RECORD_SAMPLE:
                 count += 1
             elif typ == PERF_RECORD_LOST:
-                count += _LOST.unpack_from(m[at + 8: at + 24] if (tail + pos) % size + 24 <= size else
-                                           bytes(m[at + 8: off + size]) + bytes(m[off: off + 24]), 0)[1]
+                lost += _LOST.unpack_from(m[at + 8: at + 24] if (tail + pos) % size + 24 <= size else
+                                          bytes(m[at + 8: off + size]) + bytes(m[off: off + 24]), 0)[1]
             pos += rsize
         struct.pack_into("<Q", m, _META_OFF + 8, tail + pos)
         self.backlog = False
-        return count
+        self.lost_total += lost
+        return count, lost
 
     def close(self) -> None:
         try:
@@ -212,6 +230,13 @@ class RingSet:
 
         for r in self.rings:
             fcntl.ioctl(r.fd, PERF_EVENT_IOC_ENABLE, 0)
+
+    def disable(self) -> None:
+        """Stop the events: nothing more is written (nor counted lost); what the rings hold stays."""
+        import fcntl
+
+        for r in self.rings:
+            fcntl.ioctl(r.fd, PERF_EVENT_IOC_DISABLE, 0)
 
     def wait(self, timeout_ms: int) -> None:
         if any(r.backlog for r in self.rings):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import bpfcache, bpfsys, kstructs, sleepable
 from .kenv import BPF_DIR, EnvironmentProblem
-from .layout import const, packer
+from .layout import const, packer, struct_of
 from .perf import RingSet
 from .syscalls import Syscall
 
@@ -76,6 +76,7 @@ class SyscallProbes(bpfcache.ObjectOwner):
                                                             obj.license)
             # -- end sleepable syscall reads
             self._attach()
+            self._set_conf(off=False)  # every program attached: tracing starts now, for all at once
 
         self.kfile = kstructs.offsets()
         spec = trace_spec(sleepable_kind)
@@ -108,8 +109,8 @@ class SyscallProbes(bpfcache.ObjectOwner):
         flags |= const("CF_FOLLOW") if f.follow else 0
         flags |= const("CF_RECOVER") if f.recover else 0
         comm = (f.comm or "").encode()[:15]
-        conf = packer("tracer_conf").pack(flags, os.getpid(), f.uid or 0, 0, comm)
-        self._set("conf", 0, conf)
+        self._conf = (flags, os.getpid(), f.uid or 0, 0, comm)
+        self._set_conf(off=True)
         for pid in f.pids:
             self._map("pids").update(_U32.pack(pid), _ONE)
         for tid in f.tids:
@@ -128,9 +129,34 @@ class SyscallProbes(bpfcache.ObjectOwner):
     def _set(self, table: str, key: int, value: bytes) -> None:
         self._map(table).update(_U32.pack(key), value)
 
+    def _set_conf(self, off: bool) -> None:
+        """CF_OFF: the programs do nothing (before every one is attached, and after stop)."""
+        flags, *rest = self._conf
+        self._set("conf", 0, packer("tracer_conf").pack(flags | (const("CF_OFF") if off else 0), *rest))
+
     def add_pid(self, pid: int) -> None:
         self._map("pids").update(_U32.pack(pid), _ONE)
 
+    def stop(self) -> None:
+        """Stop tracing at one instant for every program (one conf write: CF_OFF), keeping the maps and
+        rings: the counters and the in-flight table are then final. Detaching would stop them one
+        tracepoint at a time (exits running whose entries no longer do) and waits for the kernel; that
+        is left to close(). A program already past its conf check finishes within microseconds, long
+        before the session has drained the rings and reads the counters."""
+        if self.obj is not None:
+            self._set_conf(off=True)
+
+    def stats_per_cpu(self) -> list[list[int]]:
+        """[counter][cpu] (record.h ST_*), for the possible CPUs."""
+        stats = self._map("stats")
+        return [[int.from_bytes(v[:8], "little") for v in stats.lookup_percpu(_U32.pack(i)) or ()]
+                for i in range(const("NSTATS"))]
+
+    def in_flight(self) -> int:
+        """Calls entered and not yet returned (after stop(): those that never will be traced)."""
+        flag = const("RF_ACTIVE")
+        off = struct_of("sys_record").field("flags").offset
+        return sum(1 for v in self._map("inflight").values() if v[off] & flag)
 
     def _attach(self) -> None:
         assert self.obj is not None

@@ -22,16 +22,20 @@ from itertools import islice, repeat
 from operator import le
 
 from . import syscalls
+from .accounting import REASONS, UNSPECIFIED
 from .command import Command, CommandError
 from .contract import WallClock, clock_info
 from .jsonenc import dumps
-from .perf import DRAIN_MAX, default_pages
+from .perf import default_pages
 from .probes import Filters
 from .sources import Source, SourceOptions, SyscallSource, builder, split_specs
 from .summary import is_error
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
-FINAL_DRAIN_S = 1.0  # longest time spent showing what the rings hold once the session ends
+# Longest time spent showing what the rings hold once the session is interrupted (Ctrl-C, SIGTERM);
+# what is left then is counted lost as discarded_at_exit. When -- CMD or --duration ends the session,
+# everything is read, however long it takes.
+FINAL_DRAIN_S = 1.0
 READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
 
 
@@ -98,6 +102,7 @@ class Stats:
     events: int = 0
     lost: int = 0
     lost_per_cpu: Counter = field(default_factory=Counter)
+    lost_by_reason: Counter = field(default_factory=Counter)  # accounting.REASONS
     reads: Counter = field(default_factory=Counter)
     by_arg: dict = field(default_factory=lambda: defaultdict(Counter))
     events_with_reads: int = 0
@@ -106,6 +111,14 @@ class Stats:
 
     def add(self, ev: dict) -> None:
         self.add_many((ev,))
+
+    def add_lost(self, ev: dict) -> None:
+        """A {"kind": "lost"} event (counted once here, whoever reports it)."""
+        n = ev["count"]
+        self.lost += n
+        self.lost_by_reason[ev.get("reason") or UNSPECIFIED] += n
+        if ev.get("cpu") is not None:
+            self.lost_per_cpu[ev["cpu"]] += n
 
     def add_many(self, evs: Sequence[dict]) -> None:
         """Count events a batch at a time: events are grouped by what the counters look at (kind, status,
@@ -204,6 +217,7 @@ class Session:
         self._wall = WallClock(self.clock["mono_to_wall_ns"])
         self._rings: list = []
         self._stop = False
+        self._timed_out = False  # stopped by --duration, not interrupted: the final drain reads everything
         self.detaching = False  # close() is releasing the kernel objects (see install_signal_stop)
         self._stop_signal = signal.SIGTERM  # what the command gets when the session stops first
         self._gate: int | None = None
@@ -326,7 +340,6 @@ class Session:
         if not self.sources:
             self.start()
         deadline = self.started + self.duration if self.duration else None
-        draining = 0  # polls left after the command ended, to collect its last records
         while not self._stop or self._command_ending():
             self._wait(0 if self._backlog() else POLL_MS)
             batch = self._drain()  # never more than --count events in all
@@ -337,23 +350,27 @@ class Session:
             if self._count_reached():
                 return
             if deadline is not None and not self._stop and time.monotonic() >= deadline:
+                self._timed_out = True
                 self.stop()  # a command we started gets SIGTERM; its last events are still shown
                 deadline = None
                 continue
-            if draining == 0 and self._child_exited():
-                draining = 2
-            elif draining:
-                draining -= 1
-                if draining == 0:
-                    break
-        # What the rings hold now, in bounded batches; never chase a producer that keeps writing, and
-        # never for longer than FINAL_DRAIN_S (a big ring, overloaded, holds ~100,000 records): what is
-        # left then is released unread and reported as lost.
-        rounds = max((getattr(r, "size", 0) for _src, r in self._rings), default=0) // DRAIN_MAX + 1
-        end = time.monotonic() + FINAL_DRAIN_S
-        for _ in range(rounds):
-            if self._count_reached():
+            if self._child_exited():
                 break
+        yield from self._final()
+
+    def _final(self) -> Iterator[list[dict]]:
+        """The end of a session: stop the sources producing, read what the rings hold — all of it, or
+        for at most FINAL_DRAIN_S once interrupted (Ctrl-C, SIGTERM: the rest is released unread and
+        counted as discarded_at_exit) — then count what no ring reported (accounting.py)."""
+        for src in self.sources:
+            try:
+                src.quiesce()
+            except OSError:
+                pass  # still producing: what it adds is counted by the kernel all the same
+        end = None
+        while not self._count_reached():
+            if end is None and self._stop and not self._timed_out:  # also a Ctrl-C during this drain
+                end = time.monotonic() + FINAL_DRAIN_S
             batch = self._drain()
             if batch:
                 yield batch
@@ -361,23 +378,45 @@ class Session:
                     done()
             if not self._backlog():
                 break
-            if time.monotonic() >= end:
+            if end is not None and time.monotonic() >= end:
                 dropped = self._discard()
                 if dropped:
                     yield dropped
                 break
+        if self._count_reached():
+            return  # --count: the rest was not asked for
+        final = []
+        for src in self.sources:
+            try:
+                losses = src.final_losses()
+            except OSError:
+                continue
+            final += [self._lost(src, cpu, n, reason) for cpu, reason, n in losses]
+        if self.recorder is not None:
+            self.recorder.flush()
+        if final:
+            yield final
+
+    def _lost(self, src: Source, cpu: int | None, count: int, reason: str) -> dict:
+        """A lost-records event: counted in the stats and written to the capture."""
+        ev = {"kind": "lost", "source": src.name, "cpu": cpu, "count": count, "reason": reason}
+        self.stats.add_lost(ev)
+        if self.recorder is not None:
+            self.recorder.lost(src, cpu, count, reason)
+        return ev
 
     def _discard(self) -> list[dict]:
-        """Release what the rings still hold, unread, as lost records (one notice per ring)."""
+        """Release what the rings still hold, unread, as lost records: the samples as discarded_at_exit,
+        the kernel's lost markers among them as ring_full."""
         out = []
         for src, ring in self._rings:
-            n = ring.discard() if getattr(ring, "backlog", False) else 0
-            if n:
-                self.stats.lost += n
-                self.stats.lost_per_cpu[ring.cpu] += n
-                out.append({"kind": "lost", "source": src.name, "cpu": ring.cpu, "count": n})
-                if self.recorder is not None:
-                    self.recorder.lost(src, ring.cpu, n)
+            if not getattr(ring, "backlog", False):
+                continue
+            samples, markers = ring.discard()
+            if markers:
+                out.append(self._lost(src, ring.cpu, markers, "ring_full"))
+            if samples:
+                out.append(self._lost(src, ring.cpu, samples, "discarded_at_exit"))
         if self.recorder is not None:
             self.recorder.flush()
         return out
@@ -412,12 +451,8 @@ class Session:
         runs: list[list[dict]] = []
         for src, ring in self._rings:
             batch = ring.drain()
-            if batch.lost:
-                self.stats.lost += batch.lost
-                self.stats.lost_per_cpu[batch.cpu] += batch.lost
-                out.append({"kind": "lost", "source": src.name, "cpu": batch.cpu, "count": batch.lost})
-                if self.recorder is not None:
-                    self.recorder.lost(src, batch.cpu, batch.lost)
+            if batch.lost:  # the kernel's marker: records it could not write since the last one
+                out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
             if batch.samples:
                 runs.append(list(map(src.decode, batch.samples, repeat(batch.cpu))))
         events = in_time_order(runs)
@@ -464,6 +499,9 @@ def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None,
         "events": s.events,
         "lost": s.lost,
         "lost_per_cpu": {str(k): v for k, v in sorted(s.lost_per_cpu.items())},
+        "lost_by_reason": {**{r: s.lost_by_reason.get(r, 0) for r in REASONS},
+                           **({UNSPECIFIED: s.lost_by_reason[UNSPECIFIED]} if s.lost_by_reason.get(UNSPECIFIED)
+                              else {})},
         "reads": {k: s.reads.get(k, 0) for k in READ_STATUSES},
         "by_arg": {k: dict(v) for k, v in sorted(s.by_arg.items())},
         "events_with_reads": s.events_with_reads,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import syscalls
+from .accounting import Loss, ring_residuals, syscall_losses
 from .decode import Decoder
 from .kenv import tracefs_root
 from .perf import RingSet
@@ -43,6 +44,16 @@ class Source:
     def kernel_stats(self) -> dict[str, int]:
         return {}
 
+    def quiesce(self) -> None:
+        """Stop producing records, keep the rings readable: the session then drains what they hold
+        and asks `final_losses`. By default the ring events are disabled."""
+        if self.rings is not None:
+            self.rings.disable()
+
+    def final_losses(self) -> list[Loss]:
+        """Losses not reported by the rings' markers (after quiesce and the final drain)."""
+        return ring_residuals(self.rings.rings if self.rings is not None else [])
+
     # -- capture files (tracer/capture.py) --------------------------------------------------------
     def capture_header(self) -> dict:
         """A JSON-able description from which `replay_decoder` rebuilds this source's decoder (formats,
@@ -72,7 +83,7 @@ def order_ts(ev: dict) -> int:
 
 class SyscallSource(Source):
     name = "syscalls"
-    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail")
+    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail", "no_exit")
 
     def __init__(self, specs: Sequence[syscalls.Syscall], opts: SourceOptions) -> None:
         self.syscalls = list(specs)
@@ -96,6 +107,16 @@ class SyscallSource(Source):
         if self.probes is None:
             return {}
         return dict(zip(self.STAT_NAMES, self.probes.stats(), strict=False))
+
+    def quiesce(self) -> None:
+        if self.probes is not None:
+            self.probes.stop()  # programs off: counters and in-flight table final, rings kept
+
+    def final_losses(self) -> list[Loss]:
+        if self.probes is None or self.rings is None:
+            return []
+        per_cpu = dict(zip(self.STAT_NAMES, self.probes.stats_per_cpu(), strict=False))
+        return syscall_losses(self.rings.rings, per_cpu, self.probes.in_flight())
 
     def close(self) -> None:
         if self.probes is not None:

@@ -1,0 +1,52 @@
+"""The end-of-session loss arithmetic (tracer/accounting.py) on fake rings and counters; the live floods
+that check it against real calls are in tests/test_accounting_live.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.accounting import REASONS, ring_residuals, syscall_losses
+from tracer.session import Stats, summary_of
+
+
+@dataclass
+class FakeRing:
+    cpu: int
+    lost_total: int           # markers seen while draining
+    kernel: int | None        # the ring's lost_samples (None: kernel before 6.0)
+
+    def kernel_lost(self) -> int | None:
+        return self.kernel
+
+
+def test_markers_and_submit_fail_are_one_loss() -> None:
+    # CPU 0: 10 outputs failed, all for room; 7 reported by markers, 3 after the last record that fitted.
+    # CPU 1: 5 failed, 4 for room (all reported), 1 for another reason.
+    rings = [FakeRing(0, 7, 10), FakeRing(1, 4, 4)]
+    counters = {"submit_fail": [10, 5], "no_state": [4, 4], "state_full": [0, 2], "no_exit": [1, 0]}
+    losses = syscall_losses(rings, counters, in_flight=3)
+    assert sorted(losses, key=str) == sorted([(0, "ring_full", 3), (1, "submit_error", 1), (1, "state_full", 2),
+                                              (0, "no_exit", 1), (None, "in_flight_at_exit", 3)], key=str)
+    # Markers (11) + residuals: every failed output counted once. Exits without entry (no_state) are not
+    # lost calls: those calls began before tracing did.
+    assert 7 + 4 + sum(n for _, r, n in losses if r in ("ring_full", "submit_error")) == 15
+
+
+def test_without_lost_samples_the_counter_decides() -> None:
+    assert syscall_losses([FakeRing(0, 7, None)], {"submit_fail": [10]}, 0) == [(0, "ring_full", 3)]
+
+
+def test_ring_residuals_for_rings_without_counters() -> None:
+    class Wrapper:  # a ring that cannot tell (e.g. the user_events watch's per-CPU view)
+        cpu = 2
+    assert ring_residuals([FakeRing(0, 5, 9), FakeRing(1, 2, 2), Wrapper(), FakeRing(3, 0, None)]) == [
+        (0, "ring_full", 4)]
+
+
+def test_summary_breaks_lost_down_by_reason() -> None:
+    st = Stats()
+    st.add_lost({"kind": "lost", "cpu": 1, "count": 5, "reason": "ring_full"})
+    st.add_lost({"kind": "lost", "cpu": None, "count": 2, "reason": "in_flight_at_exit"})
+    s = summary_of(st, {}, 0.0, None)
+    assert s["lost"] == 7 and s["lost_per_cpu"] == {"1": 5}
+    assert s["lost_by_reason"] == {**dict.fromkeys(REASONS, 0), "ring_full": 5, "in_flight_at_exit": 2}
