@@ -50,3 +50,16 @@ def test_summary_breaks_lost_down_by_reason() -> None:
     s = summary_of(st, {}, 0.0, None)
     assert s["lost"] == 7 and s["lost_per_cpu"] == {"1": 5}
     assert s["lost_by_reason"] == {**dict.fromkeys(REASONS, 0), "ring_full": 5, "in_flight_at_exit": 2}
+
+
+def test_schemas_name_every_reason() -> None:
+    import json
+    from importlib.resources import files
+
+    from tracer.accounting import UNSPECIFIED
+
+    schema = files("tracer") / "schema"
+    lost = json.loads((schema / "lost.json").read_text())
+    summary = json.loads((schema / "summary.json").read_text())
+    assert lost["properties"]["reason"]["enum"] == [*REASONS, UNSPECIFIED]
+    assert summary["properties"]["lost_by_reason"]["propertyNames"]["enum"] == [*REASONS, UNSPECIFIED]

@@ -94,9 +94,12 @@ def test_summary_lost_alert_and_header_validate() -> None:
     events = synthesized_events()
     stats = Stats()
     stats.add_many(events)
-    stats.lost, stats.lost_per_cpu[1] = 3, 3
+    lost = [{"kind": "lost", "source": "syscalls", "cpu": 1, "count": 3, "reason": "ring_full"},
+            {"kind": "lost", "source": "syscalls", "cpu": None, "count": 1, "reason": "in_flight_at_exit"}]
+    for x in lost:
+        stats.add_lost(x)
     clock = clock_info()
-    lines = [stream_header(clock), *events, {"kind": "lost", "source": "syscalls", "cpu": 1, "count": 3},
+    lines = [stream_header(clock), *events, *lost,
              Alert("sensitive-write", "high", "a write", {"matched": ["entry"]}).to_dict(events[0]),
              Alert("lost-records", "critical", "3 lost").to_dict(None),
              summary_of(stats, {"emitted": 9}, 1.5, 0, clock["mono_to_wall_ns"])]
@@ -104,7 +107,8 @@ def test_summary_lost_alert_and_header_validate() -> None:
     assert lines[0]["version"] == STREAM_VERSION and lines[0]["clock"]["mono_to_wall_ns"] == clock["mono_to_wall_ns"]
 
 
-@pytest.mark.parametrize("breakage", ["no time", "bad status", "time not ISO", "bad severity", "ret a string"])
+@pytest.mark.parametrize("breakage", ["no time", "bad status", "time not ISO", "bad severity", "ret a string",
+                                      "lost without reason"])
 def test_lines_that_break_the_contract_fail(breakage: str) -> None:
     ev = synthesized_events()[0]
     if breakage == "no time":
@@ -115,6 +119,8 @@ def test_lines_that_break_the_contract_fail(breakage: str) -> None:
         ev["time"] = "14:01:40"
     elif breakage == "ret a string":
         ev["ret"] = "3"
+    elif breakage == "lost without reason":
+        ev = {"kind": "lost", "source": "syscalls", "cpu": 0, "count": 1}
     else:
         ev = Alert("x", "urgent", "y").to_dict(None)
     with pytest.raises(jsonschema.ValidationError):
@@ -139,8 +145,8 @@ def test_json_output_writes_the_header_first_and_once() -> None:
     calls = []
     out = JsonOutput(buf, batched=True, header=lambda: calls.append(1) or stream_header(clock_info()))
     assert calls == []  # made at the first line, when the session's clock is final
-    out.events([{"kind": "lost", "source": "syscalls", "cpu": 0, "count": 1}])
-    out.event({"kind": "lost", "source": "syscalls", "cpu": 0, "count": 2})
+    out.events([{"kind": "lost", "source": "syscalls", "cpu": 0, "count": 1, "reason": "ring_full"}])
+    out.event({"kind": "lost", "source": "syscalls", "cpu": 0, "count": 2, "reason": "ring_full"})
     out.summary({"kind": "summary"})
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [x["kind"] for x in lines] == ["stream", "lost", "lost", "summary"] and calls == [1]

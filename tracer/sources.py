@@ -7,6 +7,7 @@ by the event spec's prefix (see `build_sources`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ class SourceOptions:
     pages: int
     explain: Callable[[int, int], dict] | None  # (pid, addr) -> where addr lives
     read_mode: str = "auto"  # auto | sleepable | nofault: how pointer arguments are read (README)
+
+
+_SYSCALL_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 class Source:
@@ -156,12 +160,25 @@ def syscall_capture_desc(specs: Sequence[syscalls.Syscall], root: Path | None = 
 
 
 def syscalls_from_capture(desc: dict) -> list[syscalls.Syscall]:
+    """The syscalls of a capture header (untrusted: every field type-checked, ValueError otherwise)."""
     out = []
-    for d in desc["syscalls"]:
-        name, fmt = str(d["name"]), d["enter_format"]
-        args = syscalls.parse_format(fmt) if isinstance(fmt, str) else []
-        out.append(syscalls.Syscall(name, int(d["nr"]), tuple(args), syscalls.plan_reads(name, args),
-                                    bool(d.get("noreturn")), bool(d.get("exec"))))
+    entries = desc["syscalls"]
+    if type(entries) is not list:
+        raise ValueError("syscalls is not a list")
+    for d in entries:
+        if type(d) is not dict:
+            raise ValueError("a syscall entry is not an object")
+        name, nr, fmt = d.get("name"), d.get("nr"), d.get("enter_format")
+        if type(name) is not str or not _SYSCALL_NAME.fullmatch(name):
+            raise ValueError(f"syscall name {name!r:.40} is not a tracepoint name")
+        if type(nr) is not int or not 0 <= nr < 1024:
+            raise ValueError(f"syscall {name}: number {nr!r:.40} is not a syscall number")
+        flags = (d.get("noreturn", False), d.get("exec", False))
+        if not (fmt is None or type(fmt) is str) or any(type(f) is not bool for f in flags):
+            raise ValueError(f"syscall {name}: a field has a wrong type")
+        args = syscalls.parse_format(fmt) if fmt is not None else []
+        out.append(syscalls.Syscall(name, nr, tuple(args), syscalls.plan_reads(name, args),
+                                    d.get("noreturn", False), d.get("exec", False)))
     return out
     # -- end capture files -------------------------------------------------------------------------
 
