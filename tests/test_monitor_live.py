@@ -48,6 +48,9 @@ BENIGN = ["b_hostname", "b_passwd", "b_create", "b_tmpfile", "b_dfd_read", "b_cw
 
 
 FLOOD = 1000
+# Workloads whose alert context is asserted stay alive this long (ms) so that /proc still shows them when
+# their records are decoded, however loaded the machine (decoding runs ~100 ms behind when it is not).
+LINGER = "4000"
 
 
 @dataclass
@@ -71,14 +74,14 @@ def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
     runs = run_parallel({
         # Every call's own alerts: --no-aggregate (shadow, dfd_shadow and untouched_shadow are alike).
         "triggers": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "triggers"),
-                     workload_env(dirs["triggers"], EXIT_CODE="5")),
+                     workload_env(dirs["triggers"], EXIT_CODE="5", LINGER_MS=LINGER)),
         "benign": (("monitor", "openat2", "--json", "--all", "--", exe, "benign"),
                    workload_env(dirs["benign"], EXIT_CODE="5")),
         "console": (("monitor", "openat2", "--", exe, "escape"), console_env),
-        "family": (("monitor", "--json", "--all", "--", exe, "family"), workload_env(dirs["family"])),
+        "family": (("monitor", "--json", "--all", "--", exe, "family"), workload_env(dirs["family"], LINGER_MS=LINGER)),
         "cat": (("monitor", "--", "cat", "/etc/shadow"), {**console_env, "TERM": "dumb"}),
         "flood": (("monitor", "openat2", "--json", "--", exe, "flood"),
-                  workload_env(dirs["flood"], FLOOD_N=str(FLOOD), LINGER_MS="5000")),  # /proc facts stay
+                  workload_env(dirs["flood"], FLOOD_N=str(FLOOD), LINGER_MS=LINGER)),
         "race": (("monitor", "openat2", "--json", "--all", "--policy", str(secret), "--", exe, "race"),
                  workload_env(dirs["race"])),
         "flood_all": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "flood"),
