@@ -31,7 +31,8 @@ def guest_output(out: Path, doctor: dict, steps: str = STEPS) -> None:
     (out / "doctor.out").write_text(json.dumps(doctor))
     (out / "junit.xml").write_text(JUNIT)
     (out / "demo.out").write_text("openat2(dfd=AT_FDCWD, filename=<missing: errno 14 at 0x1 in unmapped (NULL "
-                                  "page)>, ...) = -14 EFAULT\n4 events, 0 lost\n")
+                                  "page)>, ...) = -14 EFAULT\n")
+    (out / "demo.err").write_text("tracing openat2\n4 events, 0 lost\n")  # the summary is on stderr
     (out / "pytest.out").write_text("FAILED tests/test_sleepable.py::test_x - boom\n")
 
 
@@ -73,7 +74,7 @@ def test_a_kernel_must_show_its_features(tmp_path: Path) -> None:
     assert "doctor: user_events expected on this kernel but not available" in res.problems
     assert {"demo did not finish", "pytest did not finish"} <= set(res.problems)
     (tmp_path / "steps").write_text("booted 1\ndoctor 0 1\ndemo 0 1\npytest 0 1\n")
-    (tmp_path / "demo.out").write_text("3 events, 1 lost\n")
+    (tmp_path / "demo.err").write_text("3 events, 1 lost\n")
     res = lane.Result(k)
     lane.read_results(k, tmp_path, res)
     assert "demo: output lacks '4 events, 0 lost'" in res.problems

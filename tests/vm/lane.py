@@ -239,7 +239,8 @@ def check(k: Kernel, res: Result, outcomes: dict[str, str], out: Path) -> None:
         elif res.steps[step][0] != 0:
             p.append(f"{step} exited {res.steps[step][0]}: {tail(out / (step + '.err'), out / (step + '.out'))}")
     if res.steps.get("demo", (1,))[0] == 0:
-        demo = (out / "demo.out").read_text(errors="replace") if (out / "demo.out").exists() else ""
+        # events on stdout, the summary on stderr: both count
+        demo = "".join(f.read_text(errors="replace") for f in (out / "demo.out", out / "demo.err") if f.exists())
         for want in DEMO_SHOWS:
             if want not in demo:
                 p.append(f"demo: output lacks {want!r}")
