@@ -306,8 +306,8 @@ def rewrite_header(path: Path, change) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda h: h["sources"][0]["desc"]["layout"].update(sha256="0" * 64), "record layout .* differs"),
-    (lambda h: h["sources"][0].update(replay="os:system"), "not part of tracer"),
-    (lambda h: h["sources"][0].update(replay="tracer.sources:Nope"), "cannot rebuild the decoder"),
+    (lambda h: h["sources"][0].update(replay="os:system"), "'os:system', which is not one of tracer's"),
+    (lambda h: h["sources"][0].update(replay="tracer.sources:Nope"), "which is not one of tracer's"),
     (lambda h: h.update(version=99), "format 99"),
     (lambda h: h["sources"][0]["desc"].pop("syscalls"), "cannot rebuild the decoder"),
 ])
@@ -478,3 +478,36 @@ def test_replay_views_failed_only_durations_and_call_table(capfile) -> None:
     assert "openat2(" not in p.stdout and "openat2(" not in p.stderr
     rows = [line.split() for line in p.stderr.splitlines() if line.endswith(("openat2", "exit_group", "total"))]
     assert [r[-3:] for r in rows if r[-1] != "exit_group"] == [["3", "1", "openat2"], ["4", "1", "total"]]
+
+
+def test_killed_before_tracing_started_leaves_no_capture(tmp_path: Path, tracefs: Path) -> None:
+    """SIGKILL after the file was created and before the session started (BPF still loading): no empty
+    capture at the path (the next `record -o` needs no --force), and its staged file is removed by the
+    next writer in that directory; a staged file of a live process is left alone."""
+    tmp_path = tmp_path / "caps"
+    tmp_path.mkdir()
+    path = tmp_path / "run.cap"
+    code = ("import os, signal, sys; from tracer.capture import CaptureWriter; "
+            "CaptureWriter(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, timeout=60)
+    assert p.returncode == -9, p.stderr
+    names = [x.name for x in tmp_path.iterdir()]
+    assert not path.exists() and len(names) == 1, names
+    assert names[0].startswith(".run.cap.") and names[0].endswith(".tracer-new"), names
+    live = tmp_path / f".other.cap.{os.getppid()}.tracer-new"
+    live.write_bytes(b"")  # a writer still running (our parent): not ours to remove
+    assert write_capture(path) and Capture(path).problem is None  # no --force needed
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["run.cap", live.name])
+
+
+def test_force_staging_is_cleaned_and_commit_never_clobbers(tmp_path: Path, tracefs: Path) -> None:
+    tmp_path = tmp_path / "caps"
+    tmp_path.mkdir()
+    path = tmp_path / "run.cap"
+    w = CaptureWriter(path)
+    path.write_bytes(b"someone else's")  # created between our start and our commit
+    with pytest.raises(CaptureExists, match="created meanwhile"):
+        w.begin(cap_mod.session_header(fake_session()), [])
+    w.close()
+    assert path.read_bytes() == b"someone else's"
+    assert [x.name for x in tmp_path.iterdir()] == ["run.cap"], "the staged file went with the writer"

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib
 import json
 import os
 import socket
+import stat
 import struct
 import zlib
 from collections import deque
@@ -37,6 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .accounting import REASONS, UNSPECIFIED
+from .capture_check import (
+    MAX_HEADER,
+    Invalid,
+    check_header,
+    check_layout_identity,
+    check_trailer,
+    replayer,
+    shown,
+)
 from .contract import WallClock, clock_info
 from .summary import is_error
 
@@ -52,8 +61,19 @@ FRAME = struct.Struct("<B3xII")
 REC = struct.Struct("<HHI")
 LOST = struct.Struct("<HHQ")
 KINDS = {ord("H"), ord("R"), ord("L"), ord("T")}
+SYSCALL_REPLAYER = "tracer.sources:SyscallSource"
 MAX_FRAME = 64 << 20  # far above any header or record; a larger length means a damaged frame header
 Explain = Callable[[int, int], dict]
+
+
+def parse_json(data: bytes) -> object:
+    """JSON from a capture: Invalid for anything json refuses, nesting too deep included."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise Invalid("nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError too
+        raise Invalid(f"not JSON ({shown(str(e), 60)})") from None
 
 
 class CaptureError(RuntimeError):
@@ -79,13 +99,17 @@ def layout_identity(header: str = "record.h", structs: Sequence[str] = ("sys_rec
             "sizes": {s: struct_of(s).size for s in structs}}
 
 
-def check_layout(identity: dict) -> None:
-    """Refuse records whose layout differs from the one this tracer decodes."""
-    mine = layout_identity(identity.get("header", "record.h"), tuple(identity.get("sizes", {})))
-    if mine != identity:
-        raise CaptureError(f"the capture's record layout ({identity.get('header')} sha256 "
-                           f"{str(identity.get('sha256'))[:12]}) differs from this tracer's ({mine['sha256'][:12]}); "
-                           "replay it with the tracer version that recorded it")
+def check_layout(identity: object) -> None:
+    """Refuse records whose layout differs from the one this tracer decodes. The header named must be
+    one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path."""
+    try:
+        header, structs, sha = check_layout_identity(identity)
+    except Invalid as e:
+        raise CaptureError(f"the capture's record layout is not valid: {e}") from None
+    mine = layout_identity(header, structs)
+    if mine["sha256"] != sha or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
+        raise CaptureError(f"the capture's record layout ({header} sha256 {sha[:12]}) differs from this tracer's "
+                           f"({mine['sha256'][:12]}); replay it with the tracer version that recorded it")
 
 
 def session_header(session: Session) -> dict:
@@ -105,34 +129,80 @@ def session_header(session: Session) -> dict:
     }
 
 
-def create_private(path: Path, force: bool = False) -> tuple[int, Path | None]:
-    """A new file, mode 0600 whatever the umask (captures hold paths and arguments): O_EXCL, so an
-    existing file is an error unless `force`. With `force`, an existing file is kept until the new
-    one is worth having: the new one is staged beside it (returned second) and `commit_private` moves
-    it into place, so a run that fails to start loses nothing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    target, staged = path, None
-    if force and (path.is_symlink() or path.exists()):
+STAGED = ".tracer-new"  # .NAME.PID.tracer-new: a capture being written, before its session started
+
+
+def create_private(path: Path, force: bool = False) -> tuple[int, Path]:
+    """A new file, mode 0600 whatever the umask (captures hold paths and arguments), staged beside
+    `path` and put in place by `commit_private` once the session has started: a run that fails or is
+    killed before that leaves no empty capture, and with `force` the old file stays until then. An
+    existing `path` is an error unless `force`. Staged files of runs that died are removed first."""
+    remove_stale(path.parent)
+    if path.is_symlink() or path.exists():
+        if not force:
+            raise CaptureExists(f"{path} exists; choose another file or pass --force to replace it")
         if not (path.is_symlink() or path.is_file()):
             raise CaptureExists(f"{path} exists and is not a regular file; --force replaces regular files only")
-        staged = target = path.with_name(f".{path.name}.{os.getpid()}.tracer-new")
+    staged = path.with_name(f".{path.name}.{os.getpid()}{STAGED}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(target, flags, 0o600)
-    except FileExistsError:
-        raise CaptureExists(f"{path} exists; choose another file or pass --force to replace it") from None
+        staged.unlink(missing_ok=True)  # our pid's name: a leftover of a process that had it before
+        fd = os.open(staged, flags, 0o600)
     except OSError as e:
         raise CaptureError(f"cannot create {path}: {e.strerror}") from None
     os.fchmod(fd, 0o600)
     return fd, staged
 
 
-def commit_private(staged: Path | None, path: Path) -> None:
-    """Put a staged file (see create_private) in place of the one it replaces."""
-    if staged is not None:
+def remove_stale(directory: Path) -> list[Path]:
+    """Remove the staged captures in `directory` whose writer is gone (killed before its session
+    started); returns them. Only regular files of ours, named as create_private names them."""
+    removed = []
+    try:
+        entries = list(directory.glob(f".*{STAGED}"))
+    except OSError:
+        return removed
+    for p in entries:
+        pid = p.name[: -len(STAGED)].rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
         try:
+            os.kill(int(pid), 0)
+            continue  # still running (or not ours to signal): maybe still starting
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def commit_private(staged: Path, path: Path, force: bool) -> None:
+    """Put a staged file (see create_private) at `path`: replacing it with `force`, else only if `path`
+    still does not exist (a hard link cannot overwrite)."""
+    try:
+        if force:
             os.replace(staged, path)
-        except OSError as e:
-            raise CaptureError(f"cannot replace {path}: {e.strerror}") from None
+            return
+        try:
+            os.link(staged, path, follow_symlinks=False)
+        except FileExistsError:
+            raise CaptureExists(f"{path} was created meanwhile; choose another file or pass --force") from None
+        except OSError:  # a filesystem without hard links: create exclusively, then replace
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            os.replace(staged, path)
+            return
+        staged.unlink()
+    except FileExistsError:
+        raise CaptureExists(f"{path} was created meanwhile; choose another file or pass --force") from None
+    except OSError as e:
+        raise CaptureError(f"cannot create {path}: {e.strerror}") from None
 
 
 class CaptureWriter:
@@ -141,7 +211,9 @@ class CaptureWriter:
 
     def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
         self.path = Path(path)
+        self.force = force
         self.fd: int | None
+        self.staged: Path | None
         self.fd, self.staged = create_private(self.path, force)
         self.buf = bytearray()
         self.size = 0
@@ -176,10 +248,10 @@ class CaptureWriter:
             self._wrap_decode(i, src)
         self.buf += MAGIC
         self._frame(b"H", json.dumps({**header, "sources": entries}).encode())
-        self.started = True
         self.flush()
-        commit_private(self.staged, self.path)  # tracing has started: now the old file may go
+        commit_private(self.staged, self.path, self.force)  # tracing has started: now the file exists
         self.staged = None
+        self.started = True
 
     def _wrap_decode(self, index: int, src: Source) -> None:
         decode = src.decode
@@ -248,8 +320,8 @@ class CaptureWriter:
         finally:
             os.close(self.fd)
             self.fd = None
-            if not self.started:  # nothing useful in it: the session never started
-                (self.staged or self.path).unlink(missing_ok=True)
+            if self.staged is not None:  # nothing useful in it: the session never started
+                self.staged.unlink(missing_ok=True)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -351,18 +423,15 @@ class Capture:
         if first is None or first[0] != ord("H"):
             raise CaptureError(f"{self.path}: the capture header is missing or damaged"
                                + (f" ({problem.detail})" if problem else ""))
+        if len(first[2]) > MAX_HEADER:
+            raise CaptureError(f"{self.path}: the capture header is {len(first[2])} bytes, more than any capture's")
         try:
-            header = json.loads(first[2])
-        except ValueError:
-            header = None
-        if not isinstance(header, dict) or not isinstance(header.get("sources"), list):
-            raise CaptureError(f"{self.path}: the capture header is not valid")
-        version = header.get("version")
-        if type(version) is not int or version not in SUPPORTED_VERSIONS:  # not bool: True == 1
-            shown = repr(version)[:40]
-            raise CaptureError(f"{self.path} was written in capture format {shown}; this tracer ({__version__}) "
-                               f"reads formats {', '.join(map(str, SUPPORTED_VERSIONS))}"
-                               + (": upgrade tracer" if type(version) is int and version > FORMAT_VERSION else ""))
+            header = check_header(parse_json(first[2]), SUPPORTED_VERSIONS)
+        except Invalid as e:
+            raise CaptureError(f"{self.path}: the capture header is not valid: {e}") from None
+        except Exception as e:  # a check that missed a type: still one line
+            raise CaptureError(f"{self.path}: the capture header is not valid ({type(e).__name__})") from None
+        version = header["version"]
         self.version = version
         self.header = header
         self._data_offset = first[1] + FRAME.size + len(first[2])
@@ -371,47 +440,41 @@ class Capture:
         self.records = 0
         self._stats = None
         self._queue: deque = deque()
+        self._decoders = self._build_decoders()  # now: a header that cannot be replayed fails at open
 
     # -- header views --------------------------------------------------------------------------
     @property
     def mono_to_wall_ns(self) -> int:
-        return int(self.header.get("clock", {}).get("mono_to_wall_ns", 0))
+        return self.header.get("clock", {}).get("mono_to_wall_ns", 0)
 
     def syscalls(self) -> list:
         from .sources import syscalls_from_capture
 
         out = []
         for src in self.header["sources"]:
-            if isinstance(src, dict) and src.get("name") == "syscalls":
+            if src["replay"] == SYSCALL_REPLAYER:
                 try:
-                    out.extend(syscalls_from_capture(src.get("desc") or {}))
+                    out.extend(syscalls_from_capture(src["desc"]))
                 except (KeyError, TypeError, ValueError) as e:
-                    raise CaptureError(f"{self.path}: the syscall source's description is not valid ({e})") from None
+                    raise CaptureError(f"{self.path}: the syscall source's description is not valid "
+                                       f"({type(e).__name__}: {shown(str(e), 80)})") from None
         return out
 
     def event_names(self) -> list[str]:
-        return [str(n) for src in self.header["sources"] if isinstance(src, dict)
-                for n in (src.get("desc") or {}).get("events", ())]
+        return [n for src in self.header["sources"] for n in src["desc"].get("events", ())]
 
     # -- events --------------------------------------------------------------------------------
-    def _decoders(self) -> list[Callable[[bytes, int], dict]]:
+    def _build_decoders(self) -> list[Callable[[bytes, int], dict]]:
         explain = self._explain if self.header.get("session", {}).get("explain", True) else None
         decoders = []
-        for i, src in enumerate(self.header["sources"]):
+        for src in self.header["sources"]:
             try:
-                target = str(src["replay"])
-                module, _, qualname = target.partition(":")
-                if not module.startswith("tracer."):
-                    raise CaptureError(f"{self.path}: source {i} names {target!r}, which is not part of tracer")
-                cls = importlib.import_module(module)
-                for part in qualname.split("."):
-                    cls = getattr(cls, part)
-                decoders.append(cls.replay_decoder(src.get("desc") or {}, explain))
-            except CaptureError:
-                raise
-            except (ImportError, AttributeError, KeyError, TypeError, ValueError) as e:
-                name = src.get("name") if isinstance(src, dict) else i
-                raise CaptureError(f"{self.path}: cannot rebuild the decoder of source {name!r} ({e})") from None
+                decoders.append(replayer(src["replay"]).replay_decoder(src["desc"], explain))
+            except CaptureError as e:
+                raise CaptureError(f"{self.path}: {e}") from None
+            except Exception as e:  # hostile contents under a valid checksum: one line, never a traceback
+                raise CaptureError(f"{self.path}: cannot rebuild the decoder of source {shown(src['name'])} "
+                                   f"({type(e).__name__}: {shown(str(e), 80)})") from None
         return decoders
 
     def _explain(self, pid: int, addr: int) -> dict:
@@ -430,7 +493,7 @@ class Capture:
 
         keep = filter or Filter(**filters)
         keep.bind(self)
-        decoders = self._decoders()
+        decoders = self._decoders
         wall = WallClock(self.mono_to_wall_ns)  # the times the live session printed
         self.problem, self.trailer, self.records = None, None, 0
         self._stats = Stats()
@@ -468,7 +531,7 @@ class Capture:
                 if len(raw) != n or src >= len(decoders):
                     raise ValueError("record frame does not hold its record")
                 tail = payload[REC.size + n:]
-                self._queue = deque(tuple(x) for x in json.loads(tail)) if tail else deque()
+                self._queue = deque(tuple(x) for x in parse_json(tail)) if tail else deque()
                 ev = decoders[src](raw, cpu)
                 self.records += 1
                 return ev
@@ -481,8 +544,9 @@ class Capture:
                 return {"kind": "lost", "source": names[src] if src < len(names) else "?",
                         "cpu": None if cpu == NO_CPU else cpu, "count": count, "reason": reason}
             if kind == ord("T"):
-                trailer = json.loads(payload)
-                self.trailer = trailer if isinstance(trailer, dict) else None
+                if len(payload) > MAX_HEADER:
+                    raise ValueError("trailer larger than any summary")
+                self.trailer = check_trailer(parse_json(payload))
                 return None
             raise ValueError("a second header")
         except Exception as e:  # untrusted bytes under a valid checksum: report, never raise

@@ -479,7 +479,7 @@ def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, for
                 if staged is not None:
                     staged.unlink(missing_ok=True)
                 raise
-            commit_private(staged, path)
+            commit_private(staged, path, force)
     except BrokenPipeError:
         sys.exit(0)
     except CaptureError as e:
