@@ -75,7 +75,7 @@ def test_alert_lines_follow_the_schema() -> None:
     (_, folded), = agg.closed()
     lost = lost_alert({"kind": "lost", "source": "syscalls", "cpu": 1, "count": 3, "reason": "discarded_at_exit"})
     lost.context = reader.now()
-    assert lost.description == "3 syscalls records lost on CPU 1 (discarded at exit): those calls were not checked"
+    assert lost.description == "3 records lost on CPU 1 (discarded at exit): those calls were not checked"
     lines = [first.to_dict(ev), folded.to_dict(ev), lost.to_dict(None)]
     for line in lines:
         check_line(line)

@@ -43,7 +43,7 @@ class CountingIO(io.StringIO):
 @pytest.mark.parametrize("color", [None, "standard", "256", "truecolor"])
 def test_batch_rendering_is_rich_rendering(color: str | None) -> None:
     evs = events()
-    lost = {"kind": "lost", "source": "syscalls", "cpu": 1, "count": 7}
+    lost = {"kind": "lost", "source": "syscalls", "cpu": 1, "count": 7, "reason": "ring_full"}
     kw = dict(width=100, color_system=color, force_terminal=color is not None, highlight=False, soft_wrap=True)
     ours, theirs = CountingIO(), io.StringIO()
     out = ConsoleOutput(Console(file=ours, **kw))

@@ -430,7 +430,9 @@ def lost_text(ev: dict) -> str:
     """One lost-records event in words: how many, where, why (accounting.SHOWN)."""
     where = f" on CPU {ev['cpu']}" if ev.get("cpu") is not None else ""
     reason = ev.get("reason") or UNSPECIFIED
-    return f"{ev['count']} {ev.get('source', 'syscalls')} records lost{where} ({SHOWN.get(reason, reason)})"
+    source = ev.get("source", "syscalls")
+    other = f" of the {source} source" if source != "syscalls" else ""
+    return f"{ev['count']} records lost{other}{where} ({SHOWN.get(reason, reason)})"
 
 
 def lost_reasons_text(s: dict) -> str:
