@@ -326,7 +326,9 @@ def test_live_sleepable_syscall_reads(bpf_env, build_c, kinds: dict[str, dict], 
               "path": report["file"]}
     assert ev["reads"]["filename"] == {
         "status": "ok", "source": "sleepable", "errno": None, "addr": report["filename"], "len": 13,
-        "verified_at_exit": True, "faulted_in": True, "region": {**region, "file_offset": 0}}
+        "verified_at_exit": True, "faulted_in": True, "region": {**region, "file_offset": 0},
+        # read at the call, the same bytes at exit, and the name of the very file the kernel opened
+        "verified": True, "verified_by": "opened_file", "opened_match": "same"}
     how = ev["reads"]["how"]
     assert how["status"] == "ok" and how["source"] == "sleepable" and how["len"] == how["size"] == 24
 
