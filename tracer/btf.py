@@ -123,15 +123,19 @@ class Btf:
                                                           self._offsets[type_id - 1])
         return BtfType(type_id, (info >> 24) & 0x1F, self.name_at(name_off), info & 0xFFFF, size_or_type)
 
-    @functools.cached_property
-    def _funcs(self) -> dict[str, int]:
+    def _named(self, kind: int) -> dict[str, int]:
+        """Name -> type id of the first named type of `kind` (one pass over all types)."""
         found: dict[str, int] = {}
         unpack = struct.Struct(self._end + "II").unpack_from
         for i, pos in enumerate(self._offsets):
             name_off, info = unpack(self._data, pos)
-            if (info >> 24) & 0x1F == BTF_KIND_FUNC:
+            if (info >> 24) & 0x1F == kind and name_off:
                 found.setdefault(self.name_at(name_off), i + 1)
         return found
+
+    @functools.cached_property
+    def _funcs(self) -> dict[str, int]:
+        return self._named(BTF_KIND_FUNC)
 
     def func_id(self, name: str) -> int:
         """Type id of the BTF_KIND_FUNC called `name`; KeyError when the kernel has none."""
@@ -142,13 +146,7 @@ class Btf:
 
     @functools.cached_property
     def _structs(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        unpack = struct.Struct(self._end + "II").unpack_from
-        for i, pos in enumerate(self._offsets):
-            name_off, info = unpack(self._data, pos)
-            if (info >> 24) & 0x1F == BTF_KIND_STRUCT and name_off:
-                found.setdefault(self.name_at(name_off), i + 1)
-        return found
+        return self._named(BTF_KIND_STRUCT)
 
     def struct_named(self, name: str) -> BtfType:
         """The STRUCT called `name` (the first one: vmlinux has one per name)."""
