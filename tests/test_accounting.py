@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tracer.accounting import REASONS, ring_residuals, syscall_losses
-from tracer.session import Stats, summary_of
+from tracer.events import Stats, summary_of
 
 
 @dataclass

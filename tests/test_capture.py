@@ -23,9 +23,10 @@ from tracer import capture as cap_mod
 from tracer.capture import MAGIC, Capture, CaptureError, CaptureExists, CaptureWriter, Filter
 from tracer.contract import WallClock, clock_info, stream_header
 from tracer.decode import Decoder
+from tracer.events import Event, Stats, summary_of
 from tracer.export import write_chrome, write_jsonl
 from tracer.probes import Filters
-from tracer.session import Event, Stats, summary_of
+from tracer.session import session_header
 from tracer.sources import Source, SyscallSource
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
     src = SyscallSource.__new__(SyscallSource)
     src.syscalls = [OPENAT2, EXIT_GROUP]
     src.decode = Decoder({s.nr: s for s in src.syscalls}, w.wrap_explain(explainer) if explain else None).decode
-    w.begin(cap_mod.session_header(fake_session(explain=explain)), [src])
+    w.begin(session_header(fake_session(explain=explain)), [src])
     delivered: list[dict] = []
     recs = records()
     for i, raw in enumerate(recs):
@@ -507,7 +508,7 @@ def test_force_staging_is_cleaned_and_commit_never_clobbers(tmp_path: Path, trac
     w = CaptureWriter(path)
     path.write_bytes(b"someone else's")  # created between our start and our commit
     with pytest.raises(CaptureExists, match="created meanwhile"):
-        w.begin(cap_mod.session_header(fake_session()), [])
+        w.begin(session_header(fake_session()), [])
     w.close()
     assert path.read_bytes() == b"someone else's"
     assert [x.name for x in tmp_path.iterdir()] == ["run.cap"], "the staged file went with the writer"

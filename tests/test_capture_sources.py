@@ -28,13 +28,13 @@ from test_decode import EXIT_GROUP, OPENAT2
 from test_trace_live import Run, expect_ok, run_tracer
 from test_uprobes import FN, FN_ARGS, LIBC, _record
 
-from tracer import capture as cap_mod
 from tracer import elfsyms, uprobes
 from tracer.capture import Capture, CaptureError, CaptureWriter
 from tracer.contract import stream_header
 from tracer.decode import Decoder
+from tracer.events import Stats, summary_of
 from tracer.layout import const, struct_of
-from tracer.session import Stats, summary_of
+from tracer.session import session_header
 from tracer.sources import Source, SyscallSource
 from tracer.user_events import status
 from tracer.user_events.decode import KIND_DISCARDED, SampleDecoder, pack_discarded, pack_tracepoint
@@ -51,7 +51,7 @@ REGION = {"kind": "file", "path": "/x/data", "file_offset": 0}
 def write(path: Path, sources: list[Source], samples: list[tuple[int, bytes, int]], specs: list[str]) -> list[dict]:
     """Record (source index, raw, cpu) samples the way Session does: decode, deliver, flush per batch."""
     w = CaptureWriter(path)
-    w.begin(cap_mod.session_header(fake_session(event_specs=specs)), sources)
+    w.begin(session_header(fake_session(event_specs=specs)), sources)
     delivered, stats = [], Stats()
     for i, raw, cpu in samples:
         ev = sources[i].decode(raw, cpu)
@@ -208,7 +208,7 @@ def test_mixed_synthesized_capture_replays_in_order(tmp_path: Path, monkeypatch:
     sc.syscalls = [OPENAT2, EXIT_GROUP]
     sc.decode = Decoder({s.nr: s for s in sc.syscalls}, explain).decode  # type: ignore[method-assign]
     up = uprobe_source(explain)
-    w.begin(cap_mod.session_header(fake_session(event_specs=["openat2", "exit_group", up.specs[0].spec])), [sc, up])
+    w.begin(session_header(fake_session(event_specs=["openat2", "exit_group", up.specs[0].spec])), [sc, up])
     ok, fault = const("RS_OK"), const("RS_FAULT")
     urecs = [_record(0, 0, [1, 0x1000, 0x2000, 0, 0, 0], [(1, const("RK_STR"), ok, 0, 0, 2, 0),
                                                            (2, const("RK_BUF"), fault, -14, 2, 0, 4)], b"hi", 7),

@@ -34,9 +34,9 @@ from test_decode import (
 
 from tracer.contract import KINDS, SCHEMA_DIR, STREAM_VERSION, WallClock, clock_info, schema, stream_header
 from tracer.decode import Decoder
+from tracer.events import Stats, summary_of
 from tracer.monitor import Alert
 from tracer.output import JsonOutput
-from tracer.session import Stats, summary_of
 
 ROOT = Path(__file__).resolve().parent.parent
 WALL = WallClock(1_795_000_000_000_000_000)

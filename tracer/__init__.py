@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # The Python API, imported on first use (`from tracer import Session, Capture`).
-_API = {"Session": "session", "Event": "session", "Capture": "capture", "CaptureError": "capture"}
+_API = {"Session": "session", "Event": "events", "Capture": "capture", "CaptureError": "capture"}
 __all__ = ["Capture", "CaptureError", "Event", "Session", "__version__"]
 
 

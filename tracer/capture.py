@@ -22,10 +22,9 @@ a record cut short or damaged is detected by its length and checksum, and everyt
 from __future__ import annotations
 
 import fnmatch
-import hashlib
+import importlib
 import json
 import os
-import socket
 import stat
 import struct
 import zlib
@@ -35,22 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .accounting import REASONS, UNSPECIFIED
 from .capture_check import (
     MAX_HEADER,
+    CaptureError,
+    CaptureExists,
     Invalid,
     check_header,
-    check_layout_identity,
     check_trailer,
-    replayer,
     shown,
 )
-from .contract import WallClock, clock_info
+from .contract import WallClock
+from .events import Event, Stats, summary_of
 from .summary import is_error
 
 if TYPE_CHECKING:
-    from .session import Event, Session
     from .sources import Source
 
 MAGIC = b"\x89TRACER\n"
@@ -62,8 +60,21 @@ REC = struct.Struct("<HHI")
 LOST = struct.Struct("<HHQ")
 KINDS = {ord("H"), ord("R"), ord("L"), ord("T")}
 SYSCALL_REPLAYER = "tracer.sources:SyscallSource"
+# The classes that replay a source, by the name the writer records (`module:qualname`): the module is
+# imported from this table, never from the file.
+REPLAYERS: dict[str, tuple[str, str]] = {
+    SYSCALL_REPLAYER: ("tracer.sources", "SyscallSource"),
+    "tracer.uprobes:UprobeSource": ("tracer.uprobes", "UprobeSource"),
+    "tracer.user_events.source:UserEventsSource": ("tracer.user_events.source", "UserEventsSource"),
+}
 MAX_FRAME = 64 << 20  # far above any header or record; a larger length means a damaged frame header
 Explain = Callable[[int, int], dict]
+
+
+def replayer(target: str) -> Any:
+    """The class named by an allow-listed `replay` value (check_header made sure it is one)."""
+    module, name = REPLAYERS[target]
+    return getattr(importlib.import_module(module), name)
 
 
 def parse_json(data: bytes) -> object:
@@ -76,57 +87,7 @@ def parse_json(data: bytes) -> object:
         raise Invalid(f"not JSON ({shown(str(e), 60)})") from None
 
 
-class CaptureError(RuntimeError):
-    """A capture cannot be written or read; the message says what and how to fix it."""
-
-    code = 1  # exit status for the CLI
-
-
-class CaptureExists(CaptureError):
-    code = 2
-
-
 # --- writing --------------------------------------------------------------------------------------
-
-
-def layout_identity(header: str = "record.h", structs: Sequence[str] = ("sys_record", "read_slot")) -> dict:
-    """What a record's bytes mean: the hash of the C header that defines them and the struct sizes."""
-    from .kenv import bpf_source
-    from .layout import struct_of
-
-    text = bpf_source(header).read_bytes()
-    return {"header": header, "sha256": hashlib.sha256(text).hexdigest(),
-            "sizes": {s: struct_of(s).size for s in structs}}
-
-
-def check_layout(identity: object) -> None:
-    """Refuse records whose layout differs from the one this tracer decodes. The header named must be
-    one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path."""
-    try:
-        header, structs, sha = check_layout_identity(identity)
-    except Invalid as e:
-        raise CaptureError(f"the capture's record layout is not valid: {e}") from None
-    mine = layout_identity(header, structs)
-    if mine["sha256"] != sha or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
-        raise CaptureError(f"the capture's record layout ({header} sha256 {sha[:12]}) differs from this tracer's "
-                           f"({mine['sha256'][:12]}); replay it with the tracer version that recorded it")
-
-
-def session_header(session: Session) -> dict:
-    f = session.filters
-    u = os.uname()
-    return {
-        "format": "tracer-capture", "version": FORMAT_VERSION,
-        "tool": {"name": "tracer", "version": __version__},
-        "kernel": {"sysname": u.sysname, "release": u.release, "version": u.version, "machine": u.machine},
-        "host": socket.gethostname(),
-        "clock": getattr(session, "clock", None) or clock_info(),
-        "session": {"events": list(session.event_specs), "pids": list(f.pids), "tids": list(f.tids), "uid": f.uid,
-                    "comm": f.comm, "follow": f.follow, "recover": f.recover, "command": session.command,
-                    "duration": session.duration, "count": session.count, "only_missing": session.only_missing,
-                    "explain": session.explain, "pages": session.pages,
-                    "read_mode": getattr(session, "read_mode", None)},
-    }
 
 
 STAGED = ".tracer-new"  # .NAME.PID.tracer-new: a capture being written, before its session started
@@ -426,7 +387,7 @@ class Capture:
         if len(first[2]) > MAX_HEADER:
             raise CaptureError(f"{self.path}: the capture header is {len(first[2])} bytes, more than any capture's")
         try:
-            header = check_header(parse_json(first[2]), SUPPORTED_VERSIONS)
+            header = check_header(parse_json(first[2]), SUPPORTED_VERSIONS, REPLAYERS)
         except Invalid as e:
             raise CaptureError(f"{self.path}: the capture header is not valid: {e}") from None
         except Exception as e:  # a check that missed a type: still one line
@@ -489,8 +450,6 @@ class Capture:
     def events(self, filter: Filter | None = None, **filters: Any) -> Iterator[Event]:
         """Events in recorded order; keyword filters as in Filter (patterns, pids, tids, comm, uid,
         only_missing). Statistics for `summary()` cover the events yielded."""
-        from .session import Event, Stats
-
         keep = filter or Filter(**filters)
         keep.bind(self)
         decoders = self._decoders
@@ -556,8 +515,6 @@ class Capture:
     def summary(self) -> dict:
         """The summary of the events iterated, with the kernel counters, elapsed time and exit code of
         the recorded session (from its trailer; absent if it did not end cleanly)."""
-        from .session import Stats, summary_of
-
         t = self.trailer or {}
         return summary_of(self._stats or Stats(), t.get("kernel") or {}, t.get("elapsed_s", 0.0),
                           t.get("exit_code"), self.header.get("clock", {}).get("mono_to_wall_ns"))

@@ -1,25 +1,18 @@
 """Captures are untrusted input: the checks a header and a trailer pass before anything uses them.
 
 A capture names what decodes it (a replay class, a record layout header): those names are looked up in
-fixed tables here, never imported or opened as given. Every field the tracer reads is type-checked
-(a bool is not an int: `true` is not version 1); a field of the wrong type is one CaptureError line.
+fixed tables (capture.REPLAYERS, LAYOUTS here), never imported or opened as given. Every field the
+tracer reads is type-checked (a bool is not an int: `true` is not version 1); a field of the wrong type
+is one CaptureError line.
 Fields the tracer does not read are left alone (later versions may add some).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-# The classes that replay a source, by the name the writer records (`module:qualname`): the module is
-# imported from this table, never from the file.
-REPLAYERS: dict[str, tuple[str, str]] = {
-    "tracer.sources:SyscallSource": ("tracer.sources", "SyscallSource"),
-    "tracer.uprobes:UprobeSource": ("tracer.uprobes", "UprobeSource"),
-    "tracer.user_events.source:UserEventsSource": ("tracer.user_events.source", "UserEventsSource"),
-}
 # Record layout headers in bpf/ a capture may name, and the structs whose sizes it may give.
 LAYOUTS: dict[str, frozenset[str]] = {
     "record.h": frozenset({"sys_record", "read_slot"}),
@@ -29,6 +22,16 @@ LAYOUTS: dict[str, frozenset[str]] = {
 MAX_HEADER = 16 << 20   # bytes of JSON in a header or trailer frame (a %file header is ~0.5 MiB)
 MAX_TIME_NS = 1 << 62   # clock values beyond ~2116 are not times
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class CaptureError(RuntimeError):
+    """A capture cannot be written or read; the message says what and how to fix it."""
+
+    code = 1  # exit status for the CLI
+
+
+class CaptureExists(CaptureError):
+    code = 2
 
 
 class Invalid(ValueError):
@@ -90,8 +93,9 @@ def check_fields(obj: object, fields: dict[str, Callable[[Any], bool]], where: s
     return obj
 
 
-def check_header(header: object, versions: tuple[int, ...]) -> dict:
-    """The header as a dict whose every field the tracer reads has its type; Invalid otherwise."""
+def check_header(header: object, versions: tuple[int, ...], replayers: Collection[str]) -> dict:
+    """The header as a dict whose every field the tracer reads has its type; Invalid otherwise.
+    `replayers`: the names a source's `replay` may give (capture.REPLAYERS)."""
     h = check_fields(header, {"format": lambda v: v == "tracer-capture", "host": _str}, "header")
     version = h.get("version")
     if type(version) is not int or version not in versions:
@@ -107,7 +111,7 @@ def check_header(header: object, versions: tuple[int, ...]) -> dict:
         check_fields(src, {"name": _str, "desc": lambda v: type(v) is dict}, f"sources[{i}]")
         if "name" not in src or "desc" not in src:
             raise Invalid(f"sources[{i}] has no name or no desc")
-        if type(src.get("replay")) is not str or src["replay"] not in REPLAYERS:
+        if type(src.get("replay")) is not str or src["replay"] not in replayers:
             raise Invalid(f"sources[{i}] names replay class {shown(src.get('replay'))}, which is not one of "
                           "tracer's")
         events = src.get("desc", {}).get("events")
@@ -118,12 +122,6 @@ def check_header(header: object, versions: tuple[int, ...]) -> dict:
 
 def check_trailer(trailer: object) -> dict:
     return check_fields(trailer, TRAILER, "trailer")
-
-
-def replayer(target: str) -> Any:
-    """The class named by an allow-listed `replay` value (check_header made sure it is one)."""
-    module, name = REPLAYERS[target]
-    return getattr(importlib.import_module(module), name)
 
 
 def check_layout_identity(identity: object) -> tuple[str, tuple[str, ...], str]:

@@ -6,11 +6,14 @@ into `struct.Struct` formats. tests/test_layout.py checks every offset against t
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
+from .capture_check import CaptureError, Invalid, check_layout_identity
 from .kenv import bpf_source
 
 _TYPES = {  # C type -> (struct code, size)
@@ -125,3 +128,26 @@ def struct_of(name: str) -> Struct:
 
 def packer(name: str, upto: str | None = None) -> struct.Struct:
     return struct.Struct(struct_of(name).fmt(upto))
+
+
+# -- identity: what a record's bytes mean, carried by capture files ----------------------------------
+
+
+def layout_identity(header: str = "record.h", structs: Sequence[str] = ("sys_record", "read_slot")) -> dict:
+    """What a record's bytes mean: the hash of the C header that defines them and the struct sizes."""
+    text = bpf_source(header).read_bytes()
+    return {"header": header, "sha256": hashlib.sha256(text).hexdigest(),
+            "sizes": {s: struct_of(s).size for s in structs}}
+
+
+def check_layout(identity: object) -> None:
+    """Refuse records whose layout differs from the one this tracer decodes. The header named must be
+    one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path."""
+    try:
+        header, structs, sha = check_layout_identity(identity)
+    except Invalid as e:
+        raise CaptureError(f"the capture's record layout is not valid: {e}") from None
+    mine = layout_identity(header, structs)
+    if mine["sha256"] != sha or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
+        raise CaptureError(f"the capture's record layout ({header} sha256 {sha[:12]}) differs from this tracer's "
+                           f"({mine['sha256'][:12]}); replay it with the tracer version that recorded it")

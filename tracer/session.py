@@ -14,21 +14,20 @@ import gc
 import os
 import select
 import signal
+import socket
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import le
 
-from . import syscalls
-from .accounting import REASONS, UNSPECIFIED
+from . import __version__, syscalls
+from .capture import FORMAT_VERSION, CaptureWriter
 from .command import Command, CommandError
 from .contract import WallClock, clock_info
-from .jsonenc import dumps
+from .events import Event, Stats, lost_event, missing_data, summary_of
 from .perf import default_pages
 from .probes import Filters
-from .sources import Source, SourceOptions, SyscallSource, builder, split_specs
+from .sources import Source, SourceOptions, SyscallSource
 from .summary import is_error
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
@@ -36,55 +35,10 @@ POLL_MS = 100  # longest time a record waits in a ring before it is shown
 # what is left then is counted lost as discarded_at_exit. When -- CMD or --duration ends the session,
 # everything is read, however long it takes.
 FINAL_DRAIN_S = 1.0
-READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
-
-
-class Event:
-    """One decoded record: attribute access to its fields, `.to_json()` for the JSON Lines form."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: dict) -> None:
-        self.data = data
-
-    def __getattr__(self, name: str) -> object:
-        try:
-            return self.data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, key: str) -> object:
-        return self.data[key]
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.data.get(key, default)
-
-    def to_json(self) -> str:
-        """The JSON Lines form (one line of `--json`, without its newline)."""
-        return dumps(self.data)
-
-    @property
-    def has_missing_data(self) -> bool:
-        """Some pointer argument could not be read at entry (missing, recovered) or changed."""
-        return missing_data(self.data)
-
-    def __repr__(self) -> str:
-        return f"Event({self.data!r})"
-
-
-def _status(info: dict) -> str:
-    return info["status"]
-
-
-def missing_data(ev: dict) -> bool:
-    """Event.has_missing_data for an event dict."""
-    if ev.get("status") == "discarded":  # a user_events write the kernel dropped
-        return True
-    return any(r["status"] in ("missing", "recovered", "changed") for r in ev.get("reads", {}).values())
 
 
 def in_time_order(runs: list[list[dict]]) -> list[dict]:
-    """The events of several rings as one list ordered by sources.order_ts (its key is inlined here), as
+    """The events of several rings as one list ordered by events.order_ts (its key is inlined here), as
     a stable sort by that key would.
     Each ring is nearly always in order already, so the keys are computed once, inline, and the sort
     (on the keys only, in C) runs only when they are not ascending."""
@@ -95,60 +49,6 @@ def in_time_order(runs: list[list[dict]]) -> list[dict]:
     if all(map(le, keys, islice(keys, 1, None))):
         return events
     return [events[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
-
-
-@dataclass
-class Stats:
-    events: int = 0
-    lost: int = 0
-    lost_per_cpu: Counter = field(default_factory=Counter)
-    lost_by_reason: Counter = field(default_factory=Counter)  # accounting.REASONS
-    reads: Counter = field(default_factory=Counter)
-    by_arg: dict = field(default_factory=lambda: defaultdict(Counter))
-    events_with_reads: int = 0
-    wrong_without_recovery: int = 0
-    user_events: Counter = field(default_factory=Counter)  # user_event status -> count (ok, malformed, discarded)
-
-    def add(self, ev: dict) -> None:
-        self.add_many((ev,))
-
-    def add_lost(self, ev: dict) -> None:
-        """A {"kind": "lost"} event (counted once here, whoever reports it)."""
-        n = ev["count"]
-        self.lost += n
-        self.lost_by_reason[ev.get("reason") or UNSPECIFIED] += n
-        if ev.get("cpu") is not None:
-            self.lost_per_cpu[ev["cpu"]] += n
-
-    def add_many(self, evs: Sequence[dict]) -> None:
-        """Count events a batch at a time: events are grouped by what the counters look at (kind, status,
-        name, read names and statuses), and each group is counted once, times its size."""
-        groups: dict[tuple, int] = {}
-        get = groups.get
-        for ev in evs:
-            reads = ev.get("reads")
-            if reads:
-                key = (ev.get("kind"), ev.get("status", "ok"), ev.get("event"),
-                       ev.get("syscall") or ev.get("function"), tuple(reads), tuple(map(_status, reads.values())))
-            else:
-                key = (ev.get("kind"), ev.get("status", "ok"), ev.get("event"), None, (), ())
-            groups[key] = get(key, 0) + 1
-        self.events += len(evs)
-        for (kind, status, event, name, args, statuses), n in groups.items():
-            if kind == "user_event":
-                self.user_events[status] += n
-                if status == "discarded":
-                    self.user_events[f"discarded:{event or 'unknown event'}"] += n
-            if not args:
-                continue
-            self.events_with_reads += n
-            for arg, st in zip(args, statuses, strict=True):
-                self.reads[st] += n
-                self.by_arg[f"{name}.{arg}"][st] += n
-            # A plain entry-only tracer would have shown nothing (or zeros) for a recovered read and
-            # missed the change for a changed one.
-            if "recovered" in statuses or "changed" in statuses:
-                self.wrong_without_recovery += n
 
 
 class Session:
@@ -238,8 +138,6 @@ class Session:
             self.resolver = RegionResolver()
         explain = self.resolver.explain if self.resolver else None
         if self.record_path is not None:  # created first: a bad path fails before any BPF is loaded
-            from .capture import CaptureWriter
-
             self.recorder = CaptureWriter(self.record_path, self.force)
             explain = self.recorder.wrap_explain(explain)
         opts = SourceOptions(self.filters, self.pages, explain, read_mode=self.read_mode)
@@ -248,11 +146,9 @@ class Session:
                 src = SyscallSource(self.syscalls, opts)
                 self.sources.append(src)
                 self.probes = src.probes
-            for target, specs in self.other_specs.items():
-                self.sources.append(builder(target)(specs, opts))
+            for prefix, specs in self.other_specs.items():
+                self.sources.append(build_source(prefix, specs, opts))
             if self.recorder is not None:
-                from .capture import session_header
-
                 self.recorder.begin(session_header(self), self.sources)
         except BaseException:
             self.close()
@@ -399,7 +295,7 @@ class Session:
 
     def _lost(self, src: Source, cpu: int | None, count: int, reason: str) -> dict:
         """A lost-records event: counted in the stats and written to the capture."""
-        ev = {"kind": "lost", "source": src.name, "cpu": cpu, "count": count, "reason": reason}
+        ev = lost_event(src.name, cpu, count, reason)
         self.stats.add_lost(ev)
         if self.recorder is not None:
             self.recorder.lost(src, cpu, count, reason)
@@ -490,30 +386,51 @@ class Session:
                           self.exit_code, self.clock["mono_to_wall_ns"])
 
 
-def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None,
-               mono_to_wall_ns: int | None = None) -> dict:
-    """The end-of-run summary (the JSON contract's "summary" object); replays build it the same way.
-    `mono_to_wall_ns`: the session's clock offset (events' `ts` + it = wall-clock ns)."""
+def session_header(session: Session) -> dict:
+    """The first frame of a capture of this session (tracer/capture.py): where, when and how it traced."""
+    f = session.filters
+    u = os.uname()
     return {
-        "kind": "summary",
-        "events": s.events,
-        "lost": s.lost,
-        "lost_per_cpu": {str(k): v for k, v in sorted(s.lost_per_cpu.items())},
-        "lost_by_reason": {**{r: s.lost_by_reason.get(r, 0) for r in REASONS},
-                           **({UNSPECIFIED: s.lost_by_reason[UNSPECIFIED]} if s.lost_by_reason.get(UNSPECIFIED)
-                              else {})},
-        "reads": {k: s.reads.get(k, 0) for k in READ_STATUSES},
-        "by_arg": {k: dict(v) for k, v in sorted(s.by_arg.items())},
-        "events_with_reads": s.events_with_reads,
-        "wrong_without_recovery": s.wrong_without_recovery,
-        "wrong_without_recovery_share": (
-            round(s.wrong_without_recovery / s.events_with_reads, 4) if s.events_with_reads else 0.0),
-        **({"user_events": dict(sorted(s.user_events.items()))} if s.user_events else {}),
-        "kernel": dict(kernel),
-        "elapsed_s": elapsed_s,
-        "exit_code": exit_code,
-        "mono_to_wall_ns": mono_to_wall_ns,
+        "format": "tracer-capture", "version": FORMAT_VERSION,
+        "tool": {"name": "tracer", "version": __version__},
+        "kernel": {"sysname": u.sysname, "release": u.release, "version": u.version, "machine": u.machine},
+        "host": socket.gethostname(),
+        "clock": getattr(session, "clock", None) or clock_info(),
+        "session": {"events": list(session.event_specs), "pids": list(f.pids), "tids": list(f.tids), "uid": f.uid,
+                    "comm": f.comm, "follow": f.follow, "recover": f.recover, "command": session.command,
+                    "duration": session.duration, "count": session.count, "only_missing": session.only_missing,
+                    "explain": session.explain, "pages": session.pages,
+                    "read_mode": getattr(session, "read_mode", None)},
     }
+
+
+# Event-spec prefixes handled by sources other than the syscall one, each served by one function that
+# builds a Source from all the specs carrying its prefix (imported only when used: uprobes load
+# pyelftools, user_events their own BPF).
+PREFIXES = ("user_events", "user_events_multi", "uprobe")
+
+
+def build_source(prefix: str, specs: list[str], opts: SourceOptions) -> Source:
+    """The source of every spec with `prefix` (one of PREFIXES)."""
+    if prefix == "uprobe":
+        from .uprobes import build
+    else:
+        from .user_events.source import build  # type: ignore[assignment]
+    return build(specs, opts)
+
+
+def split_specs(events: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Syscall specs, and the other specs grouped by the source that serves their prefix (user_events
+    and user_events_multi: one source)."""
+    plain: list[str] = []
+    other: dict[str, list[str]] = {}
+    for spec in events:
+        prefix = spec.split(":", 1)[0] if ":" in spec else ""
+        if prefix in PREFIXES:
+            other.setdefault("user_events" if prefix == "user_events_multi" else prefix, []).append(spec)
+        else:
+            plain.append(spec)
+    return plain, other
 
 
 def exit_now(code: int) -> None:

@@ -1,8 +1,8 @@
 """Event sources: each owns some perf rings and turns their raw samples into event dicts.
 
 A session merges every source's events into one stream ordered by time. The syscall source
-(bpf/trace.bpf.c) is the first; user_events (perf tracepoints) and uprobes plug in here too, chosen
-by the event spec's prefix (see `build_sources`).
+(bpf/trace.bpf.c) is defined here; user_events (perf tracepoints) and uprobes subclass Source in their
+own modules, chosen by the event spec's prefix (session.build_source).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 
 from . import syscalls
 from .accounting import Loss, ring_residuals, syscall_losses
+from .capture_check import CaptureError
 from .decode import Decoder
 from .kenv import tracefs_root
+from .layout import check_layout, layout_identity
 from .perf import RingSet
 from .probes import Filters, SyscallProbes
 
@@ -34,7 +36,7 @@ _SYSCALL_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 class Source:
     """Base class. `rings` are polled by the session; `decode(raw, cpu)` returns one event dict with
-    at least "kind" and "ts" (CLOCK_MONOTONIC ns); events are ordered by `order_ts`."""
+    at least "kind" and "ts" (CLOCK_MONOTONIC ns); events are ordered by events.order_ts."""
 
     name = "source"
     rings: RingSet | None = None
@@ -62,15 +64,11 @@ class Source:
     def capture_header(self) -> dict:
         """A JSON-able description from which `replay_decoder` rebuilds this source's decoder (formats,
         layout identity): everything a replay needs that is only true on this machine, now."""
-        from .capture import CaptureError
-
         raise CaptureError(f"events of the {self.name} source cannot be recorded yet; trace them live instead")
 
     @classmethod
     def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
         """decode(raw, cpu) for records captured from a source of this class, from its capture_header()."""
-        from .capture import CaptureError
-
         raise CaptureError(f"{cls.name} records cannot be replayed by this tracer")
     # -- end capture files -------------------------------------------------------------------------
 
@@ -78,11 +76,6 @@ class Source:
         if self.rings is not None:
             self.rings.close()
             self.rings = None
-
-
-def order_ts(ev: dict) -> int:
-    """Events are shown in the order they completed: a syscall at its exit, a sample when taken."""
-    return ev.get("ts_exit") or ev["ts"]
 
 
 class SyscallSource(Source):
@@ -134,8 +127,6 @@ class SyscallSource(Source):
 
     @classmethod
     def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
-        from .capture import check_layout
-
         check_layout(desc["layout"])
         return Decoder({s.nr: s for s in syscalls_from_capture(desc)}, explain).decode
 
@@ -143,8 +134,6 @@ class SyscallSource(Source):
 def syscall_capture_desc(specs: Sequence[syscalls.Syscall], root: Path | None = None) -> dict:
     """The tracefs format text of each traced syscall's enter and exit events, its number, and the
     record layout: a replay parses these exactly as the live tracer parsed tracefs."""
-    from .capture import layout_identity
-
     base = (root or tracefs_root()) / "events" / "syscalls"
 
     def fmt(event: str) -> str | None:
@@ -181,33 +170,3 @@ def syscalls_from_capture(desc: dict) -> list[syscalls.Syscall]:
                                     d.get("noreturn", False), d.get("exec", False)))
     return out
     # -- end capture files -------------------------------------------------------------------------
-
-
-# Event-spec prefixes handled by sources other than the syscall one: prefix -> "module:function", a
-# function building one Source from all the specs carrying that prefix (imported only when used).
-PREFIXED: dict[str, str] = {
-    "user_events": "tracer.user_events.source:build",
-    "user_events_multi": "tracer.user_events.source:build",
-    "uprobe": "tracer.uprobes:build",
-}
-
-
-def builder(target: str) -> Callable[[list[str], SourceOptions], Source]:
-    """The build function named by a PREFIXED value."""
-    import importlib
-
-    module, _, func = target.partition(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def split_specs(events: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Syscall specs, and the other specs grouped by the builder of their prefix (see PREFIXED)."""
-    plain: list[str] = []
-    other: dict[str, list[str]] = {}  # one builder may serve several prefixes: grouped by builder
-    for spec in events:
-        prefix = spec.split(":", 1)[0] if ":" in spec else ""
-        if prefix in PREFIXED:
-            other.setdefault(PREFIXED[prefix], []).append(spec)
-        else:
-            plain.append(spec)
-    return plain, other

@@ -23,7 +23,7 @@ from . import bpfsys, sleepable
 from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
 from .kenv import BCC_CFLAGS, BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
-from .layout import const, packer
+from .layout import check_layout, const, layout_identity, packer
 from .perf import output_rings
 from .probes import Filters
 from .sources import Source, SourceOptions
@@ -251,8 +251,6 @@ class UprobeSource(Source):
 
     @classmethod
     def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
-        from .capture import check_layout
-
         for identity in desc["layout"]:
             check_layout(identity)
         specs = [spec_from_json(d) for d in desc["probes"]]
@@ -261,8 +259,6 @@ class UprobeSource(Source):
 
 def layout_identities() -> list[dict]:
     """uprobe.h builds on record.h (read slots, RS_*/RK_* constants): both must match at replay."""
-    from .capture import layout_identity
-
     return [layout_identity("record.h", ("read_slot",)), layout_identity("uprobe.h", ("uprobe_record",))]
 
 
@@ -345,7 +341,7 @@ def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec], explain=None) -
 
 
 def build(specs: list[str], opts: SourceOptions) -> UprobeSource:
-    """The uprobe source for every `uprobe:` spec of a session (see sources.PREFIXED)."""
+    """The uprobe source for every `uprobe:` spec of a session (see session.build_source)."""
     parsed = [parse_spec(s) for s in specs]
     if len(parsed) > const("UP_MAX_PROBES"):
         raise SpecError(f"at most {const('UP_MAX_PROBES')} uprobe specs per session")

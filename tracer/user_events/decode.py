@@ -13,9 +13,10 @@ import json
 import struct
 from collections.abc import Sequence
 
+from ..layout import layout
 from . import eventheader
 from .abi import TRACE_ENTRY_SIZE
-from .formats import EventFormat, Field
+from .formats import EventFormat, Field, parse_name_args
 
 # A source sample: tag (kind, event index, bytes of the first part), then for KIND_TRACEPOINT the comm
 # read from /proc when the sample was drained (NO_COMM: the thread had exited) and the perf sample body
@@ -24,6 +25,11 @@ TAG = struct.Struct("<BxHI")
 KIND_TRACEPOINT, KIND_DISCARDED = 1, 2
 NO_COMM = 0xFFFFFFFF
 _SAMPLE = struct.Struct("<IIQII I")  # pid, tid, time, cpu, res, raw size
+# A discarded write as the watch reports it (bpf/uevents_watch.h struct ue_record), up to its name.
+_C = layout().consts
+UE_RECORD = layout().structs["ue_record"]
+UE_HDR = struct.Struct(UE_RECORD.fmt("name"))
+_SC = {_C["UE_SC_WRITE"]: "write", _C["UE_SC_WRITEV"]: "writev", _C["UE_SC_IOCTL"]: "ioctl"}
 
 
 def _text(b: bytes) -> str:
@@ -156,8 +162,6 @@ class SampleDecoder:
         kind, index, n = TAG.unpack_from(sample)
         rest = sample[TAG.size:]
         if kind == KIND_DISCARDED:
-            from .watch import discarded_event
-
             return discarded_event(bytes(rest[:n]), cpu, json.loads(bytes(rest[n:])))
         if kind != KIND_TRACEPOINT:
             raise ValueError(f"unknown user_events sample kind {kind}")
@@ -168,3 +172,38 @@ class SampleDecoder:
                "pid": pid, "tid": tid, "comm": comm}
         out.update(decode_record(fmt, raw))
         return out
+
+
+def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
+    """The event of a discarded write: its ue_record and the watch's findings (Watch.findings)."""
+    rec = UE_HDR.unpack_from(raw)
+    (_t, sc, flags, pid, tid, fd, ts, ret, addr, count, data_addr, idx, err, _nl, _p0, _eid, comm) = rec
+    ev: dict = {"kind": "user_event", "status": "discarded", "event": None, "name": None, "ts": ts,
+                "cpu": cpu, "pid": pid, "tid": tid,
+                "comm": comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
+                "fd": fd, "syscall": _SC.get(sc, str(sc)), "ret": ret, "errno": -ret,
+                "write_index": None, "fields": None, "missing": ["payload"],
+                "recognised": "kernel" if flags & _C["UE_F_MARKED"] else "proc"}
+    if flags & _C["UE_F_INDEX"]:
+        ev["write_index"] = idx
+        name_args = found.get("name_args")
+        if found.get("named_by") == "kernel":  # the kernel's own write_index table, read by the watch
+            ev.update({"event": found["event"], "name": found["name"], "event_id": found["event_id"],
+                       "named_by": "kernel"})
+        elif name_args is not None:
+            try:
+                name = parse_name_args(name_args)[0]
+            except ValueError:
+                name = name_args.split(" ", 1)[0]
+            ev["name"] = name
+            ev["name_args"] = name_args
+            ev["event"] = f"user_events:{name}"
+        else:
+            ev["name_reason"] = found.get("name_reason")
+    elif flags & _C["UE_F_SPLIT"]:
+        ev["name_reason"] = "the first iovec is shorter than the 4-byte write_index"
+    else:
+        ev["name_reason"] = f"write_index unreadable: errno {-err} at {data_addr or addr:#x}"
+    ev["addr"] = addr
+    ev["count" if sc == _C["UE_SC_WRITE"] else "iovcnt"] = count
+    return ev

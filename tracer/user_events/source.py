@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..kenv import EnvironmentProblem, tracefs_root
+from ..layout import check_layout, layout_identity
 from ..perf import (
     PERF_SAMPLE_CPU,
     PERF_SAMPLE_RAW,
@@ -228,8 +229,6 @@ class UserEventsSource(Source):
     def capture_header(self) -> dict:
         """The formats the samples were decoded with, as parsed at start: events come and go, so a
         replay must not look them up again."""
-        from ..capture import layout_identity
-
         return {"events": [f.tracepoint for f in self.formats],
                 "formats": [{"system": f.system, "name": f.name, "id": f.id, "fields": [x.to_json() for x in f.fields]}
                             for f in self.formats],
@@ -237,8 +236,6 @@ class UserEventsSource(Source):
 
     @classmethod
     def replay_decoder(cls, desc: dict, explain: Callable[[int, int], dict] | None) -> Callable[[bytes, int], dict]:
-        from ..capture import check_layout
-
         check_layout(desc["watch_layout"])
         return SampleDecoder([EventFormat(str(d["system"]), str(d["name"]), None if d["id"] is None else int(d["id"]),
                                           tuple(Field(str(f["name"]), str(f["type"]), int(f["offset"]),

@@ -24,8 +24,7 @@ from .. import bpfcache, bpfsys
 from ..kenv import BPF_DIR
 from ..layout import layout
 from ..perf import Batch, RingSet
-from .decode import pack_discarded
-from .formats import parse_name_args
+from .decode import UE_HDR, UE_RECORD, pack_discarded
 
 _LAYOUT = layout()
 C = _LAYOUT.consts
@@ -67,10 +66,9 @@ def kernel_walk() -> tuple[tuple[str, ...], str | None]:
     if fops is None:
         return (), "user_data_fops is not in /proc/kallsyms (or hidden by kptr_restrict)"
     return (*flags, f"-DUE_K_USER_DATA_FOPS={fops:#x}ULL"), None
-_REC = _LAYOUT.structs["ue_record"]
-_HDR = struct.Struct(_REC.fmt("name"))
+_REC = UE_RECORD
+_HDR = UE_HDR
 _REC_FIELDS = [f.name for f in _REC.fields][:len(_HDR.unpack(bytes(_HDR.size)))]
-_SC = {C["UE_SC_WRITE"]: "write", C["UE_SC_WRITEV"]: "writev", C["UE_SC_IOCTL"]: "ioctl"}
 _NR_KCMP = {"x86_64": 312, "aarch64": 272}
 _KCMP_FILE = 0
 _libc = ct.CDLL(None, use_errno=True)
@@ -113,7 +111,7 @@ class _CpuRing:
         self.ring = ring
         self.fd = ring.fd  # type: ignore[attr-defined]
         self.cpu = ring.cpu  # type: ignore[attr-defined]
-        self.pending: list[bytes] = []  # samples (decode.pack_discarded), decoded by discarded_event
+        self.pending: list[bytes] = []  # samples (decode.pack_discarded), decoded by decode.discarded_event
         self.lost = 0
 
     def drain(self) -> Batch:
@@ -242,38 +240,3 @@ class Watch(bpfcache.ObjectOwner):
             names = ("watch_registrations", "watch_faults", "watch_submit_fail", "watch_fds_opened")
             out.update(zip(names, self.obj.maps["ue_stats"].counters(len(names)), strict=True))
         return out
-
-
-def discarded_event(raw: bytes, cpu: int, found: dict) -> dict:
-    """The event of a discarded write: its ue_record and the watch's findings (Watch.findings)."""
-    rec = _HDR.unpack_from(raw)
-    (_t, sc, flags, pid, tid, fd, ts, ret, addr, count, data_addr, idx, err, _nl, _p0, _eid, comm) = rec
-    ev: dict = {"kind": "user_event", "status": "discarded", "event": None, "name": None, "ts": ts,
-                "cpu": cpu, "pid": pid, "tid": tid,
-                "comm": comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
-                "fd": fd, "syscall": _SC.get(sc, str(sc)), "ret": ret, "errno": -ret,
-                "write_index": None, "fields": None, "missing": ["payload"],
-                "recognised": "kernel" if flags & C["UE_F_MARKED"] else "proc"}
-    if flags & C["UE_F_INDEX"]:
-        ev["write_index"] = idx
-        name_args = found.get("name_args")
-        if found.get("named_by") == "kernel":  # the kernel's own write_index table, read by the watch
-            ev.update({"event": found["event"], "name": found["name"], "event_id": found["event_id"],
-                       "named_by": "kernel"})
-        elif name_args is not None:
-            try:
-                name = parse_name_args(name_args)[0]
-            except ValueError:
-                name = name_args.split(" ", 1)[0]
-            ev["name"] = name
-            ev["name_args"] = name_args
-            ev["event"] = f"user_events:{name}"
-        else:
-            ev["name_reason"] = found.get("name_reason")
-    elif flags & C["UE_F_SPLIT"]:
-        ev["name_reason"] = "the first iovec is shorter than the 4-byte write_index"
-    else:
-        ev["name_reason"] = f"write_index unreadable: errno {-err} at {data_addr or addr:#x}"
-    ev["addr"] = addr
-    ev["count" if sc == C["UE_SC_WRITE"] else "iovcnt"] = count
-    return ev
