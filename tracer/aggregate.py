@@ -10,18 +10,31 @@ ends, or at the end of the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class _Alert(Protocol):
+    """What is read of tracer.monitor.Alert here (monitor imports this module, not the other way)."""
+
+    rule: str
+    detail: dict
+    context: dict | None
+
+
+Alert = TypeVar("Alert", bound=_Alert)
 
 
 @dataclass
-class _Window:
+class _Window(Generic[Alert]):
     first_ts: int
     first_time: str | None
     count: int = 0  # repeats after the alert that was shown
-    last: tuple[dict, object] | None = None  # (event, Alert) of the last repeat
+    last: tuple[dict, Alert] | None = None  # (event, Alert) of the last repeat
 
 
-def key(ev: dict, alert) -> tuple:
+def key(ev: dict, alert: _Alert) -> tuple:
     """rule + executable + target. An executable /proc could not confirm stands as the pid: two unknown
     processes are never merged, one process's flood still is."""
     proc = (alert.context or {}).get("process") or {}
@@ -30,14 +43,14 @@ def key(ev: dict, alert) -> tuple:
     return alert.rule, who, target
 
 
-class Aggregator:
+class Aggregator(Generic[Alert]):
     def __init__(self, window_s: float) -> None:
         self.window_ns = int(window_s * 1e9)
         self.window_s = window_s
-        self.open: dict[tuple, _Window] = {}
+        self.open: dict[tuple, _Window[Alert]] = {}
         self.folded = 0  # alerts counted into a window instead of shown
 
-    def offer(self, ev: dict, alert) -> bool:
+    def offer(self, ev: dict, alert: Alert) -> bool:
         """True: show this alert now (the first of its kind in the window); False: it was counted."""
         k = key(ev, alert)
         w = self.open.get(k)
@@ -49,7 +62,7 @@ class Aggregator:
         self.open[k] = _Window(ev["ts"], (alert.context or {}).get("time"))
         return True
 
-    def closed(self, now_ts: int | None = None) -> list[tuple[dict, object]]:
+    def closed(self, now_ts: int | None = None) -> list[tuple[dict, Alert]]:
         """(last event, alert with the count) for every window that has ended by now_ts (None: all)."""
         out = []
         for k, w in list(self.open.items()):
@@ -58,7 +71,9 @@ class Aggregator:
             del self.open[k]
             if w.count and w.last is not None:
                 ev, a = w.last
-                out.append((ev, replace(a, detail={**a.detail, "aggregate": {
+                folded = copy.copy(a)
+                folded.detail = {**a.detail, "aggregate": {
                     "count": w.count, "first_time": w.first_time, "last_time": (a.context or {}).get("time"),
-                    "window_s": self.window_s, "exe": k[1], "target": k[2][0] or k[2][1]}})))
+                    "window_s": self.window_s, "exe": k[1], "target": k[2][0] or k[2][1]}}
+                out.append((ev, folded))
         return out

@@ -73,18 +73,20 @@ def _time(v: object) -> bool:
 
 
 # field -> check, for the objects of the header (all optional except where `required` says).
-TOOL = {"name": _str, "version": _str}
-KERNEL = {"sysname": _str, "release": _str, "version": _str, "machine": _str}
-CLOCK = {"events": _str, "mono_to_wall_ns": _time, "created_wall_ns": _time, "created_monotonic_ns": _time,
-         "boot_wall_ns": _int, "boot_id": _str}
-SESSION = {"events": _list(_str), "pids": _list(_int), "tids": _list(_int), "uid": _opt(_int), "comm": _opt(_str),
-           "follow": _bool, "recover": _bool, "command": _opt(_list(_str)), "duration": _opt(_num),
-           "count": _opt(_int), "only_missing": _bool, "explain": _bool, "pages": _int, "read_mode": _opt(_str)}
+Fields = dict[str, Callable[[Any], bool]]
+TOOL: Fields = {"name": _str, "version": _str}
+KERNEL: Fields = {"sysname": _str, "release": _str, "version": _str, "machine": _str}
+CLOCK: Fields = {"events": _str, "mono_to_wall_ns": _time, "created_wall_ns": _time,
+                 "created_monotonic_ns": _time, "boot_wall_ns": _int, "boot_id": _str}
+SESSION: Fields = {"events": _list(_str), "pids": _list(_int), "tids": _list(_int), "uid": _opt(_int),
+                   "comm": _opt(_str), "follow": _bool, "recover": _bool, "command": _opt(_list(_str)),
+                   "duration": _opt(_num), "count": _opt(_int), "only_missing": _bool, "explain": _bool,
+                   "pages": _int, "read_mode": _opt(_str)}
 TRAILER = {"kernel": lambda v: type(v) is dict and all(_str(k) and _int(n) for k, n in v.items()),
            "elapsed_s": _num, "exit_code": _opt(_int), "events": _int, "lost": _int}
 
 
-def check_fields(obj: object, fields: dict[str, Callable[[Any], bool]], where: str) -> dict:
+def check_fields(obj: object, fields: Fields, where: str) -> dict:
     if type(obj) is not dict:
         raise Invalid(f"{where} is {type(obj).__name__}, not an object")
     for name, check in fields.items():

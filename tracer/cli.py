@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -148,7 +149,7 @@ def view_options(f):
 @output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
-def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary: bool, **opts: object) -> None:
+def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary: bool, **opts: Any) -> None:
     """Trace syscalls live: EVENT... [-- CMD ARGS...]
 
     EVENT is a syscall name (openat2), a glob (open*), a group (%file, %net, %process), a tracepoint
@@ -248,11 +249,13 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
                            command_stdout=command_stdout(stream, show), failed_only=failed_only)
     from .contract import stream_header
 
-    out = JsonOutput(stream, batched=True, header=lambda: stream_header(session.clock)) if as_json else ConsoleOutput(
-        Console(stderr=True, highlight=False, soft_wrap=True) if record is not None else console_for(stream))
+    out: JsonOutput | ConsoleOutput
     if as_json:
+        out = JsonOutput(stream, batched=True, header=lambda: stream_header(session.clock))
         session.batch_done.append(out.flush)  # one write per drain batch, not per event
     else:
+        out = ConsoleOutput(Console(stderr=True, highlight=False, soft_wrap=True) if record is not None
+                            else console_for(stream))
         out.durations = durations
     from .summary import CallTable
 
@@ -321,7 +324,7 @@ def show_end(out, summary: dict | None, table, as_json: bool, output: Path | Non
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 @click.pass_context
 def record(ctx: click.Context, events: tuple[str, ...], path: Path, force: bool, as_json: bool, no_summary: bool,
-           **opts: object) -> None:
+           **opts: Any) -> None:
     """Record a capture file: -o FILE [EVENT...] [options] [-- CMD ARGS...]
 
     Takes the options of `trace`. Records are written as they arrive (a killed recording leaves a readable
@@ -353,10 +356,11 @@ def record_progress(session: Session) -> Iterator[None]:
 
 
 def _size(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
     return str(n)
 
 
@@ -421,10 +425,12 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | No
     from .contract import stream_header
 
     stream = events_out(output)
-    out = JsonOutput(stream, header=lambda: stream_header(cap.header.get("clock"))) if as_json else ConsoleOutput(
-        console_for(stream))
+    out: JsonOutput | ConsoleOutput
     table = CallTable() if summary_only or call_summary else None
-    if not as_json:
+    if as_json:
+        out = JsonOutput(stream, header=lambda: stream_header(cap.header.get("clock")))
+    else:
+        out = ConsoleOutput(console_for(stream))
         out.mono_to_wall = cap.mono_to_wall_ns  # times as they were shown while recording
         out.durations = durations
         h = cap.header
@@ -541,7 +547,7 @@ def demo(as_json: bool) -> None:
 def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[str, ...], with_default: bool,
             check: tuple[str, ...], show_all: bool, aggregate_s: float, no_aggregate: bool, as_json: bool,
             output: Path | None, no_summary: bool, buffer_pages: int | None, no_recover: bool,
-            **opts: object) -> None:
+            **opts: Any) -> None:
     """Watch opens and raise alerts from a policy: [SYSCALL]... [options] [-- CMD ARGS...]
 
     SYSCALL: open, openat, openat2, creat, open_by_handle_at; default: all of them that this kernel has.
@@ -648,7 +654,9 @@ def completion(shell: str) -> None:
     """Print the shell completion script: eval "$(tracer completion bash)" (EVENT names, groups, options)."""
     from click.shell_completion import get_completion_class
 
-    comp = get_completion_class(shell)(cli, {}, "tracer", "_TRACER_COMPLETE")
+    comp_class = get_completion_class(shell)
+    assert comp_class is not None  # click.Choice lets through only the shells click has a class for
+    comp = comp_class(cli, {}, "tracer", "_TRACER_COMPLETE")
     sys.stdout.write(comp.source() + "\n")
 
 

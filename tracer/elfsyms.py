@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerDefSection, GNUVerSymSection
+from elftools.elf.sections import Symbol, SymbolTableSection
 
 _IFUNC = ("STT_GNU_IFUNC", "STT_LOOS")  # pyelftools names type 10 STT_LOOS
 _FUNC_TYPES = ("STT_FUNC", *_IFUNC)
@@ -54,7 +56,7 @@ def _versions(elf: ELFFile) -> tuple[list[tuple[str | None, bool]] | None, int]:
     """Per .dynsym index: (version name or None, hidden) from .gnu.version/.gnu.version_d."""
     versym = elf.get_section_by_name(".gnu.version")
     verdef = elf.get_section_by_name(".gnu.version_d")
-    if versym is None or verdef is None:
+    if not isinstance(versym, GNUVerSymSection) or not isinstance(verdef, GNUVerDefSection):
         return None, 0
     names: dict[int, str] = {}
     for vd, aux in verdef.iter_versions():
@@ -69,11 +71,11 @@ def _versions(elf: ELFFile) -> tuple[list[tuple[str | None, bool]] | None, int]:
     return out, len(out)
 
 
-def _candidates(elf: ELFFile, base: str) -> list[tuple[str, object, str | None, bool]]:
+def _candidates(elf: ELFFile, base: str) -> list[tuple[str, Symbol, str | None, bool]]:
     found = []
     for table in (".symtab", ".dynsym"):
         sec = elf.get_section_by_name(table)
-        if sec is None:
+        if not isinstance(sec, SymbolTableSection):
             continue
         vers = _versions(elf)[0] if table == ".dynsym" else None
         for i, sym in enumerate(sec.iter_symbols()):

@@ -17,18 +17,19 @@ from collections.abc import Callable
 try:
     import orjson
 except ImportError:  # an install without it keeps the same bytes, at json's speed
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 
 def _json_encoder() -> Callable[[object], str]:
     """json.dumps(obj, separators=(",", ":")) minus the per-call set-up: one C encoder built once, without
     the circular-reference check (events are trees); json.dumps itself where this Python has no C encoder."""
     enc = json.encoder
-    if enc.c_make_encoder is None:
+    make = getattr(enc, "c_make_encoder", None)  # not in typeshed; None where _json is not built
+    if make is None:
         return lambda obj: json.dumps(obj, separators=(",", ":"))
-    c_encode = enc.c_make_encoder(None, json.JSONEncoder().default, enc.encode_basestring_ascii, None, ":", ",",
-                                  False, False, True)  # markers, default, encoder, indent, separators, sort_keys,
-    join = "".join                                   # skipkeys, allow_nan: json.dumps's defaults
+    c_encode = make(None, json.JSONEncoder().default, enc.encode_basestring_ascii, None, ":", ",",
+                    False, False, True)  # markers, default, encoder, indent, separators, sort_keys,
+    join = "".join                     # skipkeys, allow_nan: json.dumps's defaults
 
     def dumps(obj: object) -> str:
         return join(c_encode(obj, 0))

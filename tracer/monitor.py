@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from itertools import product
+from typing import Any
 
 from .globs import could_match_below, glob_match
 from .opencalls import (
@@ -80,9 +81,9 @@ class View:
 def _views(ev: dict, dirinfo: dict, process: Callable[[], dict]) -> Iterator[View]:
     args, reads = ev["args"], ev.get("reads", {})
 
-    def values(arg: str | None, entry: object) -> list[tuple[object, str | None]]:
+    def values(arg: str | None, entry: Any) -> list[tuple[Any, str | None]]:  # Any: a path or an open_how
         info = reads.get(arg, {}) if arg else {}
-        vals = [(entry, None)]
+        vals: list[tuple[Any, str | None]] = [(entry, None)]
         if info.get("status") == "changed":
             vals.append((info.get("value_at_exit"), arg))
         return vals
@@ -363,13 +364,13 @@ def family_on_kernel(names: list[str], available) -> tuple[list[str], list[str]]
     return [n for n in FAMILY if n in available], [n for n in FAMILY if n not in available]
 
 
-def watched(session, missing: list[str]) -> str:
+def watched(session, missing: Sequence[str]) -> str:
     names = ", ".join(s.name for s in session.syscalls)
     return f"{names} ({', '.join(missing)}: not on this kernel)" if missing else names
 
 
 def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool,
-                missing: list[str] = (), stream=None, aggregate_s: float | None = 60.0) -> int:
+                missing: Sequence[str] = (), stream=None, aggregate_s: float | None = 60.0) -> int:
     """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
     CLI's session runner (start, iterate through the body, one-line failures, clean-up); `stream`: where
     alerts go (-o FILE; default stdout); `aggregate_s`: the window of tracer/aggregate.py (None: off)."""
@@ -385,7 +386,7 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     reader = ContextReader()
     monitor = Monitor(policy, reader)
     fired: Counter[str] = Counter()
-    agg = Aggregator(aggregate_s) if aggregate_s else None
+    agg: Aggregator[Alert] | None = Aggregator(aggregate_s) if aggregate_s else None
 
     def emit(ev: dict | None, alerts: list[Alert]) -> None:
         for a in alerts:

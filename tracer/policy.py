@@ -11,6 +11,8 @@ import difflib
 import os
 import re
 import stat
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,10 +20,10 @@ from pathlib import Path
 from .globs import normalise
 from .openat2 import _O_LARGEFILE_KERNEL, _OPEN_BITS, RESOLVE_FLAGS
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04's system Python): the same parser, from PyPI
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10 (Ubuntu 22.04's system Python): the same parser, from PyPI
+    import tomli as tomllib
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("succeeded", "failed")
@@ -87,7 +89,7 @@ def load(paths: list[str | Path]) -> Policy:
     return Policy([r for rules in per_file.values() for r in rules], [str(p) for p in paths])
 
 
-def parse_files(paths: list[str | Path], notes: list[str] | None = None) -> tuple[dict[str, list[Rule]], list[str]]:
+def parse_files(paths: Sequence[str | Path], notes: list[str] | None = None) -> tuple[dict[str, list[Rule]], list[str]]:
     """({file: its rules}, every error of every file): a rule id used again in a later file is an error
     at the later rule (the monitor could not tell the two rules' alerts apart)."""
     per_file: dict[str, list[Rule]] = {}
@@ -346,7 +348,7 @@ class _RuleParser:
             self.err(("severity",), f"severity {sev!r} is not one of {', '.join(SEVERITIES)}{_hint(sev, SEVERITIES)}")
         desc = self.text("description")
         globs = {k: v for k in GLOB_KEYS if k in raw and (v := self.globs(k)) is not None}
-        uids = {k: v for k in UID_KEYS if k in raw and (v := self.uids(k)) is not None}
+        uids = {k: u for k in UID_KEYS if k in raw and (u := self.uids(k)) is not None}
         flags = self.names("flags", OPEN_FLAGS)
         resolve = self.names("resolve", RESOLVE_NAMES)
         mode = self.modes()
@@ -470,8 +472,6 @@ def load_for_run(paths: list[str], with_default: bool) -> Policy:
 def check_files(paths: list[str]) -> int:
     """--check-policy: every error as FILE:LINE: message on stderr (rule ids must be unique across the
     files, as when they are loaded together); 0 when all files are valid, else 2."""
-    import sys
-
     notes: list[str] = []
     per_file, errors = parse_files(paths, notes)
     order = {p: i for i, p in enumerate(per_file)}

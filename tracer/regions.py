@@ -191,7 +191,7 @@ class RegionResolver:
         elif m.kind in ("anon", "heap"):
             owner = _file_before(snap.maps, i)
             placement = None if owner is None else self._place(pid, snap, owner, addr, None)
-            if placement is not None and "section" in placement:
+            if owner is not None and placement is not None and "section" in placement:
                 out["near"] = f"{owner.path} {placement['section']}"
                 out.update(placement)
         return out

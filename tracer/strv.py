@@ -87,7 +87,7 @@ def decode(slot: tuple, data: bytes, data_off: int, addr: int, ret: int | None, 
         return None, {"status": "missing", **base, "errno": None, "note": "record data area full",
                       "verified": False, "unverified_reason": unverified["missing"]}
     astatus, aerr, elems = parse_block(data[data_off + eoff: data_off + eoff + elen])
-    entry = _values(elems)
+    entry: list[str | None] | None = _values(elems)
     info = {**_info(elems, astatus, aerr), **base}
     whole = info["status"] == "ok"
     if astatus == RS_FAULT and not elems:

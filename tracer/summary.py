@@ -128,11 +128,11 @@ def read_status_rows(by_arg: dict[str, dict], width: int) -> tuple[bool, list[li
         widths = [max(len(h), *(len(str(v.get(c, 0))) for v in by_arg.values())) for c, h in zip(cols, headers,
                                                                                                    strict=True)]
         if name_w + sum(w + 2 for w in widths) <= width:
-            lines = [[("syscall.arg".ljust(name_w), None)] + [(f"  {h:>{w}}", None) for h, w in
-                                                              zip(headers, widths, strict=True)]]
+            head: list[tuple[str, str | None]] = [("syscall.arg".ljust(name_w), None)]
+            lines = [head + [(f"  {h:>{w}}", None) for h, w in zip(headers, widths, strict=True)]]
             for key, counts in by_arg.items():
                 lines.append([(key.ljust(name_w), None)] + [(f"  {counts.get(c, 0):>{w}}", c if counts.get(c) else None)
                                                             for c, w in zip(cols, widths, strict=True)])
             return True, lines
-    return False, [[(f"{key}:", None)] + [(f" {c} {counts[c]}", c) for c in cols if counts.get(c)]
+    return False, [[(f"{key}:", None), *[(f" {c} {counts[c]}", c) for c in cols if counts.get(c)]]
             for key, counts in by_arg.items()]
