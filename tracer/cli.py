@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__
-from .capture import CaptureError
+from .capture_check import CaptureError
 from .command import CommandError
 from .escape import escape_text
 from .kenv import EnvironmentProblem, shipped_dir
