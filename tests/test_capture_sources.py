@@ -164,6 +164,23 @@ def test_user_events_header_and_cli_replay(ue_capture) -> None:
     assert replay_cli(path, "user_events_multi:*") [:-1] == [delivered[3]]
 
 
+def test_user_events_console_replay(ue_capture) -> None:
+    """`tracer replay` on the console shows every user_event, each on its own escaped line (it crashed on
+    the first one, KeyError 'function', when the console guessed an event's shape)."""
+    path, delivered, _ = ue_capture
+    p = subprocess.run([sys.executable, "-m", "tracer", "replay", str(path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "TRACER_TRACEFS": "/nonexistent", "COLUMNS": "200"})
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == len(delivered), p.stdout
+    assert "app[100/101] user_events:test(" in lines[0]
+    assert "evil\\x1b]0;x\\x07\\xff[101/102] user_events:allkinds(a=-5" in lines[1]
+    assert "?[102/103] user_events:allkinds(" in lines[2] and "! malformed payload" in lines[2]
+    assert "user_events:test DISCARDED by the kernel: write(fd=5) = -14 EFAULT, write_index=3" in lines[4]
+    assert "(name unknown: not seen)" in lines[5]
+    assert "\x1b" not in p.stdout and "\x07" not in p.stdout
+
+
 def test_user_events_replay_refuses_other_layouts(ue_capture) -> None:
     path, _, _ = ue_capture
     desc = Capture(path).header["sources"][0]["desc"]

@@ -16,6 +16,7 @@ from .escape import escape_text
 from .jsonenc import dumps
 from .openat2 import mode_str
 
+Segments = list[tuple[str, str | None]]  # one line as (text, style) pieces
 STATUS_STYLE = {"missing": "bold red", "recovered": "yellow", "changed": "bold magenta",
                 "truncated": "cyan", "null": "dim"}
 
@@ -171,34 +172,47 @@ class ConsoleOutput:
         self.events((ev,))
 
     def events(self, evs: Iterable[dict]) -> None:
-        """Syscall/uprobe events and lost-record notices of one drain batch, in order, in one write."""
+        """The events and lost-record notices of one drain batch, in order, in one write: each kind laid
+        out by its own renderer (`renderer`)."""
         render = self._render
-        lines = []
-        for ev in evs:
-            kind = ev.get("kind")
-            if kind == "lost":
-                lines.append(render(self._lost(ev)))
-            elif kind in ("syscall", "uprobe") or kind is None:
-                segs = self.segments(ev)
-                if self.overlap is not None:
-                    n = self.overlap.add(ev)
-                    if n:
-                        segs.append((f"  <... resumed: began before the {'line' if n == 1 else f'{n} lines'} above>",
-                                     "yellow"))
-                lines.append(render(segs))
-            else:  # what has no line layout here: its own printer, after the lines before it
-                self._write(lines)
-                lines = []
-                self.other(ev)
-        self._write(lines)
+        self._write([render(self.renderer(ev.get("kind"))(ev)) for ev in evs])
 
-    def other(self, ev: dict) -> None:
-        if ev.get("kind") == "user_event":  # its own layout (tracer/user_events/render.py)
-            from .user_events.render import user_event_line
+    def renderer(self, kind: object) -> Callable[[dict], Segments]:
+        """The line layout of one kind of event (tracer/events.py KINDS); an unknown kind is shown as its
+        JSON, dimmed: a new kind can never break the lines of the others."""
+        if kind == "syscall" or kind is None:
+            return self._syscall
+        if kind == "uprobe":
+            return self._uprobe
+        if kind == "user_event":
+            return self._user_event
+        if kind == "lost":
+            return self._lost
+        return self._unknown
 
-            self.console.print(user_event_line(ev, self._time))
-            return
-        self.console.print(Text(escape_text(dumps(ev)), "dim"))
+    def _syscall(self, ev: dict) -> Segments:
+        return self._resumed(ev, self.call_segments(ev, ev["syscall"]))
+
+    def _uprobe(self, ev: dict) -> Segments:
+        return self._resumed(ev, self.call_segments(ev, ev["function"]))
+
+    def _resumed(self, ev: dict, segs: Segments) -> Segments:
+        """A call that began before lines already printed says so (blocking calls: summary.Overlap)."""
+        if self.overlap is not None:
+            n = self.overlap.add(ev)
+            if n:
+                segs.append((f"  <... resumed: began before the {'line' if n == 1 else f'{n} lines'} above>",
+                             "yellow"))
+        return segs
+
+    def _user_event(self, ev: dict) -> Segments:
+        from .user_events.render import user_event_segments  # its own layout, beside its decoder
+
+        return user_event_segments(ev, self._time)
+
+    @staticmethod
+    def _unknown(ev: dict) -> Segments:
+        return [(escape_text(dumps(ev)), "dim")]
 
     def _write(self, lines: list[str]) -> None:
         if lines:
@@ -206,7 +220,7 @@ class ConsoleOutput:
             f.write("\n".join(lines) + "\n")
             f.flush()
 
-    def _render(self, segs: list[tuple[str, str | None]]) -> str:
+    def _render(self, segs: Segments) -> str:
         if self._ansi is None:
             return "".join([text for text, _ in segs])
         return self._ansi.join(segs)
@@ -215,15 +229,20 @@ class ConsoleOutput:
         """One syscall or uprobe event as one line of rich Text."""
         return Text.assemble(*self.segments(ev))
 
-    def segments(self, ev: dict) -> list[tuple[str, str | None]]:
+    def segments(self, ev: dict) -> Segments:
         """One syscall or uprobe event as (text, style) segments of one line."""
-        t: list[tuple[str, str | None]] = []
+        return self.call_segments(ev, ev["function"] if ev.get("kind") == "uprobe" else ev["syscall"])
+
+    def call_segments(self, ev: dict, name: str) -> Segments:
+        """A call (a syscall, or a function through a uprobe) named `name`: time, thread, arguments with
+        their read outcomes, return value."""
+        t: Segments = []
         a = t.append
         a((self._time(ev["ts"]), "dim"))
         a((" ", None))
         a((escape_text(ev["comm"]), "bold"))
         a((f"[{ev['pid']}/{ev['tid']}] ", "dim"))
-        a((ev.get("syscall") or ev["function"], "bold cyan"))
+        a((name, "bold cyan"))
         a(("(", None))
         reads = ev.get("reads", {})
         syms = ev.get("args_str", {})
@@ -306,7 +325,7 @@ class ConsoleOutput:
         self.events((ev,))
 
     @staticmethod
-    def _lost(ev: dict) -> list[tuple[str, str | None]]:
+    def _lost(ev: dict) -> Segments:
         return [(f"!! {lost_text(ev)}", "bold red")]
 
     def notice(self, obj: dict) -> None:

@@ -18,47 +18,57 @@ def _value(v: object) -> str:
     return str(v)
 
 
+Segments = list[tuple[str, str | None]]  # (text, style): the console's line layout (tracer/output.py)
+
+
 def user_event_line(ev: dict, clock: Callable[[int], str]) -> Text:
-    t = Text()
-    t.append(clock(ev["ts"]), "dim")
-    t.append(" ")
-    t.append(escape_text(ev.get("comm") or "?"), "bold")
-    t.append(f"[{ev['pid']}/{ev['tid']}] ", "dim")
+    """One user_event as one line of rich Text."""
+    return Text.assemble(*user_event_segments(ev, clock))
+
+
+def user_event_segments(ev: dict, clock: Callable[[int], str]) -> Segments:
+    """One user_event (a sample, or a write the kernel discarded) as (text, style) segments of one line."""
+    t: Segments = []
+    a = t.append
+    a((clock(ev["ts"]), "dim"))
+    a((" ", None))
+    a((escape_text(ev.get("comm") or "?"), "bold"))
+    a((f"[{ev['pid']}/{ev['tid']}] ", "dim"))
     st = ev.get("status", "ok")
     if st == "discarded":
         what = escape_text(ev.get("event") or "user_events:<unknown>")
-        t.append(what, "bold red")
-        t.append(f" DISCARDED by the kernel: {ev.get('syscall')}(fd={ev.get('fd')}) = -{ev.get('errno')} EFAULT",
-                 "bold red")
-        t.append(f", write_index={ev.get('write_index')}", "red")
+        a((what, "bold red"))
+        a((f" DISCARDED by the kernel: {ev.get('syscall')}(fd={ev.get('fd')}) = -{ev.get('errno')} EFAULT",
+           "bold red"))
+        a((f", write_index={ev.get('write_index')}", "red"))
         if ev.get("name_reason"):
-            t.append(f" (name unknown: {escape_text(ev['name_reason'])})", "red")
+            a((f" (name unknown: {escape_text(ev['name_reason'])})", "red"))
         return t
-    t.append(escape_text(ev["event"]), "bold cyan")
+    a((escape_text(ev["event"]), "bold cyan"))
     eh = ev.get("eventheader")
     if eh is not None:
-        _eventheader(t, eh)
+        _eventheader(a, eh)
     else:
-        t.append("(")
+        a(("(", None))
         errors = ev.get("errors") or {}
-        for i, (k, v) in enumerate(ev.get("fields", {}).items()):
+        for i, (k, v) in enumerate((ev.get("fields") or {}).items()):
             if i:
-                t.append(", ")
-            t.append(f"{escape_text(k)}=", "dim")
+                a((", ", None))
+            a((f"{escape_text(k)}=", "dim"))
             if k in errors:
-                t.append(f"<malformed: {escape_text(errors[k])}>", "bold red")
+                a((f"<malformed: {escape_text(errors[k])}>", "bold red"))
             else:
-                t.append(_value(v))
-        t.append(")")
+                a((_value(v), None))
+        a((")", None))
     bad = ev.get("malformed")
     if bad:
-        t.append(f"  ! malformed at payload offset {bad['offset']}: {escape_text(bad['reason'])}", "bold red")
+        a((f"  ! malformed at payload offset {bad['offset']}: {escape_text(bad['reason'])}", "bold red"))
     if st == "malformed":
-        t.append(f"  ! malformed payload: {ev.get('payload_hex', '')}", "bold red")
+        a((f"  ! malformed payload: {ev.get('payload_hex', '')}", "bold red"))
     extra = ev.get("extra_bytes")
     if extra:
-        t.append(f"  ! {extra['length']} bytes past the described payload at offset {extra['offset']}: "
-                 f"{extra['hex']}", "bold yellow")
+        a((f"  ! {extra['length']} bytes past the described payload at offset {extra['offset']}: "
+           f"{extra['hex']}", "bold yellow"))
     return t
 
 
@@ -94,9 +104,9 @@ def _eh_scalar(v: object, fmt: str, text: object, hx: object) -> str:
     return _value(v)
 
 
-def _eventheader(t: Text, eh: dict) -> None:
-    t.append(" ")
-    t.append(f"{escape_text(eh['provider'])}:{escape_text(eh.get('event') or '?')}", "bold magenta")
+def _eventheader(a: Callable[[tuple[str, str | None]], None], eh: dict) -> None:
+    a((" ", None))
+    a((f"{escape_text(eh['provider'])}:{escape_text(eh.get('event') or '?')}", "bold magenta"))
     attrs = [f"level={eh['level']}", f"keyword={eh['keyword']:#x}"]
     if eh.get("opcode"):
         attrs.append(f"opcode={eh.get('opcode_name') or eh['opcode']}")
@@ -110,17 +120,17 @@ def _eventheader(t: Text, eh: dict) -> None:
         attrs.append("big-endian")
     for x in eh.get("extensions") or ():
         attrs.append(f"ext{x['kind']}=<hex {x['hex']}>")
-    t.append(" [" + " ".join(attrs) + "]", "dim")
+    a((" [" + " ".join(attrs) + "]", "dim"))
     if eh.get("fields") is None:
-        t.append(f" ({escape_text(eh.get('no_metadata', 'no metadata'))})", "yellow")
+        a((f" ({escape_text(eh.get('no_metadata', 'no metadata'))})", "yellow"))
         return
-    t.append("(")
+    a(("(", None))
     for i, f in enumerate(eh["fields"]):
         if i:
-            t.append(", ")
-        t.append(f"{escape_text(f['name'])}=", "dim")
-        t.append(_eh_value(f))
-    t.append(")")
+            a((", ", None))
+        a((f"{escape_text(f['name'])}=", "dim"))
+        a((_eh_value(f), None))
+    a((")", None))
 
 
 def event_listing(events: list[dict]) -> list[Text]:
