@@ -149,8 +149,9 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
     during decoding, as in Session._drain)."""
     import gc
 
+    from tracer.ordering import in_time_order
     from tracer.output import dumps
-    from tracer.session import Stats, in_time_order
+    from tracer.session import Stats
 
     src = s.sources[0]
     lg.run(records)

@@ -10,8 +10,9 @@ import random
 import struct
 
 from tracer import jsonenc, perf
+from tracer.ordering import SLACK_NS, TimeOrder, in_time_order
 from tracer.output import JsonOutput, dumps
-from tracer.session import Stats, in_time_order
+from tracer.session import Stats
 
 PAGE = mmap.PAGESIZE
 
@@ -76,6 +77,39 @@ def test_in_time_order_is_a_stable_sort_by_completion_time() -> None:
     assert in_time_order(runs) == sorted(flat, key=lambda e: e.get("ts_exit") or e["ts"])
     assert in_time_order(runs[:1]) is runs[0]  # one ring, in order: kept as it is
     assert in_time_order(runs[2:]) == sorted(runs[2], key=lambda e: e.get("ts_exit") or e["ts"])
+
+
+def call(name: str, end: int) -> dict:
+    return {"syscall": name, "ts": end - 10, "ts_exit": end}
+
+
+def names(evs: list[dict]) -> list[str]:
+    return [ev["syscall"] for ev in evs]
+
+
+def test_a_record_that_reached_its_ring_late_still_prints_in_order() -> None:
+    """The race seen in CI: ring A (the child's kill) is read empty, then kill completes on A and the
+    parent's wait4 on B, and B is read: wait4 must wait for the next drain, which brings kill."""
+    order = TimeOrder()
+    began = 10 * SLACK_NS
+    early = call("read", began - SLACK_NS - 1)  # completed before the drain began (less the slack)
+    assert names(order.order([[], [early, call("wait4", began + 20)]], [False, False], began)) == ["read"]
+    nxt = order.order([[call("kill", began + 10)], [call("exit", began + 30)]], [False, False], began + 3 * SLACK_NS)
+    assert names(nxt) == ["kill", "wait4", "exit"]
+    assert order.flush() == []
+
+
+def test_a_ring_with_more_to_read_holds_back_later_records() -> None:
+    """A bounded drain left records in ring A: nothing later than the last one read from A is shown."""
+    order = TimeOrder()
+    began = 100 * SLACK_NS
+    a = [call("a1", 100), call("a2", 200)]
+    b = [call("b1", 150), call("b2", 250)]
+    assert names(order.order([a, b], [True, False], began)) == ["a1", "b1", "a2"]
+    assert names(order.order([[call("a3", 240)]], [False], began)) == ["a3", "b2"]
+    assert order.held == []
+    order.order([[call("late", began)]], [False], began)
+    assert names(order.flush()) == ["late"] and order.flush() == []  # the end of the session shows all
 
 
 def reference_add(s: Stats, ev: dict) -> None:

@@ -17,14 +17,14 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice, repeat
-from operator import le
+from itertools import repeat
 
 from . import __version__, syscalls
 from .capture import FORMAT_VERSION, CaptureWriter
 from .command import Command, CommandError
 from .contract import WallClock, clock_info
 from .events import Event, Stats, lost_event, missing_data, summary_of
+from .ordering import TimeOrder
 from .perf import default_pages
 from .probes import Filters
 from .sources import Source, SourceOptions, SyscallSource
@@ -37,18 +37,6 @@ POLL_MS = 100  # longest time a record waits in a ring before it is shown
 FINAL_DRAIN_S = 1.0
 
 
-def in_time_order(runs: list[list[dict]]) -> list[dict]:
-    """The events of several rings as one list ordered by events.order_ts (its key is inlined here), as
-    a stable sort by that key would.
-    Each ring is nearly always in order already, so the keys are computed once, inline, and the sort
-    (on the keys only, in C) runs only when they are not ascending."""
-    events = runs[0] if len(runs) == 1 else [ev for run in runs for ev in run]
-    if len(events) < 2:
-        return events
-    keys = [ev.get("ts_exit") or ev["ts"] for ev in events]
-    if all(map(le, keys, islice(keys, 1, None))):
-        return events
-    return [events[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
 
 
 class Session:
@@ -116,6 +104,7 @@ class Session:
         self.clock = clock_info()
         self._wall = WallClock(self.clock["mono_to_wall_ns"])
         self._rings: list = []
+        self._order = TimeOrder()  # events read but held until every ring has passed their time
         self._stop = False
         self._timed_out = False  # stopped by --duration, not interrupted: the final drain reads everything
         self.detaching = False  # close() is releasing the kernel objects (see install_signal_stop)
@@ -275,10 +264,16 @@ class Session:
             if not self._backlog():
                 break
             if end is not None and time.monotonic() >= end:
+                held = self._deliver([], self._order.flush())  # read already: shown, then the rest dropped
+                if held:
+                    yield held
                 dropped = self._discard()
                 if dropped:
                     yield dropped
                 break
+        held = self._deliver([], self._order.flush())  # no ring can add anything earlier now
+        if held:
+            yield held
         if self._count_reached():
             return  # --count: the rest was not asked for
         final = []
@@ -345,13 +340,19 @@ class Session:
     def _drain_batch(self) -> list[dict]:
         out: list[dict] = []
         runs: list[list[dict]] = []
+        partial: list[bool] = []
+        began = time.monotonic_ns()
         for src, ring in self._rings:
             batch = ring.drain()
             if batch.lost:  # the kernel's marker: records it could not write since the last one
                 out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
             if batch.samples:
                 runs.append(list(map(src.decode, batch.samples, repeat(batch.cpu))))
-        events = in_time_order(runs)
+                partial.append(getattr(ring, "backlog", False))
+        return self._deliver(out, self._order.order(runs, partial, began))
+
+    def _deliver(self, out: list[dict], events: list[dict]) -> list[dict]:
+        """Filters, counts, records and passes on one batch of ordered events (after `out`)."""
         self._wall.stamp(events)
         if self.only_missing:
             events = [d for d in events if missing_data(d)]
