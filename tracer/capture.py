@@ -246,9 +246,12 @@ class CaptureWriter:
         head = struct.pack("<B3xI", kind[0], len(payload))
         self.buf += head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
-    def flush(self) -> None:
-        """End of a drain batch: records not delivered (filtered, past --count) are dropped; one write."""
+    def flush(self, held: Sequence[dict] = ()) -> None:
+        """End of a drain batch: records not delivered (filtered, past --count) are dropped, except the
+        `held` events that a later batch will deliver (ordering.TimeOrder); one write."""
+        keep = [(id(ev), rec) for ev in held if (rec := self._pending.get(id(ev))) is not None]
         self._pending.clear()
+        self._pending.update(keep)
         if not self.buf or self.fd is None:
             return
         view = memoryview(self.buf)

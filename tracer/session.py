@@ -372,7 +372,7 @@ class Session:
                 self.callback(Event(data))
             out.append(data)
         if self.recorder is not None:
-            self.recorder.flush()  # one write per drain batch
+            self.recorder.flush(self._order.held)  # one write per drain batch
         return out
 
     def run(self) -> Stats:
