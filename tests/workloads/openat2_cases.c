@@ -158,6 +158,7 @@ static void case_cross_struct(void)
 static char changing[512];
 static char fifo[512];
 static const char NEW_PATH[] = "/changed/while/blocked";
+static unsigned long long unblocked_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns's clock) as the writer opens */
 
 static void *rewriter(void *arg)
 {
@@ -165,6 +166,9 @@ static void *rewriter(void *arg)
 	struct timespec ts = {0, 100 * 1000 * 1000};
 	nanosleep(&ts, NULL);
 	memcpy(changing, NEW_PATH, sizeof(NEW_PATH)); /* in place, shorter than the FIFO's path */
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	unblocked_ns = now.tv_sec * 1000000000ULL + now.tv_nsec;
 	int fd = open(fifo, O_WRONLY | O_CLOEXEC);    /* unblocks the reader's open */
 	if (fd < 0)
 		die("open fifo for writing");
@@ -186,8 +190,8 @@ static void case_changed(void)
 		die("pthread_create");
 	long r = openat2_raw(AT_FDCWD, changing, &how, sizeof(how));
 	pthread_join(t, NULL);
-	out("{" HEAD "," CALL ",\"fifo\":\"%s\",\"new\":\"%s\"}", "changed", getpid(), gettid_(), U(changing), U(&how),
-	    sizeof(how), r, fifo, NEW_PATH);
+	out("{" HEAD "," CALL ",\"fifo\":\"%s\",\"new\":\"%s\",\"unblocked_ns\":%llu}", "changed", getpid(), gettid_(),
+	    U(changing), U(&how), sizeof(how), r, fifo, NEW_PATH, unblocked_ns);
 	if (r >= 0)
 		close(r);
 }
