@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import opened, strv
+from .events import (
+    NOTE_NOROOM,
+    UNVERIFIED,
+    VERIFIED_AT_EXIT,
+    VERIFIED_EQUAL,
+    VERIFIED_POINTER,
+    read_entry,
+    unverified,
+    verified,
+)
 from .layout import const, packer
 from .openat2 import bits_str, decode_open_how, mode_str, open_flags_str
 from .sockaddr import decode_sockaddr
@@ -43,25 +53,6 @@ _HDRS = [struct.Struct(_HDR.format + _SLOT.format[1:] * n) for n in range(MAX_RE
 _FAST_KINDS = (RK_STR, RK_OPEN_HOW, RK_SOCKADDR)
 _MEMO_MAX = 4096
 _UNSET = object()
-
-# Why a value is not proven to be the one the kernel used (reads.<arg>.unverified_reason). An entry read
-# comes before the kernel's own copy, an exit read after it: only an exit read equal to the entry read
-# (or kernel-side evidence, see tracer/opened.py) vouches for a value.
-UNVERIFIED = {
-    "recovered": "read at exit, after the call: shows what memory held then, not necessarily what the kernel used",
-    "changed": "memory changed during the call: the kernel may have used either value, or another one between",
-    "no_exit": "read at entry only, before the kernel's copy, and not re-read at exit (--no-recover)",
-    "noreturn": "read at entry only: the call does not return, so there is no exit re-read",
-    "exit_fault": "read at entry; the exit re-read failed, so a change during the call cannot be ruled out",
-    "skipped": "read at entry; not re-read at exit: the address space was replaced (execve)",
-    "missing": "not read",
-    "output": "written by the kernel, read back from user memory at exit: another thread could have "
-              "rewritten it in between",
-    "output_size": "written by the kernel, read back at exit for the length it reported; the caller's buffer "
-                   "size (*addrlen at entry) was unreadable, so had the buffer been smaller, the bytes past it "
-                   "are not the kernel's",
-}
-_VERIFIED_EQUAL = "enter_exit_equal"  # entry read, then the same bytes again at exit
 
 AT_FDCWD = -100
 _AT_FLAGS = {0x100: "AT_SYMLINK_NOFOLLOW", 0x200: "AT_REMOVEDIR", 0x400: "AT_SYMLINK_FOLLOW",
@@ -191,50 +182,42 @@ class Decoder:
                     return val
         return self.value(kind, raw, want)
 
-    def read(self, rec: bytes, slot: tuple, sc: Syscall, args: list[int], pid: int,
+    def read(self, rec: bytes, slot: tuple, sc: Syscall | None, args: list[int], pid: int,
              ret: int | None, flags: int = 0) -> tuple[object, dict | None]:
+        """(value, reads entry) of one read slot, every outcome (the common one also in `_read_ok`)."""
         (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, src, _p1, want) = slot
         addr = args[argi]
         if kind == RK_STRV:  # execve argv/envp (tracer/strv.py)
             return strv.decode(slot, rec, _DATA_OFF, addr, ret, bool(flags & RF_EXIT_READS), UNVERIFIED)
-        base = {"status": "ok", "source": "enter", "errno": None, "addr": addr}
-        if src & RSRC_SLEEPABLE:  # the entry read was made by a sleepable program (tp.s, fentry.s)
-            base["source"] = "sleepable"
+        # the entry read was made by a sleepable program (tp.s, fentry.s), or the nofault one
+        source = "sleepable" if src & RSRC_SLEEPABLE else "enter"
+        is_text, size = kind == RK_STR, want or None
 
         def data(off: int, n: int) -> bytes:
             return rec[_DATA_OFF + off: _DATA_OFF + off + n]
 
-        def fill(info: dict, raw: bytes) -> None:
-            info["len"] = len(raw)
-            if kind == RK_STR:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    info["hex"] = raw.hex()
-            elif kind != RK_STR and want:
-                info["size"] = want
-
         output = kind == RK_SOCKADDR_OUT
         size_unknown = False
+        len_errno = None
         if output:
             if ret is None or ret < 0 or xs == RS_NONE:
                 return addr, None  # the kernel filled nothing: the call failed
             if es == RS_FAULT:  # *addrlen (the caller's buffer size) was unreadable at entry
                 size_unknown = True
-                base["len_errno"] = -eerr
+                len_errno = -eerr
             es, eerr, eoff, elen, xs = xs, xerr, xoff, xlen, RS_NONE
-            base["source"] = "exit"
+            source = "exit"
         if es == RS_NULL:  # the pointer itself is the value, from the tracepoint's arguments
-            return None, {**base, "status": "null", "len": 0, "verified": True, "verified_by": "pointer"}
+            return None, verified(read_entry("null", source, addr, None, b"", len_errno=len_errno), VERIFIED_POINTER)
         if es == RS_NONE:
             return addr, None
         if es == RS_NOROOM:
-            return None, {**base, "status": "missing", "note": "record data area full", "verified": False,
-                          "unverified_reason": UNVERIFIED["missing"]}
+            info = read_entry("missing", source, addr, len_errno=len_errno)
+            info["note"] = NOTE_NOROOM
+            return None, unverified(info, "missing")
         if es in _READ_OK:
             raw = data(eoff, elen)
-            info = {**base}
-            fill(info, raw)
+            info = read_entry("ok", source, addr, None, raw, size, is_text, len_errno)
             val = self.struct_value(sc, argi, kind, raw, want)
             if es == RS_TRUNC:
                 info["status"] = "truncated"
@@ -248,40 +231,32 @@ class Decoder:
             elif xs == RS_SKIPPED:
                 info["exit"] = "skipped: the address space was replaced"
             if xs in _READ_OK and same:
-                info["verified_at_exit"] = True
-                info["verified"] = True
-                info["verified_by"] = _VERIFIED_EQUAL
+                verified(info, VERIFIED_EQUAL)
             else:
-                info["verified"] = False
-                info["unverified_reason"] = UNVERIFIED[
-                    "output_size" if size_unknown else "output" if output else "changed" if xs in _READ_OK
-                    else "exit_fault" if xs == RS_FAULT else "skipped" if xs == RS_SKIPPED
-                    else "noreturn" if flags & RF_NORETURN else "no_exit"]
+                unverified(info, "output_size" if size_unknown else "output" if output else "changed"
+                           if xs in _READ_OK else "exit_fault" if xs == RS_FAULT else "skipped" if xs == RS_SKIPPED
+                           else "noreturn" if flags & RF_NORETURN else "no_exit")
             if src & RSRC_FAULTED_IN:  # a nofault read failed: the sleepable copy faulted the page in
                 info["faulted_in"] = True
                 if self.explain is not None:
                     info["region"] = self.explain(pid, addr)
             return val, info
         # es == RS_FAULT: the entry read failed.
-        info = {**base, "errno": -eerr}
+        val: object = None
         if xs in _READ_OK:
             raw = data(xoff, xlen)
-            info.update(status="recovered", source="exit")
-            fill(info, raw)
+            info = read_entry("recovered", "exit", addr, -eerr, raw, size, is_text, len_errno)
             if xs == RS_TRUNC:
                 info["truncated"] = True
-            info["verified"] = False
-            info["unverified_reason"] = UNVERIFIED["recovered"]
-            val: object = self.struct_value(sc, argi, kind, raw, want)
+            unverified(info, "recovered")
+            val = self.struct_value(sc, argi, kind, raw, want)
         else:
-            info["status"] = "missing"
+            info = read_entry("missing", source, addr, -eerr, len_errno=len_errno)
             if xs == RS_FAULT:
                 info["exit_errno"] = -xerr
             elif xs == RS_SKIPPED:
                 info["exit"] = "skipped: the address space was replaced"
-            info["verified"] = False
-            info["unverified_reason"] = UNVERIFIED["missing"]
-            val = None
+            unverified(info, "missing")
         if self.explain is not None:
             info["region"] = self.explain(pid, addr)
         return val, info
@@ -330,21 +305,14 @@ class Decoder:
                     if s[1] == RK_STR:  # inline: the most common read
                         start = _DATA_OFF + s[6]
                         raw = rec[start: start + s[7]]
-                        try:
-                            val = raw.decode("utf-8")
-                            info = {"status": "ok", "source": "enter", "errno": None, "addr": h[12 + i],
-                                    "len": len(raw)}
-                        except UnicodeDecodeError:
-                            val, info = self._read_ok(rec, s, h[12 + i])
+                        val = raw.decode("utf-8", "surrogateescape")
+                        info = read_entry("ok", "enter", h[12 + i], None, raw)
                     else:
                         val, info = self._read_ok(rec, s, h[12 + i])
                     if xs != RS_NONE:
-                        info["verified_at_exit"] = True
-                        info["verified"] = True
-                        info["verified_by"] = _VERIFIED_EQUAL
+                        info.update(VERIFIED_AT_EXIT)
                     else:
-                        info["verified"] = False
-                        info["unverified_reason"] = UNVERIFIED["noreturn" if h[4] & RF_NORETURN else "no_exit"]
+                        unverified(info, "noreturn" if h[4] & RF_NORETURN else "no_exit")
                     out_args[aname] = val
                     reads[aname] = info
                     continue
@@ -404,21 +372,15 @@ class Decoder:
         opened.attach(ev, raw, self.kfile_problem)
 
     def _read_ok(self, rec: bytes, s: tuple, addr: int) -> tuple[object, dict]:
-        """`read` for an entry read that succeeded whole (status ok), the common case."""
+        """`read` for an entry read that succeeded whole (status ok), the common case: flat values are
+        cached by their bytes."""
         kind = s[1]
         start = _DATA_OFF + s[6]
         raw = rec[start: start + s[7]]
         if kind == RK_STR:
-            try:
-                return raw.decode("utf-8"), {"status": "ok", "source": "enter", "errno": None, "addr": addr,
-                                             "len": len(raw)}
-            except UnicodeDecodeError:
-                return text(raw), {"status": "ok", "source": "enter", "errno": None, "addr": addr,
-                                   "len": len(raw), "hex": raw.hex()}
-        info = {"status": "ok", "source": "enter", "errno": None, "addr": addr, "len": len(raw)}
+            return text(raw), read_entry("ok", "enter", addr, None, raw)
         want = s[13]
-        if want:
-            info["size"] = want
+        info = read_entry("ok", "enter", addr, None, raw, want or None, False)
         key = (kind, raw, want)
         val = self._values.get(key)
         if val is None:

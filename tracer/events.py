@@ -117,6 +117,71 @@ MISSING_DATA = ("missing", "recovered", "changed")  # not read at entry, or not 
 # at the call only: "sleepable", or "nofault" for the nofault read (the name predates this table; it is
 # the same reader as a syscall's "enter"). tracer/schema/*.json list the same four.
 READ_SOURCES = ("enter", "exit", "sleepable", "nofault")
+NOTE_NOROOM = "record data area full"  # a read the BPF program had no room left to make
+# What vouches for a value (reads.<arg>.verified_by): the same bytes again at exit; a null pointer,
+# which is its own value; the kernel's own copy (tracer/strv.py, tracer/opened.py).
+VERIFIED_EQUAL, VERIFIED_POINTER, VERIFIED_KERNEL_COPY = "enter_exit_equal", "pointer", "kernel_copy"
+# Why a value is not proven to be the one the kernel used (reads.<arg>.unverified_reason). An entry read
+# comes before the kernel's own copy, an exit read after it: only an exit read equal to the entry read
+# (or kernel-side evidence, see tracer/opened.py) vouches for a value.
+UNVERIFIED = {
+    "recovered": "read at exit, after the call: shows what memory held then, not necessarily what the kernel used",
+    "changed": "memory changed during the call: the kernel may have used either value, or another one between",
+    "no_exit": "read at entry only, before the kernel's copy, and not re-read at exit (--no-recover)",
+    "noreturn": "read at entry only: the call does not return, so there is no exit re-read",
+    "exit_fault": "read at entry; the exit re-read failed, so a change during the call cannot be ruled out",
+    "skipped": "read at entry; not re-read at exit: the address space was replaced (execve)",
+    "missing": "not read",
+    "output": "written by the kernel, read back from user memory at exit: another thread could have "
+              "rewritten it in between",
+    "output_size": "written by the kernel, read back at exit for the length it reported; the caller's buffer "
+                   "size (*addrlen at entry) was unreadable, so had the buffer been smaller, the bytes past it "
+                   "are not the kernel's",
+}
+
+
+def read_entry(status: str, source: str, addr: int, errno: int | None = None, raw: bytes | None = None,
+               size: int | None = None, text: bool = True, len_errno: int | None = None) -> dict:
+    """THE constructor of a reads.<arg> entry, for every source: its status, the reader that made it
+    (READ_SOURCES), the failed read's errno, the address, and for bytes read (`raw`) their length and
+    either, for text, their hex when they are not UTF-8 (the value keeps them as surrogates), or, for
+    a buffer, the `size` asked for. `len_errno`: the caller's buffer size could not be read (an output
+    argument). Callers add what only they know after it (truncation, the exit read, verification)."""
+    e: dict = {"status": status, "source": source, "errno": errno, "addr": addr}
+    if len_errno is not None:
+        e["len_errno"] = len_errno
+    if raw is not None:
+        e["len"] = len(raw)
+        if not text:
+            if size is not None:
+                e["size"] = size
+        elif not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                e["hex"] = raw.hex()
+    return e
+
+
+# What `verified(e, VERIFIED_EQUAL)` adds, for the decoder's hot path to add in one dict.update.
+VERIFIED_AT_EXIT = {"verified_at_exit": True, "verified": True, "verified_by": VERIFIED_EQUAL}
+
+
+def verified(e: dict, by: str) -> dict:
+    """The entry's value is the one the kernel used, as `by` shows (VERIFIED_*)."""
+    if by == VERIFIED_EQUAL:
+        e.update(VERIFIED_AT_EXIT)
+    else:
+        e["verified"] = True
+        e["verified_by"] = by
+    return e
+
+
+def unverified(e: dict, why: str) -> dict:
+    """The entry's value is not proven to be the one the kernel used: UNVERIFIED[why]."""
+    e["verified"] = False
+    e["unverified_reason"] = UNVERIFIED[why]
+    return e
 
 
 class Event:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .events import READ_STATUSES
 from .globs import normalise
 from .openat2 import _O_LARGEFILE_KERNEL, _OPEN_BITS, RESOLVE_FLAGS
 
@@ -27,7 +28,6 @@ else:  # Python 3.10 (Ubuntu 22.04's system Python): the same parser, from PyPI
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("succeeded", "failed")
-READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
 # Alerts the monitor raises itself (fail closed); policies cannot define rules with these ids.
 BUILTIN_IDS = ("unreadable", "changed", "unresolved", "lost")
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from . import bpfsys, sleepable
 from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
+from .events import NOTE_NOROOM, read_entry
 from .kenv import BCC_CFLAGS, BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
 from .layout import check_layout, const, layout_identity, packer
 from .perf import output_rings
@@ -281,34 +282,28 @@ def spec_from_json(d: dict) -> UprobeSpec:
     return UprobeSpec(str(d["spec"]), str(d["path"]), str(d["symbol"]), args, str(d["ret"]), where)
 
 
-def _read(rec: bytes, slot: tuple, rflag: int, arg: ArgSpec, addr: int, source: str, pid: int,
-          explain) -> tuple[object, dict]:
+def _read(rec: bytes, slot: tuple, rflag: int, addr: int, source: str, pid: int,
+          explain: Callable[[int, int], dict] | None) -> tuple[object, dict]:
+    """(value, reads entry) of one argument read at the call (no exit re-read: nothing to verify with)."""
     (_a, kind, st, _xs, err, _xe, off, n, *_rest, want) = slot
-    info: dict = {"status": "ok", "source": source, "errno": None, "addr": addr}
     if st == RS_NULL:
-        return None, {**info, "status": "null", "len": 0}
+        return None, read_entry("null", source, addr, None, b"")
     if st == RS_NOROOM:
-        return None, {**info, "status": "missing", "note": "record data area full"}
+        info = read_entry("missing", source, addr)
+        info["note"] = NOTE_NOROOM
+        return None, info
     if st == RS_FAULT:
-        info.update(status="missing", errno=-err)
+        info = read_entry("missing", source, addr, -err)
         if explain is not None:
             info["region"] = explain(pid, addr)
         return None, info
     raw = rec[_DATA_OFF + off: _DATA_OFF + off + n]
-    info["len"] = len(raw)
-    if kind != RK_STR:
-        info["size"] = want
+    info = read_entry("ok", source, addr, None, raw, want, kind == RK_STR)
     if st == RS_TRUNC:
         info.update(status="truncated", truncated=True)
     if rflag & URF_FAULTED_IN:
         info["faulted_in"] = True
-    if kind == RK_STR:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            info["hex"] = raw.hex()
-        return text(raw), info
-    return raw.hex(), info
+    return (text(raw) if kind == RK_STR else raw.hex()), info
 
 
 def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec], explain=None) -> dict:
@@ -325,7 +320,7 @@ def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec], explain=None) -
     missing: list[str] = []
     for i, a in enumerate(s.args):
         if i in slots:
-            val, info = _read(rec, slots[i][0], slots[i][1], a, regs[i], source, pid, explain)
+            val, info = _read(rec, slots[i][0], slots[i][1], regs[i], source, pid, explain)
             args[a.name], reads[a.name] = val, info
             if info["status"] == "missing":
                 missing.append(a.name)
