@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer import btf, kenv, kstructs, pyenv, sleepable
+from tracer.errors import EnvironmentProblem, NoAccess
 
 CAP_PERFMON, CAP_BPF = 38, 39
 LOCKDOWN = Path("/sys/kernel/security/lockdown")
@@ -65,19 +66,19 @@ def check_privileges() -> Check:
 def _tracefs() -> Path | None:
     try:
         return kenv.tracefs_root(mount=False)
-    except (kenv.EnvironmentProblem, OSError):
+    except (EnvironmentProblem, OSError):
         return None
 
 
 def check_tracefs(mount: bool = False) -> Check:
     try:
         root = kenv.tracefs_root(mount=mount)
-    except (PermissionError, kenv.NoAccess) as e:
+    except (PermissionError, NoAccess) as e:
         # tracefs is mode 0700: an unprivileged user cannot even tell whether it is mounted.
         where = e.filename if isinstance(e, PermissionError) else kenv.TRACEFS_CANDIDATES[0]
         return Check("tracefs", "tracefs", False, "no access", f"{where}: permission denied (euid {os.geteuid()})",
                      kenv.NO_ACCESS_FIX)
-    except kenv.EnvironmentProblem as e:
+    except EnvironmentProblem as e:
         fake = os.environ.get(kenv.TRACEFS_ENV)
         return Check("tracefs", "tracefs", False, "missing", str(e),
                      f"fix or unset {kenv.TRACEFS_ENV}" if fake else TRACEFS_FIX)
@@ -112,7 +113,7 @@ def check_opened_file() -> Check:
 def check_bcc() -> Check:
     try:
         bcc = pyenv.require("bcc")
-    except kenv.EnvironmentProblem as e:
+    except EnvironmentProblem as e:
         return Check("bcc", "bcc", False, "missing", f"import bcc failed ({e.__cause__})", str(e))
     version = getattr(bcc, "__version__", "?")
     return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
@@ -122,7 +123,7 @@ def check_seccomp() -> Check:
     """libseccomp's Python bindings give tracer the syscall numbers (tracer/syscalls.py)."""
     try:
         seccomp = pyenv.require("seccomp")
-    except kenv.EnvironmentProblem as e:
+    except EnvironmentProblem as e:
         return Check("seccomp", "python3-seccomp", False, "missing", f"import seccomp failed ({e.__cause__})",
                      str(e))
     return Check("seccomp", "python3-seccomp", True, "ok", f"from {seccomp.__file__}")

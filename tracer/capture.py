@@ -35,16 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .accounting import REASONS, UNSPECIFIED
-from .capture_check import (
-    MAX_HEADER,
-    CaptureError,
-    CaptureExists,
-    Invalid,
-    check_header,
-    check_trailer,
-    shown,
-)
+from .capture_check import MAX_HEADER, Invalid, check_header, check_trailer, shown
 from .contract import WallClock
+from .errors import CaptureError, CaptureExists
 from .events import Event, Stats, summary_of
 from .summary import is_error
 

@@ -24,16 +24,6 @@ MAX_TIME_NS = 1 << 62   # clock values beyond ~2116 are not times
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class CaptureError(RuntimeError):
-    """A capture cannot be written or read; the message says what and how to fix it."""
-
-    code = 1  # exit status for the CLI
-
-
-class CaptureExists(CaptureError):
-    code = 2
-
-
 class Invalid(ValueError):
     """A field of the wrong type or value (the caller makes it a CaptureError)."""
 

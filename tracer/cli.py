@@ -14,24 +14,28 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__
-from .capture_check import CaptureError
-from .command import CommandError
+from .errors import CaptureError, TracerError, UsageError
 from .escape import escape_text
-from .kenv import EnvironmentProblem, shipped_dir
+from .kenv import shipped_dir
 from .session import Session, install_signal_stop
-from .streams import OutputError, command_stdout, console_for, open_output
-from .syscalls import UnknownEvent
+from .streams import command_stdout, console_for, open_output
 
 EXAMPLES = shipped_dir("examples")
 err_console = Console(stderr=True, highlight=False)
 
 
-def fail(message: str, code: int = 1) -> None:
-    sys.stderr.write(f"tracer: {message}\n")  # one line, never wrapped
-    sys.exit(code)
+class TracerGroup(click.Group):
+    """The one place a TracerError (tracer/errors.py) ends the run: its line on stderr, its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TracerError as e:
+            sys.stderr.write(f"{e.report()}\n")  # one line, never wrapped
+            sys.exit(e.code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TracerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracer")
 @click.option("--tracefs", "tracefs_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Use this tracefs root (sets TRACER_TRACEFS; e.g. a fake root for tests).")
@@ -169,33 +173,23 @@ def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary
 def make_session(events: list[str], *, pages: int | None, **opts) -> Session:
     """A Session from CLI options; a bad event spec or ring size is a usage error (exit 2)."""
     if pages is not None and pages & (pages - 1):
-        fail(f"--buffer-pages {pages} is not a power of two (try {1 << pages.bit_length()})", 2)
-    try:
-        return Session(events, pages=pages, **opts)
-    except UnknownEvent as e:
-        fail(str(e), 2)
-    except CommandError as e:
-        fail(str(e), e.code)
-    except EnvironmentProblem as e:
-        fail(str(e))
-    raise AssertionError("not reached: fail() exits")
+        raise UsageError(f"--buffer-pages {pages} is not a power of two (try {1 << pages.bit_length()})")
+    return Session(events, pages=pages, **opts)
 
 
 def drive(session: Session, body: Callable[[], None]) -> bool:
     """Start the session and run `body` (which iterates it); any failure ends the run with one line on
-    stderr. The session is closed (programs detached) on every path. False if stdout was closed."""
+    stderr (a TracerError as it is; anything else, from bcc, as a load error). The session is closed
+    (programs detached) on every path. False if stdout was closed."""
     install_signal_stop(session)
     try:
         session.start()
         body()
     except KeyboardInterrupt:
         pass
-    except (EnvironmentProblem, CommandError, CaptureError) as e:
+    except TracerError:
         session.close()
-        fail(str(e), getattr(e, "code", 1))
-    except UnknownEvent as e:  # event specs checked when their source starts (uprobe symbols)
-        session.close()
-        fail(str(e), 2)
+        raise
     except BrokenPipeError:
         session.close()
         return False
@@ -206,7 +200,7 @@ def drive(session: Session, body: Callable[[], None]) -> bool:
 
         show_traceback()
 
-        fail(str(load_error(e)))
+        raise load_error(e) from e
     finally:
         announce_detach(session)
         session.close()
@@ -226,10 +220,7 @@ def announce_detach(session: Session) -> None:
 
 def events_out(output: Path | None):
     """The event stream of -o FILE (or stdout); a file that cannot be created is one error line."""
-    try:
-        return open_output(output)
-    except OutputError as e:
-        fail(str(e))
+    return open_output(output)
 
 
 def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
@@ -281,7 +272,7 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
     if not drive(session, body):
         return 0
     if session.record_error:
-        fail(session.record_error)
+        raise TracerError(session.record_error)
     if record is not None:
         s = session.summary()
         err_console.print(Text(f"recorded {s['events']} events ({s['lost']} lost, {s['reads']['missing']} missing "
@@ -376,24 +367,20 @@ def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, o
     """A Capture and its replay filter, or one error line (exit 1: unreadable, 2: bad filter)."""
     from .capture import Capture, Filter
 
-    try:
-        cap = Capture(path)
-    except CaptureError as e:
-        fail(str(e), e.code)
+    cap = Capture(path)
     keep = Filter(patterns, pids, tids, comm, uid, only_missing, failed_only)
     try:
         keep.bind(cap)
-    except CaptureError as e:
-        fail(str(e), 2)
+    except CaptureError as e:  # the filter names what this capture does not hold: a usage error
+        raise UsageError(str(e)) from None
     return cap, keep
 
 
 def capture_end(cap) -> int:
-    """After a replay or export: say if the file was cut short or damaged (exit 1), or if the recording
-    did not end cleanly (exit 0: every record was there)."""
+    """After a replay or export: a file cut short or damaged is an error (exit 1, once what it held is shown);
+    a recording that did not end cleanly is said, with exit 0 (every record was there)."""
     if cap.problem is not None:
-        sys.stderr.write(f"tracer: {cap.problem.message(cap.path, cap.records)}\n")
-        return 1
+        raise CaptureError(cap.problem.message(cap.path, cap.records))
     if cap.trailer is None:
         sys.stderr.write(f"tracer: {cap.path} has no end-of-session trailer: the recording did not finish cleanly "
                          f"(killed?); all {cap.records} records in it were replayed\n")
@@ -450,8 +437,6 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | No
         show_end(out, cap.summary() if not no_summary else None, table, as_json, output)
     except BrokenPipeError:
         sys.exit(0)
-    except CaptureError as e:
-        fail(str(e), e.code)
     sys.exit(capture_end(cap))
 
 
@@ -488,10 +473,8 @@ def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, for
             commit_private(staged, path, force)
     except BrokenPipeError:
         sys.exit(0)
-    except CaptureError as e:
-        fail(str(e), e.code)
     except OSError as e:
-        fail(f"cannot write {path}: {e.strerror}")
+        raise TracerError(f"cannot write {path}: {e.strerror}") from None
     sys.exit(capture_end(cap))
 
 
@@ -515,7 +498,7 @@ def demo(as_json: bool) -> None:
     """Trace the bundled example: openat2 calls whose arguments are not resident at entry."""
     workload = EXAMPLES / "missing_data.py"
     if not workload.is_file():
-        fail(f"{workload} is missing; run from a tracer source checkout")
+        raise TracerError(f"{workload} is missing; run from a tracer source checkout")
     code = run_trace(["openat2"], [sys.executable, str(workload)], as_json, True, pids=(), tids=(), comm=None,
                      uid=None, follow=False, duration=None, count=None, no_recover=False, only_missing=False,
                      buffer_pages=None)
@@ -557,23 +540,19 @@ def monitor(ctx: click.Context, syscall_names: tuple[str, ...], policies: tuple[
     """
     from . import syscalls
     from .monitor import family_on_kernel, run_monitor
-    from .policy import PolicyError, check_files, load_for_run
+    from .policy import check_files, load_for_run
 
     if check:
         sys.exit(check_files(list(check)))
-    try:
-        policy = load_for_run(list(policies), with_default)
-    except PolicyError as e:
-        sys.stderr.write(f"{e}\n")
-        sys.exit(2)
+    policy = load_for_run(list(policies), with_default)
     try:
         names, missing = family_on_kernel(list(syscall_names), syscalls.table())
     except ValueError as e:
-        fail(str(e), 2)
+        raise UsageError(str(e)) from None
     except OSError as e:
-        fail(f"cannot list the syscall tracepoints: {e}")
+        raise TracerError(f"cannot list the syscall tracepoints: {e}") from None
     if not names:
-        fail(f"this kernel has none of {', '.join(missing)} as syscall tracepoints")
+        raise TracerError(f"this kernel has none of {', '.join(missing)} as syscall tracepoints")
     stream = events_out(output)
     session = make_session(names, command=(ctx.obj or {}).get("command"), recover=not no_recover,
                            pages=buffer_pages, command_stdout=command_stdout(stream), **opts)
@@ -591,19 +570,16 @@ def list_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 def list_user_events(as_json: bool) -> None:
     """Registered user_events (single- and multi-format), their fields, and whether they are enabled."""
-    from .user_events import UserEventsUnavailable, require, status
+    from .kenv import tracefs_root
+    from .user_events import require, status
     from .user_events.render import event_listing
 
     try:
-        from .kenv import tracefs_root
-
         root = tracefs_root()
         require(root)
         events = status.list_events(root)
-    except (UserEventsUnavailable, EnvironmentProblem) as e:
-        fail(str(e))
     except OSError as e:
-        fail(f"cannot read user_events from tracefs: {e}")
+        raise TracerError(f"cannot read user_events from tracefs: {e}") from None
     if as_json:
         import json
 
@@ -626,10 +602,7 @@ def list_syscalls(patterns: tuple[str, ...], as_json: bool) -> None:
     """
     from .listing import syscall_line, syscall_rows
 
-    try:
-        rows = syscall_rows(list(patterns))
-    except UnknownEvent as e:
-        fail(str(e), 2)
+    rows = syscall_rows(list(patterns))
     if as_json:
         import json
 
@@ -691,8 +664,7 @@ def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: floa
     """
     import time
 
-    from .user_events import UserEventsUnavailable
-    from .user_events.emitter import UserEventError, UserEvents, parse_value
+    from .user_events.emitter import UserEvents, parse_value
     from .user_events.formats import FormatError
 
     try:
@@ -703,24 +675,23 @@ def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: floa
             for item in values:
                 key, sep, text = item.partition("=")
                 if not sep or key not in by_name:
-                    fail(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(by_name) or '(no fields)'}", 2)
+                    raise UsageError(f"{item!r}: expected FIELD=VALUE with FIELD one of "
+                                     f"{', '.join(by_name) or '(no fields)'}")
                 try:
                     vals[key] = parse_value(by_name[key], text)
                 except ValueError as e:
-                    fail(f"{item!r}: {e}", 2)
+                    raise UsageError(f"{item!r}: {e}") from None
             deadline = time.monotonic() + wait_s
             while not ev.enabled and time.monotonic() < deadline:
                 time.sleep(0.01)
             for _ in range(count):
                 ev.write(**vals)
     except FormatError as e:
-        fail(f"bad name_args: {e}", 2)
-    except (UserEventsUnavailable, EnvironmentProblem) as e:
-        fail(str(e))
-    except UserEventError as e:
-        fail(str(e.strerror))
-    except OSError as e:
-        fail(f"user_events: {e}")
+        raise UsageError(f"bad name_args: {e}") from None
+    except TracerError:
+        raise
+    except OSError as e:  # not a user_events call's own error (those are UserEventError): say where it came from
+        raise TracerError(f"user_events: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -730,11 +701,10 @@ def main(argv: list[str] | None = None) -> None:
         i = args.index("--")
         args, command = args[:i], args[i + 1:]
         if not command:
-            fail("nothing after `--`: give the command to run, e.g. `tracer trace openat2 -- ls /`", 2)
-    try:
-        cli.main(args=args, obj={"command": command}, prog_name="tracer")
-    except EnvironmentProblem as e:  # wherever it surfaces (tracefs, bcc, seccomp): one line with the fix
-        fail(str(e))
+            sys.stderr.write("tracer: nothing after `--`: give the command to run, e.g. "
+                             "`tracer trace openat2 -- ls /`\n")
+            sys.exit(2)
+    cli.main(args=args, obj={"command": command}, prog_name="tracer")
 
 
 if __name__ == "__main__":

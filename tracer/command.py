@@ -18,17 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CommandError
+
 KILL_GRACE_S = 2.0  # between the forwarded signal and SIGKILL
 PR_SET_PDEATHSIG = 1
 RESTORED = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class CommandError(RuntimeError):
-    """The command could not be started; `code` is the tracer's exit status (2: usage, 1: runtime)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import EnvironmentProblem, NoAccess
+
 TRACEFS_ENV = "TRACER_TRACEFS"
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
@@ -29,14 +31,6 @@ def shipped_dir(name: str) -> Path:
 
 
 BPF_DIR = shipped_dir("bpf")
-
-
-class EnvironmentProblem(RuntimeError):
-    """Something about the machine stops us; the message says what and how to fix it."""
-
-
-class NoAccess(EnvironmentProblem):
-    """tracefs is there (or may be) but this user may not read it: a permission problem, not a mount."""
 
 
 NO_ACCESS_FIX = "run tracer as root (sudo tracer ...; ./bootstrap links /usr/local/bin/tracer)"

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from .capture_check import CaptureError, Invalid, check_layout_identity
+from .capture_check import Invalid, check_layout_identity
+from .errors import CaptureError
 from .kenv import bpf_source
 
 _TYPES = {  # C type -> (struct code, size)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .errors import PolicyError
 from .events import READ_STATUSES
 from .globs import normalise
 from .openat2 import _O_LARGEFILE_KERNEL, _OPEN_BITS, RESOLVE_FLAGS
@@ -67,14 +68,6 @@ class Rule:
 class Policy:
     rules: list[Rule]
     files: list[str]
-
-
-@dataclass
-class PolicyError(Exception):
-    errors: list[str]  # "FILE:LINE: message", in file and line order
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
 
 
 def default_policy() -> Path:

@@ -13,7 +13,8 @@ import struct
 from dataclasses import dataclass, field
 
 from . import bpfcache, bpfsys, kstructs, sleepable
-from .kenv import BPF_DIR, EnvironmentProblem
+from .errors import EnvironmentProblem
+from .kenv import BPF_DIR
 from .layout import const, packer, struct_of
 from .perf import RingSet
 from .syscalls import Syscall

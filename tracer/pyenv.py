@@ -10,7 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .kenv import EnvironmentProblem
+from .errors import EnvironmentProblem
 
 SYSTEM_SITE = Path("/usr/lib/python3/dist-packages")
 SYSTEM_PYTHON = Path("/usr/bin/python3")

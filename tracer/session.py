@@ -21,8 +21,9 @@ from itertools import repeat
 
 from . import __version__, syscalls
 from .capture import FORMAT_VERSION, CaptureWriter
-from .command import Command, CommandError
+from .command import Command
 from .contract import WallClock, clock_info
+from .errors import CommandError
 from .events import Event, Stats, lost_event, missing_data, summary_of
 from .ordering import TimeOrder
 from .perf import default_pages

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tracer import bpfsys, btf
-from tracer.kenv import EnvironmentProblem
+from tracer.errors import EnvironmentProblem, LoadError
 
 CACHE_PATH = Path("/run/tracer/caps.json")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -262,16 +262,6 @@ def sleepable_kinds(
 
 
 # --- loading bcc-compiled programs with flags bcc's Python API cannot pass ------------------------------
-
-
-class LoadError(EnvironmentProblem):
-    """A program was refused: what, errno, and the verifier log's last lines (in one line, for cli.fail)."""
-
-    def __init__(self, what: str, err: bpfsys.BpfError, tail: int = 6) -> None:
-        self.error = err
-        self.log_tail = err.log_tail(tail)
-        log = f"; verifier log ends: {' | '.join(self.log_tail)}" if self.log_tail else "; empty verifier log"
-        super().__init__(f"{what}: {err.strerror} ({_errname(err.errno)}){log}")
 
 
 # bpf/reads.h calls kfuncs through placeholder helper numbers (bcc cannot emit kfunc calls): kfunc name ->

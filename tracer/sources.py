@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import syscalls
 from .accounting import Loss, ring_residuals, syscall_losses
-from .capture_check import CaptureError
 from .decode import Decoder
+from .errors import CaptureError
 from .kenv import tracefs_root
 from .layout import check_layout, layout_identity
 from .perf import RingSet

@@ -14,11 +14,9 @@ from typing import IO
 
 from rich.console import Console
 
+from .errors import OutputError
+
 COMMAND_STDOUT_TO = 2  # the fd the command's stdout is redirected to while events use stdout
-
-
-class OutputError(RuntimeError):
-    pass
 
 
 def open_output(path: Path | None) -> IO[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from .errors import UnknownEvent
 from .kenv import tracefs_root
 from .layout import const
 from .symbols import SIGSET_ARGS
@@ -175,10 +176,6 @@ def table(root: Path | None = None) -> dict[str, Syscall]:
 @cache
 def by_nr(root: Path | None = None) -> dict[int, Syscall]:
     return {s.nr: s for s in table(root).values()}
-
-
-class UnknownEvent(ValueError):
-    pass
 
 
 def resolve(specs: list[str], root: Path | None = None) -> list[Syscall]:

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from . import bpfsys, sleepable
 from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
+from .errors import EnvironmentProblem, UnknownEvent
 from .events import NOTE_NOROOM, read_entry
-from .kenv import BCC_CFLAGS, BPF_DIR, EnvironmentProblem, bpf_source, prepare_bcc
+from .kenv import BCC_CFLAGS, BPF_DIR, bpf_source, prepare_bcc
 from .layout import check_layout, const, layout_identity, packer
 from .perf import output_rings
 from .probes import Filters
 from .sources import Source, SourceOptions
-from .syscalls import UnknownEvent
 
 PREFIX = "uprobe:"
 READ_MODES = ("auto", "sleepable", "nofault")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..kenv import EnvironmentProblem
+from ..errors import UserEventsUnavailable
 
-
-class UserEventsUnavailable(EnvironmentProblem):
-    """This kernel (or this tracefs root) has no user_events."""
+__all__ = ["UserEventsUnavailable", "data_path", "require"]
 
 
 def data_path(root: Path) -> Path:

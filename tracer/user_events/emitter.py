@@ -18,6 +18,7 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import UserEventError
 from . import data_path, require
 from .abi import (
     DIAG_IOCSDEL,
@@ -34,10 +35,6 @@ from .formats import Field, parse_name_args
 _libc = ctypes.CDLL(None, use_errno=True)
 _INT_CODES = {(1, True): "b", (1, False): "B", (2, True): "h", (2, False): "H", (4, True): "i", (4, False): "I",
               (8, True): "q", (8, False): "Q"}
-
-
-class UserEventError(OSError):
-    """A user_events call failed; the message carries the kernel's meaning of the errno."""
 
 
 class EventDisabled(UserEventError):

@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ..kenv import EnvironmentProblem, tracefs_root
+from ..errors import EnvironmentProblem, NoSuchUserEvent
+from ..kenv import tracefs_root
 from ..layout import check_layout, layout_identity
 from ..perf import (
     PERF_SAMPLE_CPU,
@@ -41,10 +42,6 @@ CLOCK_MONOTONIC = 1
 _USE_CLOCKID = 1 << 25   # perf_event_attr flag bit
 _CLOCKID_OFF = 92        # perf_event_attr.clockid
 TRACEFS_MAGIC = 0x74726163
-
-
-class NoSuchUserEvent(EnvironmentProblem):
-    """No registered user event matches a spec (events come and go at run time: not a usage error)."""
 
 
 def tracepoint_attr(ev_id: int, wakeup_bytes: int) -> bytes:
