@@ -184,12 +184,12 @@ static void c_untouched_shadow(void)
 /* The path is rewritten to /etc/shadow by another thread while openat2 blocks on a FIFO. */
 static char changing[512];
 static char fifo[512];
+static int caller; /* the thread whose openat2 blocks on the FIFO */
 
 static void *rewriter(void *arg)
 {
 	(void)arg;
-	struct timespec ts = {0, 100 * 1000 * 1000};
-	nanosleep(&ts, NULL);
+	wait_blocked(caller, SYS_openat2);
 	strcpy(changing, "/etc/shadow");
 	int fd = open(fifo, O_WRONLY | O_CLOEXEC); /* unblocks the reader */
 	if (fd < 0)
@@ -204,6 +204,7 @@ static void c_changed(void)
 	if (mkfifo(fifo, 0600))
 		die("mkfifo");
 	strcpy(changing, fifo);
+	caller = (int)syscall(SYS_gettid);
 	pthread_t t;
 	if (pthread_create(&t, NULL, rewriter, NULL))
 		die("pthread_create");
@@ -290,8 +291,7 @@ static char race_fifo[512], race_harmless[512];
 static void *race_writer(void *arg)
 {
 	(void)arg;
-	struct timespec ts = {0, 200 * 1000 * 1000};
-	nanosleep(&ts, NULL);
+	wait_blocked(caller, SYS_openat2);
 	strcpy(race_mem, race_harmless);
 	int fd = open(race_fifo, O_WRONLY | O_CLOEXEC); /* unblocks the reader */
 	if (fd < 0)
@@ -316,6 +316,7 @@ static void c_race(void)
 	if (race_mem == MAP_FAILED)
 		die("mmap");
 	close(fd);
+	caller = (int)syscall(SYS_gettid);
 	pthread_t t;
 	if (pthread_create(&t, NULL, race_writer, NULL))
 		die("pthread_create");

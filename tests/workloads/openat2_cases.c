@@ -158,13 +158,13 @@ static void case_cross_struct(void)
 static char changing[512];
 static char fifo[512];
 static const char NEW_PATH[] = "/changed/while/blocked";
+static int caller; /* the blocked open's thread */
 static unsigned long long unblocked_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns's clock) as the writer opens */
 
 static void *rewriter(void *arg)
 {
 	(void)arg;
-	struct timespec ts = {0, 100 * 1000 * 1000};
-	nanosleep(&ts, NULL);
+	wait_blocked(caller, SYS_openat2); /* the kernel has copied the path and waits for a writer */
 	memcpy(changing, NEW_PATH, sizeof(NEW_PATH)); /* in place, shorter than the FIFO's path */
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -185,6 +185,7 @@ static void case_changed(void)
 		die("mkfifo");
 	strcpy(changing, fifo);
 	struct open_how how = {.flags = O_RDONLY | O_CLOEXEC};
+	caller = gettid_();
 	pthread_t t;
 	if (pthread_create(&t, NULL, rewriter, NULL))
 		die("pthread_create");

@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -65,11 +66,12 @@ static void pause_ms(long ms)
 
 static char fifo_path[256], decoy_path[256];
 static char *racing; /* the caller's path buffer */
+static int caller; /* the racing call's thread */
 
 static void *fifo_rewriter(void *arg)
 {
 	(void)arg;
-	pause_ms(150); /* the open has copied the path and is blocked in fifo_open() */
+	wait_blocked(caller, SYS_openat); /* it has copied the path and is blocked in fifo_open() */
 	memcpy(racing, decoy_path, strlen(decoy_path) + 1);
 	int fd = open(fifo_path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -90,6 +92,7 @@ static void case_fifo_race(int nofollow)
 		die(decoy_path);
 	close(dfd);
 	racing = untouched(fifo_path, strlen(fifo_path) + 1);
+	caller = (int)syscall(SYS_gettid);
 	pthread_t t;
 	if (pthread_create(&t, NULL, fifo_rewriter, NULL))
 		die("pthread_create");
@@ -172,7 +175,7 @@ static int listener;
 static void *unix_rewriter(void *arg)
 {
 	(void)arg;
-	pause_ms(150); /* connect has copied the address and sleeps in unix_wait_for_peer() */
+	wait_blocked(caller, SYS_connect); /* it has copied the address, sleeps in unix_wait_for_peer() */
 	memcpy(racing_addr->sun_path, decoy_sun, strlen(decoy_sun) + 1);
 	int a = accept(listener, NULL, NULL); /* frees the backlog: connect proceeds */
 	if (a < 0)
@@ -196,6 +199,7 @@ static void case_unix_race(void)
 	socklen_t len = offsetof(struct sockaddr_un, sun_path) + strlen(sa.sun_path) + 1;
 	racing_addr = (struct sockaddr_un *)untouched(&sa, len);
 	int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	caller = (int)syscall(SYS_gettid);
 	pthread_t t;
 	if (c < 0 || pthread_create(&t, NULL, unix_rewriter, NULL))
 		die("socket/pthread_create");

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096
@@ -45,6 +46,32 @@ static inline int mapped(const volatile void *p)
 	if (pread(fd, &e, sizeof(e), (off_t)((uintptr_t)p / PAGE) * 8) != sizeof(e))
 		die("pread pagemap");
 	return (int)(e >> 63);
+}
+
+/* Wait until thread `tid` of this process sleeps inside syscall `nr` (its /proc .../syscall line starts
+ * with the number only while it is blocked in a call; "running" otherwise), then 20 ms more: the races
+ * rewrite memory after the kernel has copied it and blocked, which a fixed sleep only hopes for. */
+static inline void wait_blocked(int tid, long nr)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", tid);
+	const struct timespec tick = {0, 2 * 1000 * 1000}, settle = {0, 20 * 1000 * 1000};
+	for (int i = 0; i < 30000; i++) { /* a minute at most: then the test sees what happened */
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			die(path);
+		ssize_t n = read(fd, line, sizeof(line) - 1);
+		close(fd);
+		if (n > 0) {
+			line[n] = 0;
+			char *end;
+			long got = strtol(line, &end, 10);
+			if (end != line && got == nr)
+				break;
+		}
+		nanosleep(&tick, NULL);
+	}
+	nanosleep(&settle, NULL);
 }
 
 #endif
