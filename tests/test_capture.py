@@ -25,6 +25,7 @@ from tracer.contract import WallClock, clock_info, stream_header
 from tracer.decode import Decoder
 from tracer.events import Event, Stats, summary_of
 from tracer.export import write_chrome, write_jsonl
+from tracer.perf import Batch
 from tracer.probes import Filters
 from tracer.session import session_header
 from tracer.sources import Source, SyscallSource
@@ -104,10 +105,11 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
     src.syscalls = [OPENAT2, EXIT_GROUP]
     src.decode = Decoder({s.nr: s for s in src.syscalls}, w.wrap_explain(explainer) if explain else None).decode
     w.begin(session_header(fake_session(explain=explain)), [src])
+    decode = w.recording(src)  # as Session decodes while recording
     delivered: list[dict] = []
     recs = records()
     for i, raw in enumerate(recs):
-        ev = src.decode(raw, 1)
+        ev = decode(raw, 1)
         WALL.stamp([ev])  # as Session does
         if i == 2:  # a lost-records report between two batches
             w.lost(src, 1, 9, "ring_full")
@@ -115,7 +117,7 @@ def write_capture(path: Path, *, trailer: bool = True, explain: bool = True, for
         w.event(ev)
         delivered.append(ev)
         w.flush()
-    ev = src.decode(recs[0], 0)  # decoded but not delivered (filtered, or past --count): not written
+    ev = decode(recs[0], 0)  # decoded but not delivered (filtered, or past --count): not written
     w.flush()
     stats = Stats()
     for e in delivered:
@@ -512,3 +514,79 @@ def test_force_staging_is_cleaned_and_commit_never_clobbers(tmp_path: Path, trac
     w.close()
     assert path.read_bytes() == b"someone else's"
     assert [x.name for x in tmp_path.iterdir()] == ["run.cap"], "the staged file went with the writer"
+
+
+class _FakeRing:
+    """A ring the session can poll (a pipe's read end) holding a fixed list of samples, read once."""
+
+    def __init__(self, cpu: int, samples: list[bytes]) -> None:
+        self.cpu, self.samples, self.backlog = cpu, samples, False
+        self._r, self._w = os.pipe()
+        self.fd = self._r
+
+    def drain(self) -> Batch:
+        out, self.samples = self.samples, []
+        return Batch(self.cpu, out, 0)
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+class _FakeRings:
+    def __init__(self, rings: list[_FakeRing]) -> None:
+        self.rings = rings
+
+    def disable(self) -> None:
+        pass
+
+    def close(self) -> None:
+        for r in self.rings:
+            r.close()
+
+
+class _JsonSource(Source):
+    """A source whose records are JSON event objects: it decodes what it is given."""
+
+    name = "fake"
+
+    def __init__(self, rings: list[_FakeRing]) -> None:
+        self.rings = _FakeRings(rings)  # type: ignore[assignment]
+
+    def decode(self, raw: bytes, cpu: int) -> dict:
+        return {**json.loads(raw), "cpu": cpu}
+
+    def capture_header(self) -> dict:
+        return {}
+
+
+def test_session_records_what_it_delivers_held_events_included(tmp_path: Path, monkeypatch) -> None:
+    """Recording observes the stream: each delivered event's raw record is written, in delivery order, once;
+    an event held back for ordering (it completed after the drain began) keeps its record until it is
+    delivered at the end; what the consumer gets never carries the record."""
+    from tracer import session as session_mod
+
+    now = time.monotonic_ns()
+    late = {"kind": "syscall", "syscall": "late", "ts": now + 10**9, "ts_exit": now + 2 * 10**9}
+    early = [{"kind": "syscall", "syscall": f"e{i}", "ts": 100 + i, "ts_exit": 200 + i} for i in range(3)]
+    rings = [_FakeRing(0, [json.dumps(late).encode(), json.dumps(early[1]).encode()]),
+             _FakeRing(1, [json.dumps(early[0]).encode(), json.dumps(early[2]).encode()])]
+    monkeypatch.setattr(session_mod, "build_source", lambda prefix, specs, opts: _JsonSource(rings))
+    path = tmp_path / "s.cap"
+    got: list[dict] = []
+    with session_mod.Session(["uprobe:/fake:f()"], record=path, explain=False, duration=0.3) as s:
+        for batch in s.batches():
+            got += batch
+    assert [e["syscall"] for e in got] == ["e0", "e1", "e2", "late"]
+    assert all(type(k) is str for e in got for k in e)  # the record left each event when it was delivered
+    data = path.read_bytes()
+    pos = data.index(b"\n", 0) + 1
+    recorded = []
+    while pos < len(data):
+        kind, length, _crc = cap_mod.FRAME.unpack_from(data, pos)
+        payload = data[pos + cap_mod.FRAME.size: pos + cap_mod.FRAME.size + length]
+        if kind == ord("R"):
+            _src, cpu, n = cap_mod.REC.unpack_from(payload)
+            recorded.append((cpu, json.loads(payload[cap_mod.REC.size: cap_mod.REC.size + n])["syscall"]))
+        pos += cap_mod.FRAME.size + length
+    assert recorded == [(1, "e0"), (0, "e1"), (1, "e2"), (0, "late")]

@@ -53,8 +53,9 @@ def write(path: Path, sources: list[Source], samples: list[tuple[int, bytes, int
     w = CaptureWriter(path)
     w.begin(session_header(fake_session(event_specs=specs)), sources)
     delivered, stats = [], Stats()
+    decoders = [w.recording(src) for src in sources]  # as Session decodes while recording
     for i, raw, cpu in samples:
-        ev = sources[i].decode(raw, cpu)
+        ev = decoders[i](raw, cpu)
         WALL.stamp([ev])  # as Session does
         w.event(ev)
         w.flush()
@@ -234,8 +235,9 @@ def test_mixed_synthesized_capture_replays_in_order(tmp_path: Path, monkeypatch:
                      b"\x01\x02\x03\x04", -1)]
     srecs = records()
     delivered = []
+    decode = {sc: w.recording(sc), up: w.recording(up)}
     for src, raw in [(sc, srecs[0]), (up, urecs[0]), (sc, srecs[1]), (up, urecs[1]), (sc, srecs[3])]:
-        ev = src.decode(raw, 1)
+        ev = decode[src](raw, 1)
         WALL.stamp([ev])  # as Session does
         w.event(ev)
         delivered.append(ev)

@@ -159,9 +159,24 @@ def commit_private(staged: Path, path: Path, force: bool) -> None:
         raise CaptureError(f"cannot create {path}: {e.strerror}") from None
 
 
+class _Record:
+    """The key under which an event carries its raw record from the decoder to the recorder: not a
+    string, so it can never be taken for a field, and json refuses to write it should one ever leak."""
+
+    def __repr__(self) -> str:
+        return "<capture record>"
+
+
+RECORD: Any = _Record()
+
+
 class CaptureWriter:
     """Created (O_EXCL, mode 0600) before any BPF is loaded; `begin` writes the header once the sources
-    exist; the session then reports each delivered event, each loss and the end of each drain."""
+    exist. The recorder observes the stream: the session decodes each source's records through
+    `recording(src)`, so each event carries its raw record (and the region explanations made while
+    decoding it) under RECORD, and hands the recorder each delivered event (`event`), each loss and the
+    end of each drain (`flush`). Events not delivered (filtered, past --count) take their record with
+    them; events held for ordering keep theirs until they are delivered."""
 
     def __init__(self, path: str | os.PathLike, force: bool = False) -> None:
         self.path = Path(path)
@@ -174,8 +189,7 @@ class CaptureWriter:
         self.records = 0
         self.lost_frames = 0
         self.started = False
-        self._index: dict[int, int] = {}  # id(source) -> index in the header
-        self._pending: dict[int, tuple[int, int, bytes, list]] = {}  # id(event dict) -> its raw record
+        self._sources: list[Source] = []  # in header order: a frame names its source by this index
         self._expl: list | None = None
 
     def wrap_explain(self, explain: Explain | None) -> Explain | None:
@@ -193,13 +207,11 @@ class CaptureWriter:
 
     def begin(self, header: dict, sources: Sequence[Source]) -> None:
         entries = []
-        for i, src in enumerate(sources):
+        for src in sources:
             cls = type(src)
             entries.append({"name": src.name, "replay": f"{cls.__module__}:{cls.__qualname__}",
                             "desc": src.capture_header()})
-            self._index[id(src)] = i
-        for i, src in enumerate(sources):
-            self._wrap_decode(i, src)
+        self._sources = list(sources)
         self.buf += MAGIC
         self._frame(b"H", json.dumps({**header, "sources": entries}).encode())
         self.flush()
@@ -207,9 +219,12 @@ class CaptureWriter:
         self.staged = None
         self.started = True
 
-    def _wrap_decode(self, index: int, src: Source) -> None:
-        decode = src.decode
-        pending = self._pending
+    def _index(self, src: Source) -> int:
+        return next((i for i, s in enumerate(self._sources) if s is src), 0)
+
+    def recording(self, src: Source) -> Callable[[bytes, int], dict]:
+        """`src.decode`, with each event carrying what its R frame needs (see the class docstring)."""
+        decode, index = src.decode, self._index(src)
 
         def recording(raw: bytes, cpu: int) -> dict:
             self._expl = expl = []
@@ -217,13 +232,14 @@ class CaptureWriter:
                 ev = decode(raw, cpu)
             finally:
                 self._expl = None
-            pending[id(ev)] = (index, cpu, raw, expl)
+            ev[RECORD] = (index, cpu, raw, expl)
             return ev
 
-        src.decode = recording  # type: ignore[method-assign]
+        return recording
 
     def event(self, ev: dict) -> None:
-        rec = self._pending.pop(id(ev), None)
+        """A delivered event: its record is written (and taken out of the event, before anyone sees it)."""
+        rec = ev.pop(RECORD, None)
         if rec is None:
             return
         index, cpu, raw, expl = rec
@@ -231,20 +247,15 @@ class CaptureWriter:
         self.records += 1
 
     def lost(self, src: Source, cpu: int | None, count: int, reason: str) -> None:
-        self._frame(b"L", LOST.pack(self._index.get(id(src), 0), NO_CPU if cpu is None else cpu, count)
-                    + reason.encode())
+        self._frame(b"L", LOST.pack(self._index(src), NO_CPU if cpu is None else cpu, count) + reason.encode())
         self.lost_frames += 1
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         head = struct.pack("<B3xI", kind[0], len(payload))
         self.buf += head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
-    def flush(self, held: Sequence[dict] = ()) -> None:
-        """End of a drain batch: records not delivered (filtered, past --count) are dropped, except the
-        `held` events that a later batch will deliver (ordering.TimeOrder); one write."""
-        keep = [(id(ev), rec) for ev in held if (rec := self._pending.get(id(ev))) is not None]
-        self._pending.clear()
-        self._pending.update(keep)
+    def flush(self) -> None:
+        """End of a drain batch: what it framed, in one write."""
         if not self.buf or self.fd is None:
             return
         view = memoryview(self.buf)

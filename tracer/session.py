@@ -105,6 +105,7 @@ class Session:
         self.clock = clock_info()
         self._wall = WallClock(self.clock["mono_to_wall_ns"])
         self._rings: list = []
+        self._decoders: dict[Source, Callable[[bytes, int], dict]] = {}
         self._order = TimeOrder()  # events read but held until every ring has passed their time
         self._stop = False
         self._timed_out = False  # stopped by --duration, not interrupted: the final drain reads everything
@@ -140,6 +141,9 @@ class Session:
                 self.sources.append(build_source(prefix, specs, opts))
             if self.recorder is not None:
                 self.recorder.begin(session_header(self), self.sources)
+            # how each source's records become events: through the recorder when recording
+            self._decoders = {src: src.decode if self.recorder is None else self.recorder.recording(src)
+                              for src in self.sources}
         except BaseException:
             self.close()
             raise
@@ -207,6 +211,7 @@ class Session:
                 pass
         self.sources = []
         self._rings = []
+        self._decoders = {}
         self.probes = None
         if self._cmd is not None:  # never left running; its status goes in the summary and the trailer
             self._cmd.finish(self._stop_signal)
@@ -348,7 +353,7 @@ class Session:
             if batch.lost:  # the kernel's marker: records it could not write since the last one
                 out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
             if batch.samples:
-                runs.append(list(map(src.decode, batch.samples, repeat(batch.cpu))))
+                runs.append(list(map(self._decoders[src], batch.samples, repeat(batch.cpu))))
                 partial.append(getattr(ring, "backlog", False))
         return self._deliver(out, self._order.order(runs, partial, began))
 
@@ -373,7 +378,7 @@ class Session:
                 self.callback(Event(data))
             out.append(data)
         if self.recorder is not None:
-            self.recorder.flush(self._order.held)  # one write per drain batch
+            self.recorder.flush()  # one write per drain batch
         return out
 
     def run(self) -> Stats:
