@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -261,13 +262,13 @@ def test_every_reference_record_renders_on_one_console_line() -> None:
 
     from tracer.output import ConsoleOutput
 
-    con = Console(record=True, width=100000, color_system=None)
+    con = Console(file=io.StringIO(), width=100000, color_system=None)
     out = ConsoleOutput(con)
     recs = dat_records()
     for tp, data in recs:
         out.event({"kind": "user_event", "event": f"user_events:{tp}", "name": tp, "ts": 0, "cpu": 0, "pid": 1,
                    "tid": 1, "comm": "c", "status": "ok", "fields": {}, **eh.decode(tp, data)})
-    lines = con.export_text().splitlines()
+    lines = con.file.getvalue().splitlines()
     assert len(lines) == len(recs) and not any("\x1b" in x or "\u202e" in x for x in lines)
     packed = next(x for x in lines if "TestProviderC:Packed [" in x)
     assert 'StructArray=[{Struct2={K="A", NChar16=<hex 68006a006b006c00>}}, {Struct2={K="B", ' in packed

@@ -6,6 +6,7 @@ the decoder, and the CLI's one-line refusal on a kernel without user_events."""
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import struct
 import subprocess
@@ -308,18 +309,18 @@ def test_console_line_for_user_events() -> None:
                         level=4, opcode=1, activity=bytes(16))
     ev = {"kind": "user_event", "event": "user_events:Tracer_L4K1", "name": "Tracer_L4K1", "ts": 0, "cpu": 0,
           "pid": 1, "tid": 2, "comm": "w\x1b]0;x\x07", **decode_record(fmt, record(fmt, body + b"!"))}
-    con = Console(record=True, width=400, color_system=None)
+    con = Console(file=io.StringIO(), width=400, color_system=None)
     ConsoleOutput(con).event(ev)
-    line = con.export_text()
+    line = con.file.getvalue()
     assert line.count("\n") == 1 and "\x1b" not in line and "\u202e" not in line
     assert "Tracer:Req\\x1b[2J [level=4 keyword=0x1 opcode=activity_start activity=00000000-0000-0000-0000-" in line
     assert 'path\\u202e="/srv/\\x1b[31ma\\n", e=2 (ENOENT), h=0xff, b=<hex 0102>)' in line
     assert "! 1 bytes past the described payload at offset" in line and line.rstrip().endswith(": 21")
     plain = {"kind": "user_event", "event": "user_events:x", "name": "x", "ts": 0, "cpu": 0, "pid": 1, "tid": 2,
              "comm": "c", "status": "ok", "fields": {"n": 7, "s": "hi"}}
-    con = Console(record=True, width=400, color_system=None)
+    con = Console(file=io.StringIO(), width=400, color_system=None)
     ConsoleOutput(con).event(plain)
-    assert 'user_events:x(n=7, s="hi")' in con.export_text()
+    assert 'user_events:x(n=7, s="hi")' in con.file.getvalue()
 
 
 def test_format_with_the_kernels_garbage_array_length() -> None:
