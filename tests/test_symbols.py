@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 
 import pytest
 from test_decode import CONNECT, Data, record, slot
@@ -238,3 +239,43 @@ def test_prctl_options() -> None:
         pytest.skip("no linux/prctl.h on this machine")
     assert (names[15], names[38], names[23]) == ("PR_SET_NAME", "PR_SET_NO_NEW_PRIVS", "PR_CAPBSET_READ")
     assert 0 not in names and 128 not in names  # argument values (PR_FP_EXC_*), not options
+
+
+# --- ioctl request names (tracer/ioctls.py) -----------------------------------------------------------
+
+IOCTL_HEADERS = ("asm-generic/ioctls.h", "linux/sockios.h", "linux/fs.h", "linux/perf_event.h", "linux/kvm.h",
+                 "linux/if_tun.h", "linux/input.h", "linux/loop.h", "linux/kd.h", "linux/vt.h", "linux/rtc.h",
+                 "linux/userfaultfd.h", "linux/nsfs.h", "linux/random.h", "sound/asound.h", "linux/btrfs.h")
+
+# What the C library's copy needs besides the header for its structs to be complete.
+IOCTL_INCLUDES = {"asm-generic/ioctls.h": "<asm/termbits.h>\n#include <linux/serial.h>\n#include <asm/ioctls.h>",
+                  "linux/fs.h": "<linux/fs.h>\n#include <linux/blktrace_api.h>\n#include <linux/fiemap.h>"}
+
+
+def test_ioctl_numbers_are_what_gcc_makes_of_the_same_names(tmp_path) -> None:
+    """Every request the tracer names from these headers has the number gcc computes from the C library's
+    copy of them (_IOR/_IOW sizes: struct sizes from BTF, scalars from the C ABI)."""
+    from tracer import ioctls
+
+    compared = 0
+    for header in IOCTL_HEADERS:
+        mine = ioctls.requests(header)
+        assert mine, f"no requests read from {header}"
+        inc = IOCTL_INCLUDES.get(header, f"<{header}>")
+        lines = [f"#ifdef {n}\n\tprintf(\"{n} %u\\n\", (unsigned)({n}));\n#endif" for n in mine]
+        src = tmp_path / "ioc.c"
+        src.write_text(f"#include <stdio.h>\n#include <sys/ioctl.h>\n#include {inc}\nint main(void)\n{{\n"
+                       + "\n".join(lines) + "\n\treturn 0;\n}\n")
+        exe = tmp_path / "ioc"
+        cc = subprocess.run(["gcc", "-w", "-o", str(exe), str(src)], capture_output=True, text=True)
+        assert cc.returncode == 0, f"{header}: {cc.stderr[-2000:]}"
+        theirs = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                               check=True).stdout.splitlines())
+        for name, v in theirs.items():
+            assert mine[name] == int(v), f"{header}: {name} is {int(v):#x} for gcc, {mine[name]:#x} here"
+        compared += len(theirs)
+    assert compared > 500, compared
+    assert ioctls.ioctl_str(0x5401) == "TCGETS" and ioctls.ioctl_str(0x541B) == "FIONREAD"  # not TIOCINQ
+    assert ioctls.ioctl_str(0x40049409) == "FICLONE or BTRFS_IOC_CLONE"  # one number, two names: both
+    assert ioctls.ioctl_str(0xC004F7E3) == "_IOC(_IOC_READ|_IOC_WRITE, 0xf7, 0xe3, 0x4)"
+    assert ioctls.ioctl_str(0x5400) == "_IOC(_IOC_NONE, 0x54, 0x0, 0x0)"

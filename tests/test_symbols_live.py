@@ -1,5 +1,5 @@
 """Symbolic decoding live: tests/workloads/decode_cases.c makes socket, setsockopt, fcntl, access, mmap,
-mprotect, signal, clone, clone3 and wait calls with known arguments; `tracer trace --json` must show
+mprotect, ioctl, signal, clone, clone3 and wait calls with known arguments; `tracer trace --json` must show
 each one's symbols exactly (and the console line strace's way)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from test_trace_live import expect_ok, run_tracer
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
 
-EVENTS = ("socket", "setsockopt", "shutdown", "fcntl", "access", "faccessat", "mmap", "mprotect", "rt_sigaction",
-          "rt_sigprocmask", "prctl", "kill", "tgkill", "clone", "clone3", "wait4", "waitid")
+EVENTS = ("socket", "setsockopt", "shutdown", "fcntl", "ioctl", "access", "faccessat", "mmap", "mprotect",
+          "rt_sigaction", "rt_sigprocmask", "prctl", "kill", "tgkill", "clone", "clone3", "wait4", "waitid")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,16 @@ def test_socket_family_type_protocol(traced) -> None:
     assert sso["args_str"] == {"level": "SOL_SOCKET", "optname": "SO_REUSEADDR"}
     (sh,) = calls(events, "shutdown")
     assert sh["args_str"] == {"how": "SHUT_RDWR"} and sh["ret_str"] == "-107 ENOTCONN"
+
+
+def test_ioctl_requests(traced) -> None:
+    """Request numbers as gcc made them from the C headers, named from the UAPI headers (tracer/ioctls.py);
+    a number no header names shown by its fields, as strace does."""
+    report, events, _, _ = traced
+    mine = [e for e in events if e["pid"] == report["pid"]]
+    got = [(e["args_str"].get("cmd"), e["ret_str"]) for e in calls(mine, "ioctl")]
+    assert got == [("FIONREAD", "0"), ("PERF_EVENT_IOC_ENABLE", "-9 EBADF"),
+                   ("_IOC(_IOC_READ, 0xf7, 0xe3, 0x4)", "-25 ENOTTY")], got
 
 
 def test_fcntl_and_access(traced) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from functools import cache
 
 from . import uapi
+from .ioctls import ioctl_str
 
 Render = Callable[[int], "str | None"]
 
@@ -454,6 +455,7 @@ BY_ARG: dict[tuple[str, str], Render] = {
     ("mlock2", "flags"): _flags(mlock_flags),
     ("mlockall", "flags"): _flags(mlockall_flags),
     ("fcntl", "cmd"): _enum(fcntl_commands),
+    ("ioctl", "cmd"): ioctl_str,
     **{(sc, "mode"): access_mode_str for sc in ("access", "faccessat", "faccessat2")},
     ("lseek", "whence"): _enum(seek_whence),
     ("flock", "cmd"): _flags(flock_ops),

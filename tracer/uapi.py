@@ -54,6 +54,11 @@ def find(header: str) -> Path | None:
     return None
 
 
+def evaluate(expr: str, known: dict[str, int]) -> int | None:
+    """An integer C expression of literals and `known` names (None if it is anything else)."""
+    return _eval(expr, known)
+
+
 def _eval(expr: str, known: dict[str, int], logic: bool = False) -> int | None:
     """An integer C expression made of literals, known names and | & << >> + - * ^ ~ ( ); with `logic`
     (#if lines) also ! && || and comparisons. Evaluated on its syntax tree: nothing is executed."""
@@ -108,16 +113,23 @@ def _cond_true(kind: str, arg: str, known: dict[str, int], predefined: set[str])
     return bool(_eval(e, known, logic=True))
 
 
-@cache
 def defines(header: str, base: tuple[tuple[str, int], ...] = ()) -> dict[str, int]:
     """`#define`d integers of one header (e.g. "linux/sched.h"), in file order, first definition kept.
     `base`: names defined elsewhere that its expressions may use (e.g. O_CLOEXEC)."""
+    return scan(header, base)[0]
+
+
+@cache
+def scan(header: str, base: tuple[tuple[str, int], ...] = ()) -> tuple[dict[str, int], dict[str, str]]:
+    """(integers as `defines` gives them, the expression text of every object-like #define of the active
+    branches, e.g. `_IOR('f', 1, long)` or `FIONREAD` for an alias), both in file order, first kept."""
     path = find(header)
     if path is None:
-        return {}
+        return {}, {}
     text = _COMMENT.sub(" ", path.read_text(errors="replace")).replace("\\\n", " ")
     known = dict(base)
     out: dict[str, int] = {}
+    other: dict[str, str] = {}
     predefined = {"CONFIG_64BIT"} if os.uname().machine.endswith("64") or os.uname().machine == "s390x" else set()
     known.setdefault("__BITS_PER_LONG", 64 if predefined else 32)
     stack: list[tuple[bool, bool]] = []  # (this branch active, some branch of this #if taken)
@@ -151,7 +163,8 @@ def defines(header: str, base: tuple[tuple[str, int], ...] = ()) -> dict[str, in
         if v is not None:
             known[name] = v
             out.setdefault(name, v)
-    return out
+        other.setdefault(name, expr)
+    return out, other
 
 
 @cache

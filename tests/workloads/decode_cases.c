@@ -7,12 +7,14 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/perf_event.h>
 #include <linux/sched.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -46,6 +48,16 @@ int main(void)
 		die("fcntl");
 	syscall(SYS_access, "/etc/hostname", R_OK | W_OK);
 	syscall(SYS_faccessat, AT_FDCWD, "/", X_OK);
+
+	/* ioctl: a tty request on a pipe, a perf request on a bad fd (EBADF), a number no header names
+	 * (ENOTTY); the request numbers are the C headers' (gcc's), not the tracer's own reading */
+	int pfd[2], avail = -1;
+	if (pipe(pfd) || syscall(SYS_ioctl, pfd[0], FIONREAD, &avail) || avail != 0)
+		die("FIONREAD");
+	syscall(SYS_ioctl, -1, PERF_EVENT_IOC_ENABLE, 0);
+	syscall(SYS_ioctl, pfd[0], _IOR(0xF7, 0xE3, int), 0);
+	close(pfd[0]);
+	close(pfd[1]);
 
 	/* mmap family: a length no loader uses (7 pages) identifies these calls */
 	void *p = (void *)syscall(SYS_mmap, NULL, 7 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
