@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .accounting import REASONS, UNSPECIFIED
 from .capture_check import MAX_HEADER, Invalid, check_header, check_trailer, shown
@@ -111,7 +111,7 @@ def create_private(path: Path, force: bool = False) -> tuple[int, Path]:
 def remove_stale(directory: Path) -> list[Path]:
     """Remove the staged captures in `directory` whose writer is gone (killed before its session
     started); returns them. Only regular files of ours, named as create_private names them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(directory.glob(f".*{STAGED}"))
     except OSError:
@@ -215,7 +215,8 @@ class CaptureWriter:
         self.buf += MAGIC
         self._frame(b"H", json.dumps({**header, "sources": entries}).encode())
         self.flush()
-        commit_private(self.staged, self.path, self.force)  # tracing has started: now the file exists
+        if self.staged is not None:  # (None once closed)
+            commit_private(self.staged, self.path, self.force)  # tracing has started: now the file exists
         self.staged = None
         self.started = True
 
@@ -227,7 +228,8 @@ class CaptureWriter:
         decode, index = src.decode, self._index(src)
 
         def recording(raw: bytes, cpu: int) -> dict:
-            self._expl = expl = []
+            expl: list[list] = []
+            self._expl = expl
             try:
                 ev = decode(raw, cpu)
             finally:
@@ -406,7 +408,7 @@ class Capture:
         self.problem: Problem | None = None
         self.trailer: dict | None = None
         self.records = 0
-        self._stats = None
+        self._stats: Stats | None = None
         self._queue: deque = deque()
         self._decoders = self._build_decoders()  # now: a header that cannot be replayed fails at open
 
@@ -462,7 +464,7 @@ class Capture:
         decoders = self._decoders
         wall = WallClock(self.mono_to_wall_ns)  # the times the live session printed
         self.problem, self.trailer, self.records = None, None, 0
-        self._stats = Stats()
+        self._stats = stats = Stats()
         try:
             f = open(self.path, "rb")
         except OSError as e:
@@ -483,9 +485,9 @@ class Capture:
                 if not keep(event):
                     continue
                 if ev.get("kind") == "lost":
-                    self._stats.add_lost(ev)
+                    stats.add_lost(ev)
                 else:
-                    self._stats.add(ev)
+                    stats.add(ev)
                 yield event
             self.problem = frames.problem
 
@@ -497,7 +499,8 @@ class Capture:
                 if len(raw) != n or src >= len(decoders):
                     raise ValueError("record frame does not hold its record")
                 tail = payload[REC.size + n:]
-                self._queue = deque(tuple(x) for x in parse_json(tail)) if tail else deque()
+                # a tail that is not a list of lists fails here: a damaged frame (below)
+                self._queue = deque(tuple(x) for x in cast(list, parse_json(tail))) if tail else deque()
                 ev = decoders[src](raw, cpu)
                 self.records += 1
                 return ev
@@ -531,7 +534,8 @@ class _FrameReader:
     """Iterates (kind, offset, payload); `problem` says why it stopped early (None at a clean end)."""
 
     def __init__(self, f: Any, offset: int) -> None:
-        self.f, self.offset, self.problem = f, offset, None
+        self.f, self.offset = f, offset
+        self.problem: Problem | None = None
 
     def __iter__(self) -> _FrameReader:
         return self

@@ -11,7 +11,7 @@ import errno as errno_mod
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from . import opened, strv
 from .events import (
@@ -218,7 +218,7 @@ class Decoder:
         if es in _READ_OK:
             raw = data(eoff, elen)
             info = read_entry("ok", source, addr, None, raw, size, is_text, len_errno)
-            val = self.struct_value(sc, argi, kind, raw, want)
+            val: object = self.struct_value(sc, argi, kind, raw, want)
             if es == RS_TRUNC:
                 info["status"] = "truncated"
                 info["truncated"] = True
@@ -242,7 +242,7 @@ class Decoder:
                     info["region"] = self.explain(pid, addr)
             return val, info
         # es == RS_FAULT: the entry read failed.
-        val: object = None
+        val = None
         if xs in _READ_OK:
             raw = data(xoff, xlen)
             info = read_entry("recovered", "exit", addr, -eerr, raw, size, is_text, len_errno)
@@ -302,6 +302,8 @@ class Decoder:
                 # (arg, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, _, _, want)
                 xs = s[3]
                 if s[2] == RS_OK and s[1] in _FAST_KINDS and (xs == RS_NONE or (s[10] and xs in _READ_OK)):
+                    val: object
+                    info: dict | None
                     if s[1] == RK_STR:  # inline: the most common read
                         start = _DATA_OFF + s[6]
                         raw = rec[start: start + s[7]]
@@ -316,7 +318,7 @@ class Decoder:
                     out_args[aname] = val
                     reads[aname] = info
                     continue
-                val, info = self.read(rec, s, plan.sc, list(h[12:18]), h[5], the_ret, h[4])  # type: ignore[arg-type]
+                val, info = self.read(rec, s, plan.sc, list(h[12:18]), h[5], the_ret, h[4])
                 out_args[aname] = val
                 if info is not None:
                     reads[aname] = info
@@ -384,15 +386,15 @@ class Decoder:
         key = (kind, raw, want)
         val = self._values.get(key)
         if val is None:
-            val = self.value(kind, raw, want)
+            val = cast(dict, self.value(kind, raw, want))  # _FAST_KINDS decode to flat dicts
             if len(self._values) < _MEMO_MAX:
                 self._values[key] = val
-        return dict(val), info  # type: ignore[call-overload]  # a copy: events never share a dict
+        return dict(val), info  # a copy: events never share a dict
 
     def _plan(self, nr: int) -> _Plan:
         sc = self.syscalls.get(nr)
         name = sc.name if sc else f"syscall_{nr}"
-        args = []
+        args: list[tuple] = []
         for i, a in enumerate(sc.args if sc else ()):
             conv = _CONV_NONE if a.is_pointer else _CONVS.get(a.ctype, _CONV_NONE)
             symf = None if a.is_pointer else _symbol_fn(name, a)

@@ -227,7 +227,7 @@ class ConsoleOutput:
 
     def line(self, ev: dict) -> Text:
         """One syscall or uprobe event as one line of rich Text."""
-        return Text.assemble(*self.segments(ev))
+        return Text.assemble(*((text, style or "") for text, style in self.segments(ev)))
 
     def segments(self, ev: dict) -> Segments:
         """One syscall or uprobe event as (text, style) segments of one line."""

@@ -27,7 +27,7 @@ from .errors import CommandError
 from .events import Event, Stats, lost_event, missing_data, summary_of
 from .ordering import TimeOrder
 from .perf import default_pages
-from .probes import Filters
+from .probes import Filters, SyscallProbes
 from .sources import Source, SourceOptions, SyscallSource
 from .summary import is_error
 
@@ -92,12 +92,12 @@ class Session:
         self.batch_done: list[Callable[[], None]] = []
         self.stats = Stats()
         self.sources: list[Source] = []
-        self.probes = None  # the syscall source's SyscallProbes while running
+        self.probes: SyscallProbes | None = None  # the syscall source's, while running
         self.started = 0.0
         self.ended = 0.0
         self.record_path = record
         self.force = force
-        self.recorder = None  # capture.CaptureWriter while recording
+        self.recorder: CaptureWriter | None = None  # while recording
         self.record_error: str | None = None  # the capture could not be completed at close
         self.kernel_counts: dict[str, int] = {}
         # CLOCK_MONOTONIC -> wall-clock offset of this session: events' `time`, the summary, the
@@ -110,7 +110,7 @@ class Session:
         self._stop = False
         self._timed_out = False  # stopped by --duration, not interrupted: the final drain reads everything
         self.detaching = False  # close() is releasing the kernel objects (see install_signal_stop)
-        self._stop_signal = signal.SIGTERM  # what the command gets when the session stops first
+        self._stop_signal: int = signal.SIGTERM  # what the command gets when the session stops first
         self._gate: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class Session:
             from .regions import RegionResolver
 
             self.resolver = RegionResolver()
-        explain = self.resolver.explain if self.resolver else None
+        explain: Callable[[int, int], dict] | None = self.resolver.explain if self.resolver else None
         if self.record_path is not None:  # created first: a bad path fails before any BPF is loaded
             self.recorder = CaptureWriter(self.record_path, self.force)
             explain = self.recorder.wrap_explain(explain)
@@ -173,7 +173,8 @@ class Session:
             for src in self.sources:
                 src.add_pid(pid)
 
-        self._cmd.spawn(admit)
+        if self._cmd is not None:
+            self._cmd.spawn(admit)
 
     def _child_exited(self) -> bool:
         return self._cmd is not None and self._cmd.running and self._cmd.poll()

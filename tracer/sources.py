@@ -40,9 +40,8 @@ class Source:
 
     name = "source"
     rings: RingSet | None = None
-
-    def decode(self, raw: bytes, cpu: int) -> dict:
-        raise NotImplementedError
+    # decode(raw, cpu) -> event dict: a method of the source, or its decoder's, set when it is built
+    decode: Callable[[bytes, int], dict]
 
     def add_pid(self, pid: int) -> None:
         """A process the session started (`-- CMD`) joins the pid filter before it runs."""
@@ -94,7 +93,7 @@ class SyscallSource(Source):
         self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages, sleepable_kind)
         self.rings = self.probes.rings
         self.decoder = Decoder(syscalls.by_nr(), opts.explain, kfile_problem=self.probes.kfile.problem)
-        self.decode = self.decoder.decode  # type: ignore[method-assign]
+        self.decode = self.decoder.decode
 
     def add_pid(self, pid: int) -> None:
         if self.probes is not None:

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from . import bpfsys, sleepable
 from .decode import text
@@ -114,7 +115,7 @@ def parse_spec(spec: str) -> UprobeSpec:
         raise SpecError(f"{spec!r}: argument names repeat")
     args = []
     for t, size, name in parsed:
-        if t != "buf":
+        if t != "buf" or size is None:  # (buf always has its [SIZE]: _ARG)
             args.append(ArgSpec(name, t))
         elif size.isdigit():
             if not 0 < int(size) <= 0xFFFF:
@@ -157,7 +158,7 @@ class UprobeSource(Source):
         self.sleepable = use_sleepable
         self.fds: list[int] = []
         self.links: list[sleepable.UprobeLink] = []
-        self.bpf = None
+        self.bpf: Any = None  # bcc's BPF object (untyped) once compiled
         prepare_bcc()
         from .pyenv import require
 

@@ -29,6 +29,7 @@ from .eventheader import (
     FLAG_POINTER64,
     FMT_CHAIN,
     FORMATS,
+    ByteOrder,
 )
 
 _VALUE_SIZE = {"value8": 1, "value16": 2, "value32": 4, "value64": 8, "value128": 16}
@@ -47,11 +48,11 @@ class EhField:
     array: str | None = None
 
 
-def _codec(unit: int, order: str) -> str:
+def _codec(unit: int, order: ByteOrder) -> str:
     return {1: "utf-8", 2: f"utf-16-{order[0]}e", 4: f"utf-32-{order[0]}e"}[unit]
 
 
-def _scalar(enc: str, fmt: str, v: object, order: str) -> bytes:
+def _scalar(enc: str, fmt: str, v: object, order: ByteOrder) -> bytes:
     n = _VALUE_SIZE[enc]
     if isinstance(v, bytes | bytearray):
         if len(v) != n:
@@ -69,7 +70,7 @@ def _scalar(enc: str, fmt: str, v: object, order: str) -> bytes:
     return iv.to_bytes(n, order, signed=iv < 0)
 
 
-def _element(f: EhField, v: object, order: str) -> bytes:
+def _element(f: EhField, v: object, order: ByteOrder) -> bytes:
     enc = f.encoding
     if enc in _VALUE_SIZE:
         return _scalar(enc, f.format, v, order)
@@ -83,7 +84,7 @@ def _element(f: EhField, v: object, order: str) -> bytes:
     return (len(data) // unit).to_bytes(2, order) + data
 
 
-def _field(f: EhField, order: str) -> tuple[bytes, bytes]:
+def _field(f: EhField, order: ByteOrder) -> tuple[bytes, bytes]:
     """(metadata, payload) of one field."""
     enc = ENCODINGS.index(f.encoding)
     fmt = FORMATS.index(f.format) if f.format in FORMATS else int(f.format)
@@ -111,7 +112,7 @@ def _field(f: EhField, order: str) -> tuple[bytes, bytes]:
 
 def encode_event(name: str, fields: Sequence[EhField], *, level: int, id: int = 0, version: int = 0, tag: int = 0,
                  opcode: int = 0, activity: bytes | None = None, related: bytes | None = None,
-                 order: str = "little", extensions: Sequence[tuple[int, bytes]] = ()) -> bytes:
+                 order: ByteOrder = "little", extensions: Sequence[tuple[int, bytes]] = ()) -> bytes:
     """The bytes to write after the write_index: eventheader, extensions (activity id, any `extensions`
     given as (kind, data), then the metadata), payload."""
     parts = [_field(f, order) for f in fields]

@@ -81,7 +81,7 @@ def encode(fields: tuple[Field, ...], values: Mapping[str, object]) -> bytes:
             except struct.error:
                 raise BadFormat(errno.EINVAL, f"{f.name}: {iv} does not fit {f.ctype}") from None
             continue
-        data = v.encode() if isinstance(v, str) else bytes(v or b"")  # type: ignore[arg-type]
+        data = v.encode() if isinstance(v, str) else bytes(v or b"")  # type: ignore[call-overload]
         if kind in ("chars", "bytes"):
             if len(data) > f.size:
                 raise BadFormat(errno.EINVAL, f"{f.name}: {len(data)} bytes do not fit {f.ctype} ({f.size} bytes)")

@@ -16,6 +16,7 @@ import ipaddress
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import Literal
 
 HEADER_FIELDS = (("eventheader_flags", "u8"), ("version", "u8"), ("id", "u16"), ("tag", "u16"), ("opcode", "u8"),
                  ("level", "u8"))
@@ -41,6 +42,8 @@ _CHAR_SIZE = {"zstring_char8": 1, "zstring_char16": 2, "zstring_char32": 4, "str
 _FORMAT_SIZES = {"unsigned_int": (1, 2, 4, 8), "signed_int": (1, 2, 4, 8), "hex_int": (1, 2, 4, 8), "errno": (4,),
                  "pid": (4,), "time": (4, 8), "boolean": (1, 2, 4), "float": (4, 8), "uuid": (16,), "port": (2,),
                  "ip_address": (4, 16), "ip_address_obsolete": (4, 16), "string8": (1,), "string_utf": (2, 4)}
+ByteOrder = Literal["little", "big"]  # int.from_bytes order: the EventHeader flags byte says which
+
 DEFAULT_FORMAT = {"struct": "default", "value128": "hex_bytes", "binary_length16_char8": "hex_bytes",
                    **{f"value{n}": "unsigned_int" for n in (8, 16, 32, 64)}, **dict.fromkeys(_CHAR_SIZE, "string_utf")}
 _STRING_FORMATS = ("string8", "string_utf", "string_utf_bom", "string_xml", "string_json")
@@ -135,7 +138,7 @@ class FieldDef:
 
 
 class _Meta:
-    def __init__(self, buf: bytes, order: str) -> None:
+    def __init__(self, buf: bytes, order: ByteOrder) -> None:
         self.buf, self.order, self.pos = buf, order, 0
 
     def _u16(self, what: str) -> int:
@@ -202,7 +205,7 @@ class _Meta:
 # -- payload ---------------------------------------------------------------------------------------
 
 class _Payload:
-    def __init__(self, buf: bytes, order: str) -> None:
+    def __init__(self, buf: bytes, order: ByteOrder) -> None:
         self.buf, self.order, self.pos = buf, order, 0
 
     def take(self, n: int, what: str) -> bytes:
@@ -223,17 +226,17 @@ def _text(raw: bytes, codec: str) -> tuple[str, bool]:
         return raw.decode(codec, "replace"), False
 
 
-def _codec(unit: int, order: str) -> str:
+def _codec(unit: int, order: ByteOrder) -> str:
     return {1: "utf-8", 2: f"utf-16-{order[0]}e", 4: f"utf-32-{order[0]}e"}[unit]
 
 
-def _string(raw: bytes, unit: int, fmt: str, order: str) -> dict:
+def _string(raw: bytes, unit: int, fmt: str, order: ByteOrder) -> dict:
     out = _string_value(raw, unit, fmt, order)
     out["as"] = fmt
     return out
 
 
-def _string_value(raw: bytes, unit: int, fmt: str, order: str) -> dict:
+def _string_value(raw: bytes, unit: int, fmt: str, order: ByteOrder) -> dict:
     if fmt == "hex_bytes":
         return {"value": raw.hex()}
     if fmt == "string8" and unit == 1:
@@ -248,7 +251,7 @@ def _string_value(raw: bytes, unit: int, fmt: str, order: str) -> dict:
     return {"value": text} if clean else {"value": text, "hex": raw.hex()}
 
 
-def _scalar(raw: bytes, fmt: str, order: str) -> dict:
+def _scalar(raw: bytes, fmt: str, order: ByteOrder) -> dict:
     """A fixed-size value (value8..value128, or a length16 field whose length fits the format), with "as":
     the format it was decoded with (the encoding's default when the declared one does not fit its size)."""
     n = len(raw)
@@ -259,7 +262,7 @@ def _scalar(raw: bytes, fmt: str, order: str) -> dict:
     return out
 
 
-def _scalar_value(raw: bytes, fmt: str, order: str) -> dict:
+def _scalar_value(raw: bytes, fmt: str, order: ByteOrder) -> dict:
     n = len(raw)
     if fmt in ("unsigned_int", "hex_int"):
         return {"value": int.from_bytes(raw, order)}
@@ -393,7 +396,7 @@ def _decode_into(eh: dict, name: TracepointName, data: bytes) -> int:
     if len(data) < 8:
         raise Malformed(0, f"{len(data)} bytes: shorter than the 8-byte eventheader")
     flags, version = data[0], data[1]
-    order = "little" if flags & FLAG_LITTLE_ENDIAN else "big"
+    order: ByteOrder = "little" if flags & FLAG_LITTLE_ENDIAN else "big"
     ident, tag = int.from_bytes(data[2:4], order), int.from_bytes(data[4:6], order)
     opcode, level = data[6], data[7]
     eh.update({"id": ident, "version": version, "tag": tag, "opcode": opcode,

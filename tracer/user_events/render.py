@@ -23,7 +23,7 @@ Segments = list[tuple[str, str | None]]  # (text, style): the console's line lay
 
 def user_event_line(ev: dict, clock: Callable[[int], str]) -> Text:
     """One user_event as one line of rich Text."""
-    return Text.assemble(*user_event_segments(ev, clock))
+    return Text.assemble(*((text, style or "") for text, style in user_event_segments(ev, clock)))
 
 
 def user_event_segments(ev: dict, clock: Callable[[int], str]) -> Segments:

@@ -133,8 +133,8 @@ class _TpRing(Ring):
         self.counts = counts
         self.comm = comm
 
-    def drain(self) -> Batch:
-        b = super().drain()
+    def drain(self, max_bytes: int = 0) -> Batch:
+        b = super().drain(max_bytes)
         kept = []
         for body in b.samples:
             pid, tid = struct.unpack_from("<II", body)
@@ -168,7 +168,7 @@ class UserEventsSource(Source):
         self.keep = ProcFilter(opts.filters)
         self.counts: Counter = Counter()
         self.comms: dict[int, bytes | None] = {}
-        self.decode = SampleDecoder(self.formats)  # type: ignore[method-assign]
+        self.decode = SampleDecoder(self.formats)
         self.watch = None
         rings: list = []
         # Rings per event and CPU: the session's budget is sized for syscall rates; user_events are

@@ -30,9 +30,8 @@ def parse_status(text: str) -> Status:
         if not line.strip():
             break
         name, _, rest = line.partition(" #")
-        users = rest.strip()
-        users = users[len("Used by"):].split() if users.startswith("Used by") else []
-        used[name.strip()] = tuple(users)
+        note = rest.strip()
+        used[name.strip()] = tuple(note[len("Used by"):].split() if note.startswith("Used by") else [])
     for line in lines[i:]:
         key, sep, val = line.partition(":")
         if sep and val.strip().isdigit():

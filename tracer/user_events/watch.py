@@ -156,8 +156,8 @@ class Watch(bpfcache.ObjectOwner):
     def collect(self) -> None:
         if self.rings is None:
             return
-        faults = []
-        regs = []
+        faults: list[tuple[tuple, bytes, _CpuRing]] = []
+        regs: list[tuple[tuple, bytes, _CpuRing]] = []
         for cr in self.cpu_rings:
             b = cr.ring.drain()  # type: ignore[attr-defined]
             cr.lost += b.lost
@@ -214,9 +214,10 @@ class Watch(bpfcache.ObjectOwner):
             return None
         if not flags & C["UE_F_INDEX"]:
             return {}
-        name_args, why = self.name_for(pid, fd, idx)
+        name_args, reason = self.name_for(pid, fd, idx)
         if name_args is not None:
             return {"name_args": name_args}
+        why = reason or ""  # name_for gives a reason whenever it has no name
         event_id = rec[_REC_FIELDS.index("event_id")]
         if event_id:
             known = self._event_for_id(event_id)
