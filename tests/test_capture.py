@@ -473,6 +473,10 @@ def test_replay_views_failed_only_durations_and_call_table(capfile) -> None:
                                                              ("lost", None), ("summary", None)]
     assert lines[-1]["per_syscall"] == {"openat2": {"calls": 1, "errors": 1, "total_ns": 500, "avg_ns": 500,
                                                  "max_ns": 500}}
+    # Left out by -Z, and said so: the two openat2 that succeeded and exit_group (which never returns).
+    assert lines[-1]["filtered"] == {"failed_only": 3} and lines[-1]["events"] == 1
+    p = tracer("replay", str(path), "-Z", env={"COLUMNS": "300", "TERM": "dumb"})
+    assert "1 events, 9 lost (ring full: 9), 3 filtered out (not failed)" in p.stderr, p.stderr
     p = tracer("replay", str(path), "-T", env={"COLUMNS": "300", "TERM": "dumb"})
     calls = [line for line in p.stdout.splitlines() if "openat2(" in line]
     assert [line.rsplit(" ", 1)[-1] for line in calls] == ["<0.000001>", "filename", "<0.000001>"]

@@ -91,3 +91,4 @@ def test_failed_only(runs) -> None:
     assert [(e["syscall"], e["ret_str"]) for e in run.events] == [("shutdown", "-107 ENOTCONN"),
                                                                   ("wait4", "-10 ECHILD")]
     assert run.summary["events"] == 2
+    assert run.summary["filtered"] == {"failed_only": 8}  # of the 10 calls the -C run shows: not lost, left out

@@ -348,22 +348,29 @@ class Filter:
             self.names |= hit
 
     def __call__(self, ev: Event) -> bool:
+        return self.rejects(ev) is None
+
+    def rejects(self, ev: Event) -> str | None:
+        """Why the event is left out: "selection" (not the events, processes or users asked for), or
+        the filter a live session counts in its summary's `filtered` (failed_only, only_missing)."""
         d = ev.data
         if d.get("kind") == "lost":
-            return True
+            return None
         if self.names is not None and d.get("syscall", d.get("event")) not in self.names:
-            return False
+            return "selection"
         if self.pids and d.get("pid") not in self.pids:
-            return False
+            return "selection"
         if self.tids and d.get("tid") not in self.tids:
-            return False
+            return "selection"
         if self.comm is not None and d.get("comm") != self.comm:
-            return False
+            return "selection"
         if self.uid is not None and d.get("uid") != self.uid:
-            return False
+            return "selection"
+        if self.only_missing and not ev.has_missing_data:  # in the live session's order
+            return "only_missing"
         if self.failed_only and not is_error(d):
-            return False
-        return not self.only_missing or ev.has_missing_data
+            return "failed_only"
+        return None
 
 
 class Capture:
@@ -482,7 +489,10 @@ class Capture:
                 if ts is not None:
                     ev["time"] = wall.iso(ts)
                 event = Event(ev)
-                if not keep(event):
+                left_out = keep.rejects(event)
+                if left_out is not None:
+                    if left_out != "selection":  # counted as the live session counts it
+                        stats.filtered[left_out] += 1
                     continue
                 if ev.get("kind") == "lost":
                     stats.add_lost(ev)

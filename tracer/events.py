@@ -240,6 +240,9 @@ class Stats:
     events_with_reads: int = 0
     wrong_without_recovery: int = 0
     user_events: Counter = field(default_factory=Counter)  # user_event status -> count (ok, malformed, discarded)
+    # Calls the kernel delivered that the user's own filters left out (-Z/--failed-only, --only-missing):
+    # neither shown nor lost, and said so.
+    filtered: Counter = field(default_factory=Counter)
 
     def add(self, ev: dict) -> None:
         self.add_many((ev,))
@@ -303,6 +306,7 @@ def summary_of(s: Stats, kernel: dict, elapsed_s: float, exit_code: int | None,
         "wrong_without_recovery_share": (
             round(s.wrong_without_recovery / s.events_with_reads, 4) if s.events_with_reads else 0.0),
         **({"user_events": dict(sorted(s.user_events.items()))} if s.user_events else {}),
+        **({"filtered": dict(sorted(s.filtered.items()))} if s.filtered else {}),
         "kernel": dict(kernel),
         "elapsed_s": elapsed_s,
         "exit_code": exit_code,

@@ -336,6 +336,9 @@ class ConsoleOutput:
         head = Text(f"{s['events']} events, {s['lost']} lost")
         if s["lost"]:
             head.append(f" ({lost_reasons_text(s)})")
+        if s.get("filtered"):
+            shown = {"failed_only": "not failed", "only_missing": "nothing missing"}
+            head.append(", " + ", ".join(f"{n} filtered out ({shown.get(k, k)})" for k, n in s["filtered"].items()))
         c.print(head)
         if not s["by_arg"]:
             return

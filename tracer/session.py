@@ -362,9 +362,9 @@ class Session:
         """Filters, counts, records and passes on one batch of ordered events (after `out`)."""
         self._wall.stamp(events)
         if self.only_missing:
-            events = [d for d in events if missing_data(d)]
+            events = self._filter(events, missing_data, "only_missing")
         if self.failed_only:
-            events = [d for d in events if is_error(d)]
+            events = self._filter(events, is_error, "failed_only")
         if self.count is not None:
             del events[max(self.count - self.stats.events, 0):]
         if self.recorder is None and self.callback is None:
@@ -381,6 +381,12 @@ class Session:
         if self.recorder is not None:
             self.recorder.flush()  # one write per drain batch
         return out
+
+    def _filter(self, events: list[dict], keep: Callable[[dict], bool], name: str) -> list[dict]:
+        kept = [d for d in events if keep(d)]
+        if len(kept) < len(events):
+            self.stats.filtered[name] += len(events) - len(kept)
+        return kept
 
     def run(self) -> Stats:
         """Consume every event (through the callback, if any) until a limit or the command ends."""
