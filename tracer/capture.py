@@ -32,17 +32,16 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from .accounting import REASONS, UNSPECIFIED
 from .capture_check import MAX_HEADER, Invalid, check_header, check_trailer, shown
 from .contract import WallClock
 from .errors import CaptureError, CaptureExists
 from .events import Event, Stats, summary_of
+from .sources import Source, syscalls_from_capture
 from .summary import is_error
-
-if TYPE_CHECKING:
-    from .sources import Source
+from .syscalls import GROUPS
 
 MAGIC = b"\x89TRACER\n"
 FORMAT_VERSION = 2
@@ -325,8 +324,6 @@ class Filter:
         """Resolve the patterns against the syscalls in the capture (an unknown one is an error)."""
         if not self.patterns:
             return
-        from .syscalls import GROUPS
-
         traced = {s.name: s for s in capture.syscalls()}
         self.names = set()
         for spec in self.patterns:
@@ -425,8 +422,6 @@ class Capture:
         return self.header.get("clock", {}).get("mono_to_wall_ns", 0)
 
     def syscalls(self) -> list:
-        from .sources import syscalls_from_capture
-
         out = []
         for src in self.header["sources"]:
             if src["replay"] == SYSCALL_REPLAYER:

@@ -37,6 +37,7 @@ from . import require, status
 from .decode import SampleDecoder, pack_tracepoint
 from .decode import parse_sample as parse_sample  # where it used to live
 from .formats import EventFormat, Field
+from .watch import Watch
 
 CLOCK_MONOTONIC = 1
 _USE_CLOCKID = 1 << 25   # perf_event_attr flag bit
@@ -186,8 +187,6 @@ class UserEventsSource(Source):
                     except Exception:
                         os.close(fd)
                         raise
-            from .watch import Watch
-
             self.watch = Watch(root / "user_events_data", pages, self.keep)
             rings += self.watch.cpu_rings
         except Exception:
