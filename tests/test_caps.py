@@ -22,7 +22,7 @@ import pytest
 from conftest import check_expected
 from rich.console import Console
 
-from tracer import bpfsys, btf, caps, doctor, sleepable
+from tracer import bpfsys, btf, caps, doctor, kenv, sleepable
 from tracer.caps import Check
 
 CI = os.environ.get("CI") == "true"
@@ -347,7 +347,7 @@ def test_live_fentry_s_as_the_kernel_says(probed: dict[str, dict]) -> None:
         assert fentry["ok"] is True or "attaching" in fentry["reason"], fentry
         return
     reported_as_refused(fentry, answer)
-    config = sleepable.kernel_config("CONFIG_FUNCTION_ERROR_INJECTION")
+    config = kenv.kernel_config("CONFIG_FUNCTION_ERROR_INJECTION")
     said = {"y": "CONFIG_FUNCTION_ERROR_INJECTION=y here", None: "CONFIG_FUNCTION_ERROR_INJECTION: unknown here"}
     assert said.get(config, "CONFIG_FUNCTION_ERROR_INJECTION is not set here") in fentry["reason"]
 
@@ -368,7 +368,7 @@ def test_live_user_events_as_the_kernel_is() -> None:
         return
     assert check.ok is False
     major, minor = map(int, re.match(r"(\d+)\.(\d+)", RELEASE).groups())
-    config = sleepable.kernel_config("CONFIG_USER_EVENTS")
+    config = kenv.kernel_config("CONFIG_USER_EVENTS")
     if (major, minor) < (6, 4):
         assert check.detail == f"needs Linux 6.4+; this kernel is {RELEASE}"
     elif config in ("y", "m"):

@@ -24,9 +24,9 @@ import pytest
 from conftest import need_feature, require, scaled, workload_reports
 from test_decode import FNAME, HOW_BYTES, OPENAT2, TABLE, Data, ok_how, openat2_rec, slot
 
-from tracer import bpfsys, btf, layout, sleepable
+from tracer import attach, bpfload, bpfsys, btf, layout, sleepable
 from tracer.decode import UNVERIFIED, Decoder
-from tracer.kenv import EnvironmentProblem
+from tracer.errors import EnvironmentProblem, LoadError, UsageError
 from tracer.layout import const
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,32 +34,62 @@ REFUSED = {"tp.s": {"ok": False, "reason": "EINVAL: no sleepable tracepoints"},
            "fentry.s": {"ok": False, "reason": "EPERM"}, "uprobe.s": {"ok": True, "reason": "loaded"}}
 
 
+def syscall_mode(requested: str, kinds: dict[str, dict]) -> str:
+    return sleepable.read_mode(requested, "syscalls", lambda: kinds)
+
+
 def test_syscall_read_mode_choice() -> None:
-    assert sleepable.syscall_read_mode("auto", REFUSED) == "nofault"
-    assert sleepable.syscall_read_mode("nofault", REFUSED) == "nofault"
-    with pytest.raises(EnvironmentProblem, match=r"tp\.s: EINVAL: no sleepable tracepoints; fentry\.s: EPERM"):
-        sleepable.syscall_read_mode("sleepable", REFUSED)
+    assert syscall_mode("auto", REFUSED) == "nofault"
+    assert syscall_mode("nofault", REFUSED) == "nofault"
+    with pytest.raises(EnvironmentProblem, match=r"^--read-mode sleepable: no sleepable reader for syscalls loads on "
+                                                 r"this kernel \(tp\.s: EINVAL: no sleepable tracepoints; fentry\.s: "
+                                                 r"EPERM\); use --read-mode auto or nofault$"):
+        syscall_mode("sleepable", REFUSED)
     tp = {**REFUSED, "tp.s": {"ok": True, "reason": "loaded"}}
     fentry = {**REFUSED, "fentry.s": {"ok": True, "reason": "loaded"}}
     both = {**tp, "fentry.s": fentry["fentry.s"]}
     for mode in ("auto", "sleepable"):  # auto = the best available; tp.s reads at entry in one program
-        assert sleepable.syscall_read_mode(mode, tp) == "tp.s"
-        assert sleepable.syscall_read_mode(mode, fentry) == "fentry.s"
-        assert sleepable.syscall_read_mode(mode, both) == "tp.s"
-    assert sleepable.syscall_read_mode("nofault", both) == "nofault"
+        assert syscall_mode(mode, tp) == "tp.s"
+        assert syscall_mode(mode, fentry) == "fentry.s"
+        assert syscall_mode(mode, both) == "tp.s"
+    assert syscall_mode("nofault", both) == "nofault"
+
+
+def test_one_read_mode_decision_for_syscalls_and_uprobes() -> None:
+    """The same rules and the same refusal text for both; the kernel is asked only when a sleepable
+    reader may be used; a mode that is none of auto/sleepable/nofault is a usage error."""
+    asked = []
+
+    def kinds() -> dict[str, dict]:
+        asked.append(1)
+        return REFUSED
+
+    assert sleepable.read_mode("nofault", "uprobes", kinds) == "nofault" and not asked
+    assert sleepable.read_mode("auto", "uprobes", kinds) == "uprobe.s" and asked
+    no = {**REFUSED, "uprobe.s": {"ok": False, "reason": "refused with EINVAL"}}
+    assert sleepable.read_mode("auto", "uprobes", lambda: no) == "nofault"
+    with pytest.raises(EnvironmentProblem) as up:
+        sleepable.read_mode("sleepable", "uprobes", lambda: no)
+    with pytest.raises(EnvironmentProblem) as sc:
+        sleepable.read_mode("sleepable", "syscalls", lambda: no)
+    assert str(up.value) == ("--read-mode sleepable: no sleepable reader for uprobes loads on this kernel "
+                             "(uprobe.s: refused with EINVAL); use --read-mode auto or nofault")
+    assert str(sc.value).replace("syscalls", "uprobes").split(" (")[0] == str(up.value).split(" (")[0]
+    with pytest.raises(UsageError, match="--read-mode 'fast': one of auto, sleepable, nofault"):
+        sleepable.read_mode("fast", "syscalls", kinds)
 
 
 def test_kfunc_placeholder_calls_resolved() -> None:
     """Calls of bpf/reads.h's placeholder helper become kfunc calls (src_reg 2, imm = BTF id); a helper call
     and a 64-bit load whose second half holds the same number are left alone."""
-    (holder, name), = sleepable.kfunc_placeholders().items()
+    (holder, name), = bpfload.kfunc_placeholders().items()
     assert name == "bpf_copy_from_user_str" and holder == 0x7FF0
     insn = struct.Struct("<BBhi")
     prog = (insn.pack(0x18, 0x01, 0, 0) + insn.pack(0, 0, 0, holder)  # r1 = holder << 32 (ld_imm64)
             + insn.pack(0x85, 0, 0, holder) + insn.pack(0x85, 0, 0, 6) + insn.pack(0x95, 0, 0, 0))
-    out = sleepable.resolve_kfuncs(prog, {"bpf_copy_from_user_str": 4242}.__getitem__)
+    out = bpfload.resolve_kfuncs(prog, {"bpf_copy_from_user_str": 4242}.__getitem__)
     assert out[:16] == prog[:16] and out[24:] == prog[24:]
-    assert insn.unpack_from(out, 16) == (0x85, sleepable.BPF_PSEUDO_KFUNC_CALL << 4, 0, 4242)
+    assert insn.unpack_from(out, 16) == (0x85, bpfload.BPF_PSEUDO_KFUNC_CALL << 4, 0, 4242)
 
 
 def test_reader_selection_and_fentry_attr(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,9 +105,9 @@ def test_reader_selection_and_fentry_attr(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(bpfsys, "prog_load", refuse)
     exit_group, accept4 = TABLE[231], TABLE[288]
-    assert [sleepable.SleepableSyscalls.wanted(s) for s in (OPENAT2, exit_group, accept4)] == [True, False, False]
-    with pytest.raises(sleepable.LoadError, match=r"sleepable program sys_fentry_s refused: .*\(EPERM\)"):
-        sleepable.SleepableSyscalls("fentry.s", [exit_group, OPENAT2], lambda fn: bytes(16))
+    assert [attach.SleepableSyscalls.wanted(s) for s in (OPENAT2, exit_group, accept4)] == [True, False, False]
+    with pytest.raises(LoadError, match=r"sleepable program sys_fentry_s refused: .*\(EPERM\)"):
+        attach.SleepableSyscalls("fentry.s", [exit_group, OPENAT2], lambda fn: bytes(16))
     (call,) = calls
     assert call["prog_type"] == bpfsys.BPF_PROG_TYPE_TRACING and call["prog_flags"] == bpfsys.BPF_F_SLEEPABLE
     assert call["expected_attach_type"] == bpfsys.BPF_TRACE_FENTRY == 24
@@ -88,11 +118,11 @@ def test_reader_selection_and_fentry_attr(monkeypatch: pytest.MonkeyPatch) -> No
     assert struct.unpack_from("<I", attr, 68)[0] == 24
     assert struct.unpack_from("<I", attr, 108)[0] == call["attach_btf_id"]
     calls.clear()
-    with pytest.raises(sleepable.LoadError, match="sys_enter_s_4 refused"):
-        sleepable.SleepableSyscalls("tp.s", [OPENAT2], lambda fn: bytes(16))
+    with pytest.raises(LoadError, match="sys_enter_s_4 refused"):
+        attach.SleepableSyscalls("tp.s", [OPENAT2], lambda fn: bytes(16))
     assert calls[0]["prog_type"] == bpfsys.BPF_PROG_TYPE_TRACEPOINT and calls[0]["attach_btf_id"] == 0
     with pytest.raises(ValueError, match="reader kind"):
-        sleepable.SleepableSyscalls("lsm.s", [OPENAT2], lambda fn: b"")
+        attach.SleepableSyscalls("lsm.s", [OPENAT2], lambda fn: b"")
 
 
 # --- decoding records whose reads a sleepable program made ----------------------------------------
@@ -187,13 +217,13 @@ def refusal_said(res: dict, err: bpfsys.BpfError, message: str) -> None:
 
 def test_syscall_sleepable_kinds_and_read_mode(kinds: dict[str, dict]) -> None:
     """The probes' results (checked against the kernel's own answers in test_caps) decide --read-mode auto."""
-    for kind in sleepable.SYSCALL_KINDS:
+    for kind in attach.SYSCALL_KINDS:
         res = kinds[kind]
         assert isinstance(res["ok"], bool), res
         if not res["ok"] and res["errno"]:
             assert errno.errorcode[res["errno"]] in res["reason"]
-    best = next((k for k in sleepable.SYSCALL_KINDS if kinds[k]["ok"]), "nofault")
-    assert sleepable.syscall_read_mode("auto", kinds) == best
+    best = next((k for k in attach.SYSCALL_KINDS if kinds[k]["ok"]), "nofault")
+    assert syscall_mode("auto", kinds) == best
 
 
 def test_cli_sleepable_mode_refused_auto_falls_back(bpf_env, kinds: dict[str, dict]) -> None:
@@ -204,7 +234,7 @@ def test_cli_sleepable_mode_refused_auto_falls_back(bpf_env, kinds: dict[str, di
                              text=True, timeout=scaled(120))
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.count("\n") == 1
-    for kind in sleepable.SYSCALL_KINDS:  # each kind's refusal as the probe saw it
+    for kind in attach.SYSCALL_KINDS:  # each kind's refusal as the probe saw it
         assert f"{kind}: {kinds[kind]['reason']}" in refused.stderr
     auto = subprocess.run([*run, "--read-mode", "auto", "--", "true"], cwd=ROOT, capture_output=True, text=True,
                           timeout=scaled(120))
@@ -227,24 +257,24 @@ def compiled(bpf_env, kinds: dict[str, dict]):
 def test_loader_sleepable_and_refusal_tail(compiled, kinds: dict[str, dict]) -> None:
     require(bool(kinds["uprobe.s"]["ok"]), "sleepable uprobes")
     kprobe = bpfsys.BPF_PROG_TYPE_KPROBE
-    insns = sleepable.compiled_insns(compiled, "up_enter_s_0")
+    insns = bpfload.compiled_insns(compiled, "up_enter_s_0")
     assert len(insns) % 8 == 0 and len(insns) > 100 * 8
-    fd = sleepable.load_compiled(compiled, "up_enter_s_0", kprobe, sleepable=True)
+    fd = bpfload.load_compiled(compiled, "up_enter_s_0", kprobe, sleepable=True)
     try:
         info = Path(f"/proc/self/fdinfo/{fd}").read_text()
         assert re.search(r"prog_type:\s+2\b", info)
     finally:
         os.close(fd)
     # The return program writes to a perf event array: refused as sleepable, with the verifier's words.
-    with pytest.raises(sleepable.LoadError) as e:
-        sleepable.load_compiled(compiled, "up_ret_0", kprobe, sleepable=True)
+    with pytest.raises(LoadError) as e:
+        bpfload.load_compiled(compiled, "up_ret_0", kprobe, sleepable=True)
     assert e.value.error.errno == errno.EINVAL
     assert any("Sleepable programs can only use" in line for line in e.value.log_tail)
     assert "\n" not in str(e.value) and "sleepable program up_ret_0 refused" in str(e.value)
     # The nofault entry twin never calls bpf_copy_from_user, so it loads as a plain program.
-    os.close(sleepable.load_compiled(compiled, "up_enter_0", kprobe))
+    os.close(bpfload.load_compiled(compiled, "up_enter_0", kprobe))
     with pytest.raises(KeyError, match="no_such_fn"):
-        sleepable.compiled_insns(compiled, "no_such_fn")
+        bpfload.compiled_insns(compiled, "no_such_fn")
 
 
 # --- the sleepable syscall readers of bpf/trace.bpf.c ---------------------------------------------
@@ -261,7 +291,7 @@ def readers(bpf_env, kinds: dict[str, dict]):
 
     from tracer.kenv import bpf_source
 
-    b = BPF(src_file=str(bpf_source(SPEC.source)).encode(), cflags=[*SPEC.cflags, *sleepable.syscall_cflags()])
+    b = BPF(src_file=str(bpf_source(SPEC.source)).encode(), cflags=[*SPEC.cflags, *attach.syscall_cflags()])
     yield b
     b.cleanup()
 
@@ -272,31 +302,31 @@ def test_syscall_readers_verified_and_refused_here(readers, kinds: dict[str, dic
     refuses them with its reason, through the loader tracer uses."""
     require(bool(kinds["uprobe.s"]["ok"]), f"sleepable uprobes: {kinds['uprobe.s']['reason']}")
     for fn in ("sys_enter_s_0", "sys_enter_s_4", "sys_enter_s_6", "sys_fentry_s"):
-        os.close(sleepable.load_compiled(readers, fn, bpfsys.BPF_PROG_TYPE_KPROBE, sleepable=True))
+        os.close(bpfload.load_compiled(readers, fn, bpfsys.BPF_PROG_TYPE_KPROBE, sleepable=True))
     # The nofault entry program sends records of syscalls that never return: never loadable as sleepable.
-    with pytest.raises(sleepable.LoadError) as e:
-        sleepable.load_compiled(readers, "sys_enter_4", bpfsys.BPF_PROG_TYPE_KPROBE, sleepable=True)
+    with pytest.raises(LoadError) as e:
+        bpfload.load_compiled(readers, "sys_enter_4", bpfsys.BPF_PROG_TYPE_KPROBE, sleepable=True)
     assert any("Sleepable programs can only use" in line for line in e.value.log_tail)
-    raw = sleepable.compiled_insns(readers, "sys_enter_s_4")
+    raw = bpfload.compiled_insns(readers, "sys_enter_s_4")
     insn = struct.Struct("<BBhi")
     calls = [insn.unpack_from(raw, i) for i in range(0, len(raw), 8) if raw[i] == 0x85]
-    resolved = sleepable.resolve_kfuncs(raw)
+    resolved = bpfload.resolve_kfuncs(raw)
     kcalls = [insn.unpack_from(resolved, i) for i in range(0, len(resolved), 8)
-              if resolved[i] == 0x85 and resolved[i + 1] >> 4 == sleepable.BPF_PSEUDO_KFUNC_CALL]
-    if sleepable.has_kfunc("bpf_copy_from_user_str"):  # 6.12+: strings copied by the kfunc
+              if resolved[i] == 0x85 and resolved[i + 1] >> 4 == bpfload.BPF_PSEUDO_KFUNC_CALL]
+    if bpfload.has_kfunc("bpf_copy_from_user_str"):  # 6.12+: strings copied by the kfunc
         assert kcalls and {c[3] for c in kcalls} == {btf.func_id("bpf_copy_from_user_str")}
         assert len(kcalls) == sum(c[3] == 0x7FF0 for c in calls)
     else:
         assert not kcalls
-    insns = lambda fn: sleepable.compiled_insns(readers, fn)  # noqa: E731
-    refused = [k for k in sleepable.SYSCALL_KINDS if not kinds[k]["ok"]]
+    insns = lambda fn: bpfload.compiled_insns(readers, fn)  # noqa: E731
+    refused = [k for k in attach.SYSCALL_KINDS if not kinds[k]["ok"]]
     if not refused:
         pytest.skip("this kernel accepts tp.s and fentry.s: no refusal to show here")
     for kind, fn in (("tp.s", "sys_enter_s_4"), ("fentry.s", "sys_fentry_s")):
         if kind not in refused:
             continue
-        with pytest.raises(sleepable.LoadError) as e:
-            sleepable.SleepableSyscalls(kind, [OPENAT2], insns)
+        with pytest.raises(LoadError) as e:
+            attach.SleepableSyscalls(kind, [OPENAT2], insns)
         assert f"sleepable program {fn} refused" in str(e.value)
         refusal_said(kinds[kind], e.value.error, str(e.value))
         print(f"{kind}: {e.value}")
@@ -305,9 +335,9 @@ def test_syscall_readers_verified_and_refused_here(readers, kinds: dict[str, dic
 def test_live_sleepable_syscall_reads(bpf_env, build_c, kinds: dict[str, dict], tmp_path: Path) -> None:
     """End to end, where the kernel has tp.s or fentry.s: openat2 on an untouched file mapping is read at
     the call by the sleepable reader (faulting the page in), not recovered at exit."""
-    usable = [k for k in sleepable.SYSCALL_KINDS if kinds[k]["ok"]]
+    usable = [k for k in attach.SYSCALL_KINDS if kinds[k]["ok"]]
     need_feature("fentry.s", bool(usable), "needs sleepable syscall programs; this kernel refuses them: "
-                 + "; ".join(f"{k}: {kinds[k]['reason']}" for k in sleepable.SYSCALL_KINDS))
+                 + "; ".join(f"{k}: {kinds[k]['reason']}" for k in attach.SYSCALL_KINDS))
     cases = build_c("openat2_cases")
     proc = subprocess.run([sys.executable, "-m", "tracer", "trace", "openat2", "--json", "--no-summary",
                            "--read-mode", "sleepable", "--", str(cases), "untouched"], cwd=ROOT,
@@ -343,7 +373,7 @@ def test_probes_hook_refusal_releases_everything(bpf_env, kinds: dict[str, dict]
         pytest.skip("this kernel accepts fentry.s: the refusal cannot be shown here")
     openat2 = syscalls.by_nr()[437]
     before = set(os.listdir("/proc/self/fd"))
-    with pytest.raises(sleepable.LoadError, match=r"sys_fentry_s refused: ") as e:
+    with pytest.raises(LoadError, match=r"sys_fentry_s refused: ") as e:
         SyscallProbes([openat2], Filters(pids=[os.getpid()]), pages=8, sleepable_kind="fentry.s")
     refusal_said(kinds["fentry.s"], e.value.error, str(e.value))
     assert set(os.listdir("/proc/self/fd")) <= before

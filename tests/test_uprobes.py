@@ -62,12 +62,18 @@ def test_parse_spec_errors(spec: str, says: str) -> None:
 
 
 def test_read_mode_choice() -> None:
+    """uprobes take their read mode from the one decision (tracer.sleepable.read_mode)."""
+    from tracer.errors import EnvironmentProblem
+    from tracer.sleepable import read_mode
+
     yes = {"uprobe.s": {"ok": True, "reason": "loaded"}}
     no = {"uprobe.s": {"ok": False, "reason": "refused with EINVAL"}}
-    assert uprobes.choose_mode("auto", yes) is True and uprobes.choose_mode("auto", no) is False
-    assert uprobes.choose_mode("nofault", yes) is False and uprobes.choose_mode("sleepable", yes) is True
-    with pytest.raises(uprobes.EnvironmentProblem, match="refused with EINVAL"):
-        uprobes.choose_mode("sleepable", no)
+    assert read_mode("auto", "uprobes", lambda: yes) == "uprobe.s"
+    assert read_mode("auto", "uprobes", lambda: no) == "nofault"
+    assert read_mode("nofault", "uprobes", lambda: yes) == "nofault"
+    assert read_mode("sleepable", "uprobes", lambda: yes) == "uprobe.s"
+    with pytest.raises(EnvironmentProblem, match="refused with EINVAL"):
+        read_mode("sleepable", "uprobes", lambda: no)
 
 
 # --- symbol resolution -------------------------------------------------------------------------------

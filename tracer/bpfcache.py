@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import fcntl
 import functools
 import hashlib
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import bpfsys
+from .bpfload import libbcc, module_insns
 from .kenv import BCC_CFLAGS, BPF_DIR, bpf_source, kernel_headers, tracefs_root
 from .perf import RingSet, output_rings
 
@@ -307,22 +307,6 @@ def drop_entry(spec: Spec) -> None:
 
 # --- extraction from bcc (cold start) --------------------------------------------------------------------
 
-@functools.cache
-def _libbcc() -> ctypes.CDLL:
-    lib = ctypes.CDLL("libbcc.so.0")  # our own handle: bcc's prototypes on its handle stay untouched
-    vp, sz = ctypes.c_void_p, ctypes.c_size_t
-    for name, args, res in (("bpf_num_functions", [vp], sz), ("bpf_function_name", [vp, sz], ctypes.c_char_p),
-                            ("bpf_function_start", [vp, ctypes.c_char_p], vp),
-                            ("bpf_function_size", [vp, ctypes.c_char_p], sz),
-                            ("bpf_num_tables", [vp], sz), ("bpf_table_name", [vp, sz], ctypes.c_char_p),
-                            ("bpf_table_fd_id", [vp, sz], ctypes.c_int),
-                            ("bpf_module_license", [vp], ctypes.c_char_p),
-                            ("bpf_module_kern_version", [vp], ctypes.c_uint)):
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, res
-    return lib
-
-
 def relocations(insns: bytes, fds: dict[int, str]) -> list[tuple[int, str]]:
     """(index, map) of every ld_imm64 of a map fd; Uncacheable for any other pseudo source bcc may emit
     (map values, BTF ids, kfuncs), whose values this cache could not recreate."""
@@ -346,14 +330,6 @@ def relocations(insns: bytes, fds: dict[int, str]) -> list[tuple[int, str]]:
     return out
 
 
-def _bcc_insns(mod: int, name: bytes) -> bytes:
-    lib = _libbcc()
-    start, size = lib.bpf_function_start(mod, name), lib.bpf_function_size(mod, name)
-    if not start or not size:
-        raise KeyError(f"bcc compiled no function {name.decode()!r}")
-    return ctypes.string_at(start, size)
-
-
 def _has_subprogs(insns: bytes) -> bool:
     return any(insns[i] == _CALL and insns[i + 1] >> 4 == _PSEUDO_CALL for i in range(0, len(insns), 8))
 
@@ -362,7 +338,7 @@ def extract(bpf: object, spec: Spec) -> Compiled:
     """Everything needed to load bcc's compiled object `bpf` again without bcc."""
     from .btf import Btf
 
-    lib, mod = _libbcc(), bpf.module  # type: ignore[attr-defined]
+    lib, mod = libbcc(), bpf.module  # type: ignore[attr-defined]
     maps: dict[str, bpfsys.MapInfo] = {}
     fds: dict[int, str] = {}
     for i in range(lib.bpf_num_tables(mod)):
@@ -382,7 +358,7 @@ def extract(bpf: object, spec: Spec) -> Compiled:
     progs = {}
     for i in range(lib.bpf_num_functions(mod)):
         name = lib.bpf_function_name(mod, i)
-        insns = _bcc_insns(mod, name)
+        insns = module_insns(mod, name)
         func = 0
         if parsed is not None and not _has_subprogs(insns):
             try:
@@ -457,13 +433,13 @@ class BccObject(BpfObject):
     def __init__(self, bpf: object, prog_type: int = 5) -> None:  # BPF_PROG_TYPE_TRACEPOINT
         self.bpf = bpf
         self.prog_type = prog_type
-        lib, mod = _libbcc(), bpf.module  # type: ignore[attr-defined]
+        lib, mod = libbcc(), bpf.module  # type: ignore[attr-defined]
         self.maps = {lib.bpf_table_name(mod, i).decode(): bpfsys.Map(lib.bpf_table_fd_id(mod, i))
                      for i in range(lib.bpf_num_tables(mod))}
         self.license = (lib.bpf_module_license(mod) or b"GPL").decode()
 
     def insns(self, fn: str) -> bytes:
-        return _bcc_insns(self.bpf.module, fn.encode())  # type: ignore[attr-defined]
+        return module_insns(self.bpf.module, fn.encode())  # type: ignore[attr-defined]
 
     def attach_tracepoint(self, tp: str, fn: str) -> None:
         self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())  # type: ignore[attr-defined]

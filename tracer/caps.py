@@ -186,7 +186,7 @@ def check_user_events() -> Check:
     data = root / "user_events_data"
     if data.exists():
         return Check("user_events", title, True, "ok", f"{data} present")
-    config = sleepable.kernel_config("CONFIG_USER_EVENTS")
+    config = kenv.kernel_config("CONFIG_USER_EVENTS")
     if _release() < (6, 4):
         reason = f"needs Linux 6.4+; this kernel is {os.uname().release}"
     elif config in ("y", "m"):

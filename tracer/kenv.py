@@ -6,6 +6,8 @@ One home for these look-ups so doctor, the loader and the tests agree on them.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
 import hashlib
 import os
 import shutil
@@ -255,6 +257,27 @@ def bpf_source(name: str) -> Path:
     if not path.is_file():
         raise EnvironmentProblem(f"BPF source {path} is missing; reinstall tracer from its source tree")
     return path
+
+
+@functools.cache
+def _kernel_config_text() -> str | None:
+    with contextlib.suppress(OSError), gzip.open("/proc/config.gz", "rt") as f:
+        return f.read()
+    with contextlib.suppress(OSError):
+        return Path(f"/boot/config-{os.uname().release}").read_text()
+    return None
+
+
+def kernel_config(option: str) -> str | None:
+    """'y', 'm' or 'n' for a kernel config option (/proc/config.gz, else /boot/config-RELEASE), or None
+    when no config is readable here."""
+    text = _kernel_config_text()
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith(option + "="):
+            return line.split("=", 1)[1].strip('"')
+    return "n"
 
 
 if __name__ == "__main__":  # ./bootstrap: report (and extract, for kheaders) the tree tracer will use

@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import bpfcache, bpfsys, kstructs, sleepable
+from . import attach, bpfcache, bpfsys, kstructs
 from .errors import EnvironmentProblem
 from .kenv import BPF_DIR
 from .layout import const, packer, struct_of
@@ -45,7 +45,7 @@ class Filters:
 def trace_spec(sleepable_kind: str | None = None) -> bpfcache.Spec:
     """bpf/trace.bpf.c as this kernel gets it. The kernel-struct offsets of the opened-file walk are cflags:
     a kernel with other offsets gets another program (and another cache entry)."""
-    extra = (*kstructs.offsets().cflags(), *(sleepable.syscall_cflags() if sleepable_kind else ()))
+    extra = (*kstructs.offsets().cflags(), *(attach.syscall_cflags() if sleepable_kind else ()))
     return bpfcache.Spec(SPEC.source, (*SPEC.cflags, *extra))
 
 
@@ -57,7 +57,7 @@ class SyscallProbes(bpfcache.ObjectOwner):
         self.rings: RingSet | None = None
         self.attached: list[str] = []
         self.obj: bpfcache.BpfObject | None = None
-        self.sleepers: sleepable.SleepableSyscalls | None = None  # --read-mode: tp.s/fentry.s readers
+        self.sleepers: attach.SleepableSyscalls | None = None  # --read-mode: tp.s/fentry.s readers
 
         def begin(obj: bpfcache.BpfObject) -> None:
             self.obj = obj
@@ -70,11 +70,10 @@ class SyscallProbes(bpfcache.ObjectOwner):
                 self._set("enter_tails", 0, _U32.pack(obj.prog_fd("sys_enter_exec")))
                 self._set("exit_tails", 1, _U32.pack(obj.prog_fd("sys_exit_exec")))
             self.open_output("events", pages)
-            # -- sleepable syscall reads (tracer/sleepable.py): before _attach, whose entry programs
+            # -- sleepable syscall reads (tracer/attach.py): before _attach, whose entry programs
             # tp.s readers replace
             if sleepable_kind:
-                self.sleepers = sleepable.SleepableSyscalls(sleepable_kind, self.syscalls, obj.insns,
-                                                            obj.license)
+                self.sleepers = attach.SleepableSyscalls(sleepable_kind, self.syscalls, obj.insns, obj.license)
             # -- end sleepable syscall reads
             self._attach()
             self._set_conf(off=False)  # every program attached: tracing starts now, for all at once

@@ -1,8 +1,10 @@
-"""Which sleepable BPF attach kinds this kernel accepts, found by loading (and attaching) a tiny program.
+"""Which sleepable BPF attach kinds this kernel accepts, found by loading (and attaching) a tiny program,
+and from that the one decision of how pointer arguments are read (read_mode) for syscalls and uprobes.
 
 Sleepable programs may fault user pages in (bpf_copy_from_user), which is why tracer wants one; where the
 kernel allows them differs by version and config, so we ask the kernel rather than guess. Results are cached
-per boot in /run so `tracer trace` can consult them without re-probing.
+per boot in /run so `tracer trace` can consult them without re-probing. The readers themselves are loaded by
+tracer/bpfload.py and attached by tracer/attach.py.
 """
 
 from __future__ import annotations
@@ -10,18 +12,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errno_mod
-import functools
-import gzip
 import json
 import os
-import re
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracer import bpfsys, btf
-from tracer.errors import EnvironmentProblem, LoadError
+from . import bpfsys, btf, kenv
+from .bpfload import libbcc
+from .errors import EnvironmentProblem, UsageError
 
 CACHE_PATH = Path("/run/tracer/caps.json")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -31,6 +30,11 @@ UPROBE_BINARY = "/bin/true"
 KINDS = ("tp.s", "fentry.s", "uprobe.s")
 CACHE_SCHEMA = 1
 
+READ_MODES = ("auto", "sleepable", "nofault")  # --read-mode
+# The sleepable kinds that can read each target's pointer arguments, in order of preference: tp.s reads at
+# entry in one program (in place of the nofault one); fentry.s runs beside the nofault entry program.
+READERS = {"syscalls": ("tp.s", "fentry.s"), "uprobes": ("uprobe.s",)}
+
 
 @dataclass
 class Probe:
@@ -38,26 +42,6 @@ class Probe:
     errno: int | None
     reason: str
     log_tail: list[str]
-
-
-@functools.cache
-def _kernel_config_text() -> str | None:
-    with contextlib.suppress(OSError), gzip.open("/proc/config.gz", "rt") as f:
-        return f.read()
-    with contextlib.suppress(OSError):
-        return Path(f"/boot/config-{os.uname().release}").read_text()
-    return None
-
-
-def kernel_config(option: str) -> str | None:
-    """'y', 'm' or 'n' for a kernel config option, or None when no config is readable here."""
-    text = _kernel_config_text()
-    if text is None:
-        return None
-    for line in text.splitlines():
-        if line.startswith(option + "="):
-            return line.split("=", 1)[1].strip('"')
-    return "n"
 
 
 def _errname(err: int | None) -> str:
@@ -80,27 +64,6 @@ def _refused(e: bpfsys.BpfError, why: str = "") -> Probe:
     return Probe(False, e.errno, reason, e.log_tail(3))
 
 
-@functools.cache
-def _libbcc() -> ctypes.CDLL:
-    # Our own handle, so our prototypes never touch the ones bcc's Python module set on its handle.
-    lib = ctypes.CDLL("libbcc.so.0", use_errno=True)
-    # ref_ctr_offset exists in newer libbcc; passing it to an older one is harmless on x86_64.
-    lib.bpf_attach_uprobe.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-                                      ctypes.c_uint64, ctypes.c_int, ctypes.c_uint32]
-    lib.bpf_attach_uprobe.restype = ctypes.c_int
-    lib.bpf_detach_uprobe.argtypes = [ctypes.c_char_p]
-    lib.bpf_attach_tracepoint.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
-    lib.bpf_attach_tracepoint.restype = ctypes.c_int
-    lib.bpf_close_perf_event_fd.argtypes = [ctypes.c_int]
-    lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.bpf_function_start.restype = ctypes.c_void_p
-    lib.bpf_function_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.bpf_function_size.restype = ctypes.c_size_t
-    lib.bpf_module_license.argtypes = [ctypes.c_void_p]
-    lib.bpf_module_license.restype = ctypes.c_char_p
-    return lib
-
-
 def _entry_offset(path: str) -> int:
     """File offset of the ELF entry point: uprobes take file offsets, e_entry is a virtual address."""
     from elftools.elf.elffile import ELFFile
@@ -120,7 +83,7 @@ def _perf_attached(attach: Callable[[], int], detach: Callable[[], None], what: 
     if pfd < 0:
         err = ctypes.get_errno()
         return Probe(False, err or None, f"loaded, but attaching to {what} failed ({_errname(err)})", [])
-    _libbcc().bpf_close_perf_event_fd(pfd)
+    libbcc().bpf_close_perf_event_fd(pfd)
     detach()
     return Probe(True, None, f"loaded and attached to {what}", [])
 
@@ -136,7 +99,7 @@ def _load_attach(prog_type: int, prog_name: str, target: Callable[[ctypes.CDLL, 
         return _refused(e, why(e))
     with _fd(fd):
         try:
-            attach, detach, what = target(_libbcc(), fd)
+            attach, detach, what = target(libbcc(), fd)
         except (OSError, ValueError) as e:
             return Probe(True, None, f"loaded (attach not tried: {e})", [])
         return _perf_attached(attach, detach, what)
@@ -171,7 +134,7 @@ def probe_fentry() -> Probe:
     # bpf_check_attach_target(): a sleepable fentry target must be on the error-injection list
     # (ALLOW_ERROR_INJECTION, built only with CONFIG_FUNCTION_ERROR_INJECTION), else EINVAL
     # "X is not sleepable".
-    fei = {"y": "=y here", None: ": unknown here"}.get(kernel_config("CONFIG_FUNCTION_ERROR_INJECTION"),
+    fei = {"y": "=y here", None: ": unknown here"}.get(kenv.kernel_config("CONFIG_FUNCTION_ERROR_INJECTION"),
                                                       " is not set here")
     needs = ("sleepable fentry also needs the target on the kernel's error-injection list "
              f"(CONFIG_FUNCTION_ERROR_INJECTION{fei})")
@@ -261,227 +224,22 @@ def sleepable_kinds(
     return kinds
 
 
-# --- loading bcc-compiled programs with flags bcc's Python API cannot pass ------------------------------
-
-
-# bpf/reads.h calls kfuncs through placeholder helper numbers (bcc cannot emit kfunc calls): kfunc name ->
-# the placeholder's macro there. resolve_kfuncs() turns those calls into real kfunc calls.
-KFUNC_PLACEHOLDERS = {"bpf_copy_from_user_str": "KFUNC_COPY_FROM_USER_STR"}
-BPF_PSEUDO_KFUNC_CALL = 2  # call insn src_reg: imm is a BTF FUNC id (off 0: in vmlinux BTF)
-_BPF_CALL, _BPF_LD_IMM64 = 0x85, 0x18
-
-
-@functools.cache
-def kfunc_placeholders() -> dict[int, str]:
-    """{placeholder helper number: kfunc name}, read from bpf/reads.h (its one definition)."""
-    from tracer.kenv import bpf_source
-
-    text = bpf_source("reads.h").read_text()
-    out = {}
-    for kfunc, macro in KFUNC_PLACEHOLDERS.items():
-        m = re.search(rf"^#define {macro} (0x[0-9a-fA-F]+|\d+)\s*$", text, re.M)
-        if m is None:
-            raise KeyError(f"bpf/reads.h defines no {macro}")
-        out[int(m[1], 0)] = kfunc
-    return out
-
-
-def has_kfunc(name: str) -> bool:
-    """Whether the running kernel's BTF has kfunc `name` (a FUNC of that name)."""
-    try:
-        btf.func_id(name)
-    except (OSError, KeyError, btf.BtfError):
-        return False
-    return True
-
-
-def kfunc_cflags() -> list[str]:
-    """bcc cflags enabling the kfunc paths of bpf/reads.h this kernel has (bpf_copy_from_user_str: 6.12+)."""
-    return ["-DTRACER_COPY_STR_KFUNC"] if has_kfunc("bpf_copy_from_user_str") else []
-
-
-def resolve_kfuncs(insns: bytes, func_id: Callable[[str], int] = btf.func_id) -> bytes:
-    """Rewrite calls of placeholder helpers (bpf/reads.h) into kfunc calls: src_reg BPF_PSEUDO_KFUNC_CALL,
-    imm the kfunc's BTF id in vmlinux. Other instructions are returned unchanged."""
-    holders = kfunc_placeholders()
-    out = bytearray(insns)
-    i = 0
-    while i + 8 <= len(out):
-        code, regs, _off, imm = struct.unpack_from("<BBhi", out, i)
-        if code == _BPF_CALL and regs >> 4 == 0 and imm in holders:
-            struct.pack_into("<BBhi", out, i, code, BPF_PSEUDO_KFUNC_CALL << 4, 0, func_id(holders[imm]))
-        i += 16 if code == _BPF_LD_IMM64 else 8  # a 64-bit load's second half is not an instruction
-    return bytes(out)
-
-
-def compiled_insns(bpf: object, fn_name: str) -> bytes:
-    """The instructions bcc compiled for function fn_name (map references already hold map fds)."""
-    lib, name = _libbcc(), fn_name.encode()
-    start = lib.bpf_function_start(bpf.module, name)  # type: ignore[attr-defined]
-    size = lib.bpf_function_size(bpf.module, name)  # type: ignore[attr-defined]
-    if not start or not size:
-        raise KeyError(f"bcc compiled no function {fn_name!r}")
-    return ctypes.string_at(start, size)
-
-
-def load_compiled(bpf: object, fn_name: str, prog_type: int, *, sleepable: bool = False,
-                  expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
-    """BPF_PROG_LOAD of a bcc-compiled function, sleepable if asked; returns the fd (the caller closes it).
-    Raises LoadError carrying the verifier log's tail."""
-    license = (_libbcc().bpf_module_license(bpf.module) or b"GPL").decode()  # type: ignore[attr-defined]
-    return load_insns(compiled_insns(bpf, fn_name), fn_name, prog_type, license=license, sleepable=sleepable,
-                      expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
-
-
-def load_insns(insns: bytes, fn_name: str, prog_type: int, *, license: str = "GPL", sleepable: bool = False,
-               expected_attach_type: int = 0, attach_btf_id: int = 0) -> int:
-    """BPF_PROG_LOAD of compiled instructions (kfunc placeholders resolved); returns the fd. Raises LoadError
-    carrying the verifier log's tail."""
-    try:
-        insns = resolve_kfuncs(insns)
-    except (KeyError, OSError, btf.BtfError) as e:
-        raise LoadError(f"program {fn_name}: cannot resolve its kfunc calls",
-                        bpfsys.BpfError(errno_mod.ENOENT, str(e))) from None
-    try:
-        return bpfsys.prog_load(prog_type, insns, license=license,
-                                prog_flags=bpfsys.BPF_F_SLEEPABLE if sleepable else 0,
-                                expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
-                                prog_name=fn_name[:bpfsys.PROG_NAME_LEN - 1])
-    except bpfsys.BpfError as e:
-        raise LoadError(f"{'sleepable ' if sleepable else ''}program {fn_name} refused", e) from None
-
-
-class UprobeLink:
-    """A program fd attached as a uprobe (or uretprobe) at a file offset, through libbcc; close() detaches."""
-
-    def __init__(self, prog_fd: int, path: str, offset: int, retprobe: bool, ev_name: str) -> None:
-        lib = _libbcc()
-        self.ev_name = ev_name.encode()
-        self.pfd = lib.bpf_attach_uprobe(prog_fd, 1 if retprobe else 0, self.ev_name, path.encode(), offset,
-                                         -1, 0)
-        if self.pfd < 0:
-            err = ctypes.get_errno()
-            kind = "uretprobe" if retprobe else "uprobe"
-            raise OSError(err, f"attaching a {kind} to {path}+{offset:#x} failed: {os.strerror(err)}")
-
-    def close(self) -> None:
-        if self.pfd >= 0:
-            lib = _libbcc()
-            lib.bpf_close_perf_event_fd(self.pfd)
-            lib.bpf_detach_uprobe(self.ev_name)  # only matters when libbcc fell back to tracefs
-            self.pfd = -1
-
-
-SYSCALL_KINDS = ("tp.s", "fentry.s")  # in order of preference: tp.s reads at entry in one program
-
-
-def syscall_read_mode(read_mode: str, kinds: dict[str, dict]) -> str:
-    """How syscall pointer arguments are read for --read-mode: "tp.s" or "fentry.s" (sleepable readers, see
-    SleepableSyscalls) or "nofault" (entry read + exit recovery).
-
-    `auto` takes the best kind the kernel accepts, else nofault; `sleepable` is refused with the kernel's
-    reasons when neither loads.
+def read_mode(requested: str, target: str, kinds: Callable[[], dict[str, dict]]) -> str:
+    """How `target` ("syscalls" or "uprobes") reads pointer arguments for --read-mode `requested`: the
+    first kind of READERS[target] the kernel accepts (kinds(): sleepable_kinds()' results, only asked when
+    a sleepable reader may be used), else "nofault" (entry reads that fail on absent pages; syscalls
+    re-read at exit). `auto` falls back to nofault; `sleepable` is refused with the kernel's reasons.
     """
-    if read_mode == "nofault":
+    if requested not in READ_MODES:
+        raise UsageError(f"--read-mode {requested!r}: one of {', '.join(READ_MODES)}")
+    if requested == "nofault":
         return "nofault"
-    usable = [k for k in SYSCALL_KINDS if kinds.get(k, {}).get("ok")]
+    readers, found = READERS[target], kinds()
+    usable = [k for k in readers if found.get(k, {}).get("ok")]
     if usable:
         return usable[0]
-    if read_mode == "auto":
+    if requested == "auto":
         return "nofault"
-    why = "; ".join(f"{k}: {kinds.get(k, {}).get('reason', 'not probed')}" for k in SYSCALL_KINDS)
-    raise EnvironmentProblem(f"--read-mode sleepable: this kernel loads no sleepable syscall programs ({why}); "
-                             "use --read-mode auto (nofault reads with exit recovery)")
-
-
-def syscall_cflags() -> list[str]:
-    """bcc cflags compiling bpf/trace.bpf.c's sleepable readers in (sys_enter_s_N, sys_fentry_s)."""
-    return ["-DTRACER_SLEEPABLE", *kfunc_cflags()]
-
-
-def fentry_target(syscall: str) -> str:
-    """The x86_64 syscall stub a fentry.s reader attaches to: it gets the syscall's struct pt_regs *."""
-    return f"__x64_sys_{syscall}"
-
-
-class SleepableSyscalls:
-    """The sleepable readers of bpf/trace.bpf.c (compiled with syscall_cflags()) for the syscalls that read
-    user memory at entry, loaded with BPF_F_SLEEPABLE and attached; close() detaches and closes them.
-
-    tp.s: sys_enter_s_<nargs> is loaded as a sleepable BPF_PROG_TYPE_TRACEPOINT program and attached to
-    syscalls:sys_enter_<name> the way bcc attaches tracepoints (perf_event_open + PERF_EVENT_IOC_SET_BPF,
-    the path caps.probe_tp() checks), *instead of* the nofault sys_enter_<nargs> (see `replaces_enter`).
-    fentry.s: sys_fentry_s is loaded once per syscall as BPF_PROG_TYPE_TRACING/BPF_TRACE_FENTRY with the
-    BTF id of __x64_sys_<name> and attached with BPF_RAW_TRACEPOINT_OPEN; the nofault sys_enter program
-    stays and runs first. Syscalls whose stub is not in the kernel's BTF keep nofault reads (`uncovered`).
-    `insns(fn)` gives the compiled instructions of function fn.
-    """
-
-    def __init__(self, kind: str, syscalls: list, insns: Callable[[str], bytes], license: str = "GPL") -> None:
-        if kind not in SYSCALL_KINDS:
-            raise ValueError(f"sleepable syscall reader kind {kind!r}: one of {', '.join(SYSCALL_KINDS)}")
-        self.kind = kind
-        self.fds: list[int] = []
-        self.perf_fds: list[int] = []  # tp.s attachments
-        self.links: list[int] = []  # fentry.s attachments
-        self.covered: list[str] = []
-        self.uncovered: list[str] = []
-        try:
-            for s in syscalls:
-                if self.wanted(s):
-                    self._load_attach(s, insns, license)
-        except BaseException:
-            self.close()
-            raise
-
-    @staticmethod
-    def wanted(s: object) -> bool:
-        """Syscalls that return and read user memory at entry (a kernel-filled sockaddr is read at exit)."""
-        from tracer.layout import const
-
-        out = const("RK_SOCKADDR_OUT")
-        return not s.noreturn and any(r.kind != out for r in s.reads)  # type: ignore[attr-defined]
-
-    def replaces_enter(self, s: object) -> bool:
-        """Whether this reader takes the place of the nofault sys_enter program for syscall s (tp.s)."""
-        return self.kind == "tp.s" and s.name in self.covered  # type: ignore[attr-defined]
-
-    def attr_for(self, s: object) -> dict:
-        """prog_type and attach fields of the BPF_PROG_LOAD for syscall s's reader."""
-        if self.kind == "tp.s":
-            return {"fn": f"sys_enter_s_{len(s.args)}", "prog_type": bpfsys.BPF_PROG_TYPE_TRACEPOINT}  # type: ignore[attr-defined]
-        return {"fn": "sys_fentry_s", "prog_type": bpfsys.BPF_PROG_TYPE_TRACING,
-                "expected_attach_type": bpfsys.BPF_TRACE_FENTRY,
-                "attach_btf_id": btf.func_id(fentry_target(s.name))}  # type: ignore[attr-defined]
-
-    def _load_attach(self, s: object, insns: Callable[[str], bytes], license: str) -> None:
-        name = s.name  # type: ignore[attr-defined]
-        try:
-            attr = self.attr_for(s)
-        except (OSError, KeyError, btf.BtfError):
-            self.uncovered.append(name)  # no BTF FUNC for the stub: nofault reads stay
-            return
-        fn = attr.pop("fn")
-        fd = load_insns(insns(fn), fn, attr.pop("prog_type"), license=license, sleepable=True, **attr)
-        self.fds.append(fd)
-        if self.kind == "tp.s":
-            pfd = _libbcc().bpf_attach_tracepoint(fd, b"syscalls", f"sys_enter_{name}".encode())
-            if pfd < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"attaching sleepable {fn} to syscalls:sys_enter_{name} failed: "
-                                   f"{os.strerror(err)}")
-            self.perf_fds.append(pfd)
-        else:
-            try:
-                self.links.append(bpfsys.raw_tracepoint_open(fd))
-            except bpfsys.BpfError as e:
-                raise OSError(e.errno, f"attaching sleepable {fn} to {fentry_target(name)} failed: "
-                                       f"{e.strerror}") from None
-        self.covered.append(name)
-
-    def close(self) -> None:
-        for pfd in self.perf_fds:
-            _libbcc().bpf_close_perf_event_fd(pfd)
-        for fd in self.links + self.fds:
-            os.close(fd)
-        self.perf_fds, self.links, self.fds = [], [], []
+    why = "; ".join(f"{k}: {found.get(k, {}).get('reason', 'not probed')}" for k in readers)
+    raise EnvironmentProblem(f"--read-mode sleepable: no sleepable reader for {target} loads on this kernel "
+                             f"({why}); use --read-mode auto or nofault")

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from . import syscalls
 from .accounting import Loss, ring_residuals, syscall_losses
+from .caps import sleepable_kinds
 from .decode import Decoder
 from .errors import CaptureError
 from .kenv import tracefs_root
 from .layout import check_layout, layout_identity
 from .perf import RingSet
 from .probes import Filters, SyscallProbes
+from .sleepable import read_mode
 
 
 @dataclass
@@ -83,12 +85,8 @@ class SyscallSource(Source):
 
     def __init__(self, specs: Sequence[syscalls.Syscall], opts: SourceOptions) -> None:
         self.syscalls = list(specs)
-        self.read_mode = "nofault"  # or the sleepable reader kind: tp.s, fentry.s (tracer/sleepable.py)
-        if opts.read_mode != "nofault":
-            from .caps import sleepable_kinds
-            from .sleepable import syscall_read_mode
-
-            self.read_mode = syscall_read_mode(opts.read_mode, sleepable_kinds())
+        # "nofault", or the sleepable reader kind: tp.s, fentry.s (tracer/sleepable.py decides)
+        self.read_mode = read_mode(opts.read_mode, "syscalls", sleepable_kinds)
         sleepable_kind = None if self.read_mode == "nofault" else self.read_mode
         self.probes: SyscallProbes | None = SyscallProbes(self.syscalls, opts.filters, opts.pages, sleepable_kind)
         self.rings = self.probes.rings

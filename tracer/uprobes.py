@@ -20,19 +20,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import bpfsys, sleepable
+from . import bpfsys
+from .attach import UprobeLink
+from .bpfload import load_compiled
+from .caps import sleepable_kinds
 from .decode import text
 from .elfsyms import Resolved, SymbolError, resolve
-from .errors import EnvironmentProblem, UnknownEvent
+from .errors import UnknownEvent
 from .events import NOTE_NOROOM, read_entry
 from .kenv import BCC_CFLAGS, BPF_DIR, bpf_source, prepare_bcc
 from .layout import check_layout, const, layout_identity, packer
 from .perf import output_rings
 from .probes import Filters
+from .sleepable import read_mode
 from .sources import Source, SourceOptions
 
 PREFIX = "uprobe:"
-READ_MODES = ("auto", "sleepable", "nofault")
 INT_TYPES = {"int": (32, True), "uint": (32, False), "long": (64, True), "ulong": (64, False),
              "ptr": (64, False)}
 _ARG = re.compile(r"^(int|uint|long|ulong|ptr|str|buf\[(\w+)\])(?:\s+([A-Za-z_]\w*))?$")
@@ -131,18 +134,6 @@ def parse_spec(spec: str) -> UprobeSpec:
     return out
 
 
-def choose_mode(read_mode: str, kinds: dict[str, dict]) -> bool:
-    """True for sleepable entry programs. `sleepable` on a kernel that refuses them is an error."""
-    if read_mode not in READ_MODES:
-        raise SpecError(f"--read-mode {read_mode!r}: one of {', '.join(READ_MODES)}")
-    ok = bool(kinds.get("uprobe.s", {}).get("ok"))
-    if read_mode == "sleepable" and not ok:
-        reason = kinds.get("uprobe.s", {}).get("reason", "not probed")
-        raise EnvironmentProblem(f"--read-mode sleepable: this kernel refuses sleepable uprobes ({reason}); "
-                                 "use --read-mode auto or nofault")
-    return ok and read_mode != "nofault"
-
-
 def _int(bits: int, signed: bool, raw: int) -> int:
     v = raw & ((1 << bits) - 1)
     return v - (1 << bits) if signed and v >> (bits - 1) else v
@@ -157,7 +148,7 @@ class UprobeSource(Source):
         self.explain = opts.explain
         self.sleepable = use_sleepable
         self.fds: list[int] = []
-        self.links: list[sleepable.UprobeLink] = []
+        self.links: list[UprobeLink] = []
         self.bpf: Any = None  # bcc's BPF object (untyped) once compiled
         prepare_bcc()
         from .pyenv import require
@@ -211,10 +202,10 @@ class UprobeSource(Source):
             enter = f"up_enter_s_{idx}" if self.sleepable else f"up_enter_{idx}"
             progs = ((enter, self.sleepable, False), (f"up_ret_{idx}", False, True))
             for fn, sleeps, ret in progs:
-                fd = sleepable.load_compiled(self.bpf, fn, kprobe, sleepable=sleeps)
+                fd = load_compiled(self.bpf, fn, kprobe, sleepable=sleeps)
                 self.fds.append(fd)
                 ev = f"tracer_{os.getpid()}_{idx}_{'r' if ret else 'p'}"
-                self.links.append(sleepable.UprobeLink(fd, s.where.path, s.where.offset, ret, ev))
+                self.links.append(UprobeLink(fd, s.where.path, s.where.offset, ret, ev))
 
     def add_pid(self, pid: int) -> None:
         if self.bpf is not None:
@@ -346,7 +337,4 @@ def build(specs: list[str], opts: SourceOptions) -> UprobeSource:
             p.where = resolve(p.path, p.symbol)
         except SymbolError as e:
             raise SpecError(f"{p.spec!r}: {e}") from None
-    from .caps import sleepable_kinds
-
-    use = choose_mode(opts.read_mode, sleepable_kinds())
-    return UprobeSource(parsed, opts, use)
+    return UprobeSource(parsed, opts, read_mode(opts.read_mode, "uprobes", sleepable_kinds) == "uprobe.s")
