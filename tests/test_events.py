@@ -64,3 +64,22 @@ def test_vocabularies_are_the_schemas() -> None:
     for name in ("syscall.json", "uprobe.json"):
         found = read_enums(json.loads((SCHEMA / name).read_text()))
         assert found and all((st, src) == (list(READ_STATUSES), list(READ_SOURCES)) for st, src in found), name
+
+
+def test_event_kinds_are_the_schemas() -> None:
+    """Each kind's TypedDict names exactly the fields its JSON Schema describes, and so does ReadEntry."""
+    from tracer import events
+    from tracer.contract import KINDS
+
+    types = {"syscall": events.SyscallEvent, "uprobe": events.UprobeEvent, "user_event": events.UserEvent,
+             "lost": events.LostEvent}
+    assert set(types) == set(events.KINDS) and set(events.KINDS) <= set(KINDS)
+    for kind, td in types.items():
+        props = json.loads((SCHEMA / f"{kind}.json").read_text())["properties"]
+        assert set(td.__required_keys__ | td.__optional_keys__) == set(props), kind
+    for name in ("syscall.json", "uprobe.json"):
+        text = json.loads((SCHEMA / name).read_text())
+        entry = text["properties"]["reads"]["additionalProperties"]["properties"]
+        assert set(events.ReadEntry.__optional_keys__) >= set(entry), name
+    sc = json.loads((SCHEMA / "syscall.json").read_text())["properties"]["reads"]["additionalProperties"]
+    assert set(events.ReadEntry.__optional_keys__) == set(sc["properties"])

@@ -18,11 +18,12 @@ from functools import cache
 from pathlib import Path
 
 from . import __version__
+from .events import KINDS as EVENT_KINDS
 
 # Bumped when a field changes meaning or goes away; new fields do not bump it.
 STREAM_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
-KINDS = ("stream", "syscall", "uprobe", "user_event", "lost", "summary", "alert")
+KINDS = ("stream", *EVENT_KINDS, "summary", "alert")  # every line's kind
 
 
 def clock_info() -> dict:

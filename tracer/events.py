@@ -20,24 +20,40 @@ from .accounting import REASONS, UNSPECIFIED
 from .jsonenc import dumps
 
 # -- kinds -------------------------------------------------------------------------------------------
-KINDS = ("syscall", "uprobe", "user_event", "lost")  # what a stream holds besides its summary
+KINDS = ("syscall", "uprobe", "user_event", "lost")  # the events of a stream (tracer/contract.py: every line)
 
 
 class ReadEntry(TypedDict, total=False):
-    """reads.<arg>: how a pointer argument was read (README "Read statuses")."""
+    """reads.<arg>: how a pointer argument was read (README "Read statuses"; tracer/schema/)."""
     status: str          # READ_STATUSES
     source: str          # READ_SOURCES
     errno: int | None    # the failed entry read's errno (positive)
     addr: int
+    len_errno: int       # an output argument: the caller's buffer size could not be read
     len: int
     hex: str             # a string that is not UTF-8, exactly
     size: int            # a buffer: the bytes asked for
+    note: str            # NOTE_NOROOM
     truncated: bool
+    value_at_exit: Any   # changed: what the exit re-read found
+    len_at_exit: int
+    exit_errno: int      # the exit re-read failed
+    exit: str            # the exit re-read was skipped, and why
+    verified_at_exit: bool
     verified: bool
-    verified_by: str
-    unverified_reason: str
-    faulted_in: bool
-    region: dict
+    verified_by: str     # VERIFIED_*
+    unverified_reason: str  # UNVERIFIED
+    faulted_in: bool     # a sleepable read faulted the page in: a nofault read could not have
+    region: dict         # where addr lives (tracer/regions.py)
+    kernel_path: str     # tracer/opened.py: the file the kernel opened
+    opened_match: bool
+    count: int           # execve argv/envp (tracer/strv.py): elements, their reads, the array's own
+    elements: list[dict]
+    array_truncated: bool
+    array_errno: int
+    entry_status: str
+    entry_errno: int | None
+    exit_from: str
 
 
 class _Call(TypedDict, total=False):
@@ -76,7 +92,8 @@ class UprobeEvent(_Call, total=False):
 
 
 class UserEvent(TypedDict, total=False):
-    """A user_events sample (status ok, extra_bytes, malformed) or a write the kernel discarded."""
+    """A user_events sample (status ok, extra_bytes, malformed) or a write the kernel discarded
+    (tracer/user_events/decode.py)."""
     kind: Literal["user_event"]
     status: str
     event: str | None
@@ -87,8 +104,28 @@ class UserEvent(TypedDict, total=False):
     tid: int
     comm: str | None
     fields: dict[str, Any] | None
+    errors: dict[str, str]     # field -> why it is null
+    hex: dict[str, str]        # field -> exact bytes of a string that is not UTF-8
+    payload_hex: str
+    eventheader: dict
+    extra_bytes: dict
+    malformed: dict
     missing: list[str]
     time: str
+    # a discarded write: the writer's call, and what names its event
+    fd: int
+    syscall: str
+    ret: int
+    errno: int
+    addr: int
+    count: int
+    iovcnt: int
+    write_index: int | None
+    recognised: str
+    name_args: str
+    name_reason: str
+    named_by: str
+    event_id: int
 
 
 class LostEvent(TypedDict):
