@@ -7,9 +7,12 @@ module, serve every assertion.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import socket
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 from schema_check import check_stream
 from test_policy import DEFAULT_IDS
-from test_trace_live import Run, expect_ok, run_parallel, workload_env
+from test_trace_live import ROOT, TIMEOUT, Run, expect_ok, run_parallel, tracer_argv, workload_env
 
 from tracer.opencalls import opened_of
 
@@ -408,6 +411,45 @@ def test_identical_alerts_aggregated(monitored: Monitored) -> None:
     s = run.summary
     assert s["events"] == 2 * FLOOD and s["alerts"] == 2 * FLOOD and s["alerts_folded"] == 2 * FLOOD - 2
     assert s["alerts_by_rule"] == {"shadow-access": FLOOD, "unreadable": FLOOD}
+
+
+def test_an_aggregation_window_closes_on_time_not_at_the_next_call() -> None:
+    """Two opens of /etc/shadow by one process, then nothing: the alert that counts the second one comes
+    once the 0.5 s window has ended, while the process still waits (it is released only after that
+    alert was read), not at the next call or at exit."""
+    code = "open('/etc/shadow').read(); open('/etc/shadow').read(); print('opened', flush=True); input()"
+    argv = tracer_argv("monitor", "--json", "--aggregate-window", "0.5", "--", sys.executable, "-c", code)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    alerts: list[dict] = []
+    buf = b""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not any("aggregate" in a for a in alerts):  # lines read from the pipe as they come, unbuffered
+            if b"\n" not in buf:
+                left = deadline - time.monotonic()
+                assert left > 0 and select.select([proc.stdout], [], [], left)[0], f"no aggregate alert: {alerts}"
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                assert chunk, f"monitor ended first: {proc.stderr.read().decode()}"
+                buf += chunk
+                continue
+            line, buf = buf.split(b"\n", 1)
+            if (x := json.loads(line)).get("kind") == "alert":
+                alerts.append(x)
+        proc.stdin.write(b"\n")
+        proc.stdin.close()
+        proc.wait(timeout=TIMEOUT)
+        rest, err = (buf + proc.stdout.read()).decode(), proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    first, more = alerts
+    assert first["rule"] == more["rule"] == "shadow-access" and "aggregate" not in first
+    assert more["aggregate"]["count"] == 1 and more["aggregate"]["window_s"] == 0.5
+    later = [json.loads(x) for x in rest.splitlines()]
+    assert [x["kind"] for x in later] == ["summary"] and later[0]["alerts_folded"] == 1
 
 
 def test_no_aggregate_shows_every_alert(monitored: Monitored) -> None:

@@ -4,8 +4,9 @@ shown once, then counted; when the window closes one alert says how many more th
 2,000 calls of one process on one file are one incident, not 6,000 lines that bury the next incident.
 Nothing is dropped: every alert counts in the summary and the exit status, and the closing alert carries
 the count, the first and last times and the last call. Times are the calls' own (CLOCK_MONOTONIC ns from
-the kernel), so a burst decoded late is still one burst. A window closes at the first call after it
-ends, or at the end of the run.
+the kernel), so a burst decoded late is still one burst. A window closes at the first alert after it
+ends, when the session's clock passes its end (checked every poll cycle, 100 ms), or at the end of the
+run.
 """
 
 from __future__ import annotations

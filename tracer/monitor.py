@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -387,6 +388,14 @@ def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool
     monitor = Monitor(policy, reader)
     fired: Counter[str] = Counter()
     agg: Aggregator[Alert] | None = Aggregator(aggregate_s) if aggregate_s else None
+
+    def close_windows() -> None:  # windows that ended with no alert since: shown by their end, not later
+        if agg is not None and agg.open:
+            for e, a in agg.closed(time.monotonic_ns()):  # the kernel's clock: CLOCK_MONOTONIC
+                out.alerts(e, [a])
+
+    if agg is not None:
+        session.ticks.append(close_windows)
 
     def emit(ev: dict | None, alerts: list[Alert]) -> None:
         for a in alerts:

@@ -90,6 +90,9 @@ class Session:
         self.callback = callback
         # Called after the consumer has taken every event of a drain batch (e.g. JsonOutput.flush).
         self.batch_done: list[Callable[[], None]] = []
+        # Run once per poll cycle (POLL_MS at most apart), events or not: work due at a time rather than
+        # at the next event (the monitor closes its aggregation windows).
+        self.ticks: list[Callable[[], None]] = []
         self.stats = Stats()
         self.sources: list[Source] = []
         self.probes: SyscallProbes | None = None  # the syscall source's, while running
@@ -239,6 +242,8 @@ class Session:
                 yield batch
                 for done in self.batch_done:
                     done()
+            for tick in self.ticks:
+                tick()
             if self._count_reached():
                 return
             if deadline is not None and not self._stop and time.monotonic() >= deadline:
