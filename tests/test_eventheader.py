@@ -238,6 +238,34 @@ def test_tracer_writer_round_trips_every_encoding(order: str) -> None:
     assert by["err"]["text"] == "ENOENT" and by["t"]["text"] == "1970-01-02T00:00:00"
 
 
+def test_cli_field_specs_round_trip() -> None:
+    """`emit-eventheader`'s NAME:TYPE=VALUE specs: every short type, an array and a raw ENCODING/FORMAT,
+    written and decoded back to the values given; bad specs are one ValueError each, naming the spec."""
+    from tracer.user_events.eh_write import FIELD_TYPES, encode_event, parse_field
+
+    specs = {"i8:i8=-8": -8, "u64:u64=18446744073709551615": 2**64 - 1, "x16:x16=0x1f": 0x1F, "f32:f32=0.5": 0.5,
+             "f64:f64=-2.25": -2.25, "b:bool=false": False, "e:errno=2": 2, "p:pid=42": 42, "t:time=86400": 86400,
+             "s:str=h\u00e9": "h\u00e9", "s16:str16=wide": "wide", "s32:str32=w": "w", "c:cstr=counted": "counted",
+             "bin:bin=00ff": "00ff", "id:uuid=00112233-4455-6677-8899-aabbccddeeff":
+             "00112233-4455-6677-8899-aabbccddeeff", "v4:ipv4=192.0.2.1": "192.0.2.1", "v6:ipv6=2001:db8::1":
+             "2001:db8::1", "port:port=443": 443, "arr:i16[]=-1,2": [-1, 2], "none:u8[]=": [],
+             "raw:value32/hex_int=16": 16}
+    sample = {"bool": "true", "bin": "00", "uuid": "00112233-4455-6677-8899-aabbccddeeff", "ipv4": "10.0.0.1",
+              "ipv6": "::1", "f32": "1.5", "f64": "1.5", "str": "a", "str16": "a", "str32": "a", "cstr": "a"}
+    for typ in FIELD_TYPES:  # every short type is written and read back as one field
+        one = eh.decode("Prov_L4K0", encode_event("One", [parse_field(f"v:{typ}={sample.get(typ, '1')}")], level=4))
+        assert "malformed" not in one and len(one["eventheader"]["fields"]) == 1, typ
+    data = encode_event("Cli", [parse_field(s) for s in specs], level=4)
+    out = eh.decode("Prov_L4K0", data)
+    assert "malformed" not in out and out["end"] == len(data)
+    assert [f["value"] for f in out["eventheader"]["fields"]] == list(specs.values())
+    for bad, why in (("n", "expected NAME:TYPE=VALUE"), ("n:i8=128000", "a value does not fit i8"),
+                     ("n:nope=1", "unknown type 'nope'"), ("n:bool=maybe", "not a boolean"),
+                     ("n:struct=1", "unknown type 'struct'"), ("n:bin=xyz", "non-hexadecimal")):
+        with pytest.raises(ValueError, match=why):
+            parse_field(bad)
+
+
 def test_mutated_events_never_raise() -> None:
     """Every byte of real events flipped, cut and extended: decoded, or malformed with an offset and a reason."""
     import random

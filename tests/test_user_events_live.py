@@ -277,6 +277,43 @@ def test_cli_list_trace_console_record_replay_export(bpf_env, tmp_path: Path) ->
     assert len(ue_marks) == 6 and ue_marks[-1]["args"]["eventheader"]["event"] == "ReqBE"
 
 
+def test_cli_emitters_end_to_end(bpf_env) -> None:
+    """`tracer user-events emit` and `emit-eventheader` as the commands a user runs, traced by tracer:
+    each waits until tracing enables its event, writes it, and the decoded fields are the ones given."""
+    need_user_events()
+    from tracer.user_events.emitter import UserEvents
+
+    name, prov = uniq("tr_emit"), uniq("TracerEmit").replace("_", "")
+    tp = f"{prov}_L3K1"
+    act = "00112233-4455-6677-8899-aabbccddeeff"
+    emit = [sys.executable, "-m", "tracer", "user-events"]
+    with UserEvents() as ue:  # the events must exist when tracing starts
+        ue.register(f"{name} u32 n;__rel_loc char[] s")
+        ue.register_eventheader(prov, 3, 1)
+        plain = tracer_cli("trace", f"user_events:{name}", "--json", "--no-summary", "--",
+                           *emit, "emit", name, "u32 n;__rel_loc char[] s", "n=7", "s=hey", "--wait", "120",
+                           "--count", "2")
+        assert plain.returncode == 0, plain.stderr
+        evs = [json.loads(x) for x in plain.stdout.splitlines()]
+        assert [(e["status"], e["fields"]) for e in evs if e.get("kind") == "user_event"] == \
+            [("ok", {"n": 7, "s": "hey"})] * 2
+        eh = tracer_cli("trace", f"user_events:{tp}", "--json", "--no-summary", "--",
+                        *emit, "emit-eventheader", prov, "CliReq", "--level", "warning", "--keyword", "1",
+                        "--opcode", "activity_start", "--activity", act, "--id", "9", "--wait", "120",
+                        "n:i32=-5", "msg:str=hi", "ids:u16[]=1,2", "ok:bool=true", "ip:ipv4=192.0.2.1",
+                        "raw:value32/hex_int=0x10")
+        assert eh.returncode == 0, eh.stderr
+        (ev,) = [json.loads(x) for x in eh.stdout.splitlines() if '"user_event"' in x]
+        assert ev["status"] == "ok", ev
+        d = ev["eventheader"]
+        assert (d["provider"], d["event"], d["level"], d["keyword"], d["opcode_name"], d["id"], d["activity_id"]) \
+            == (prov, "CliReq", 3, 1, "activity_start", 9, act)
+        assert {f["name"]: f["value"] for f in d["fields"]} == {"n": -5, "msg": "hi", "ids": [1, 2], "ok": True,
+                                                                "ip": "192.0.2.1", "raw": 16}
+        bad = tracer_cli("user-events", "emit-eventheader", prov, "X", "n:i8=999")
+        assert bad.returncode == 2 and bad.stderr.strip() == "tracer: 'n:i8=999': a value does not fit i8", bad.stderr
+
+
 def test_many_events_and_writers(bpf_env) -> None:
     need_user_events()
     from tracer.session import Session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -662,8 +663,6 @@ def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: floa
     Exit status 0 when every write was recorded, 1 on a failure (the kernel's meaning is printed:
     EBADF disabled, EFAULT discarded, EINVAL bad format).
     """
-    import time
-
     from .user_events.emitter import UserEvents, parse_value
     from .user_events.formats import FormatError
 
@@ -681,16 +680,90 @@ def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: floa
                     vals[key] = parse_value(by_name[key], text)
                 except ValueError as e:
                     raise UsageError(f"{item!r}: {e}") from None
-            deadline = time.monotonic() + wait_s
-            while not ev.enabled and time.monotonic() < deadline:
-                time.sleep(0.01)
-            for _ in range(count):
-                ev.write(**vals)
+            write_when_enabled(ev, wait_s, count, lambda: ev.write(**vals))
     except FormatError as e:
         raise UsageError(f"bad name_args: {e}") from None
     except TracerError:
         raise
     except OSError as e:  # not a user_events call's own error (those are UserEventError): say where it came from
+        raise TracerError(f"user_events: {e}") from None
+
+
+def write_when_enabled(ev, wait_s: float, count: int, write: Callable[[], object]) -> None:
+    """Wait up to wait_s for a tracer to enable the event, then write it `count` times."""
+    deadline = time.monotonic() + wait_s
+    while not ev.enabled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(count):
+        write()
+
+
+LEVELS = {"critical": 1, "error": 2, "warning": 3, "information": 4, "verbose": 5}
+
+
+@user_events_group.command("emit-eventheader")
+@click.argument("provider")
+@click.argument("event")
+@click.argument("fields", nargs=-1)
+@click.option("--level", default="information", show_default=True,
+              help="1-255 or critical, error, warning, information, verbose (the tracepoint's _L part).")
+@click.option("--keyword", default="0", show_default=True, help="The tracepoint's _K part, e.g. 0x2.")
+@click.option("--opcode", default="info", show_default=True,
+              help="info, activity_start, activity_stop, ... or a number 0-255.")
+@click.option("--id", "event_id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True, help="Event id.")
+@click.option("--activity", help="Activity id: a UUID (with --related, the related activity's UUID).")
+@click.option("--related", help="Related activity id, a UUID (needs --activity).")
+@click.option("--big-endian", is_flag=True, help="Write the header, metadata and payload big-endian.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Wait up to S seconds for a tracer to enable the event before writing.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="Write N times.")
+def user_events_emit_eventheader(provider: str, event: str, fields: tuple[str, ...], level: str, keyword: str,
+                                 opcode: str, event_id: int, activity: str | None, related: str | None,
+                                 big_endian: bool, wait_s: float, count: int) -> None:
+    """Register PROVIDER's EventHeader tracepoint and write EVENT with FIELDS (NAME:TYPE=VALUE...).
+
+    As Microsoft's LinuxTracepoints libraries and the OpenTelemetry user_events exporters write them:
+    tracepoint `PROVIDER_L<level>K<keyword>`, the event name and each field's name and type in the
+    metadata. TYPE: i8..i64, u8..u64, x8..x64 (hex), f32, f64, bool, errno, pid, time, str, str16,
+    str32, cstr, bin (hex digits), uuid, ipv4, ipv6, port, or ENCODING[/FORMAT]; `TYPE[]` for an
+    array of comma-separated values. Example: emit-eventheader MyApp Request id:u32=7 path:str=/srv/a
+    """
+    import uuid
+
+    from .user_events.eh_write import encode_event, parse_field
+    from .user_events.emitter import UserEvents
+    from .user_events.eventheader import OPCODES
+
+    lvl = LEVELS.get(level, None)
+    kw = op = None
+    try:
+        lvl = lvl if lvl is not None else int(level, 0)
+        kw = int(keyword, 0)
+        op = {v: k for k, v in OPCODES.items()}.get(opcode)
+        op = op if op is not None else int(opcode, 0)
+        ids = [uuid.UUID(a).bytes for a in (activity, related) if a is not None]
+    except ValueError as e:
+        raise UsageError(f"bad --level, --keyword, --opcode, --activity or --related: {e}") from None
+    if not 1 <= lvl <= 255 or not 0 <= kw < 1 << 64 or not 0 <= op <= 255:
+        raise UsageError("--level must be 1-255, --keyword 0 to 2^64-1, --opcode 0-255")
+    if related is not None and activity is None:
+        raise UsageError("--related needs --activity")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", provider) or "\0" in event or not event:
+        raise UsageError("PROVIDER: letters, digits and underscores; EVENT: a non-empty name without NUL")
+    try:
+        parsed = [parse_field(f) for f in fields]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    payload = encode_event(event, parsed, level=lvl, id=event_id, opcode=op,
+                           activity=ids[0] if ids else None, related=ids[1] if len(ids) > 1 else None,
+                           order="big" if big_endian else "little")
+    try:
+        with UserEvents() as ue:
+            ev = ue.register_eventheader(provider, lvl, kw)
+            write_when_enabled(ev, wait_s, count, lambda: ev.write_payload(payload))
+    except TracerError:
+        raise
+    except OSError as e:
         raise TracerError(f"user_events: {e}") from None
 
 

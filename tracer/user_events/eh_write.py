@@ -132,3 +132,62 @@ def encode_event(name: str, fields: Sequence[EhField], *, level: int, id: int = 
 
 def tracepoint_name(provider: str, level: int, keyword: int = 0, options: str = "") -> str:
     return f"{provider}_L{level:x}K{keyword:x}{options}"
+
+
+# Short names for `tracer user-events emit-eventheader NAME:TYPE=VALUE`: (encoding, format).
+FIELD_TYPES: dict[str, tuple[str, str]] = {
+    **{f"i{n}": (f"value{n}", "signed_int") for n in (8, 16, 32, 64)},
+    **{f"u{n}": (f"value{n}", "unsigned_int") for n in (8, 16, 32, 64)},
+    **{f"x{n}": (f"value{n}", "hex_int") for n in (8, 16, 32, 64)},
+    "f32": ("value32", "float"), "f64": ("value64", "float"), "bool": ("value8", "boolean"),
+    "errno": ("value32", "errno"), "pid": ("value32", "pid"), "time": ("value64", "time"),
+    "str": ("zstring_char8", "string_utf"), "str16": ("zstring_char16", "string_utf"),
+    "str32": ("zstring_char32", "string_utf"), "cstr": ("string_length16_char8", "string_utf"),
+    "bin": ("binary_length16_char8", "hex_bytes"), "uuid": ("value128", "uuid"),
+    "ipv4": ("value32", "ip_address"), "ipv6": ("value128", "ip_address"), "port": ("value16", "port"),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _value(text: str, encoding: str, fmt: str) -> object:
+    if fmt in ("hex_bytes",) or encoding == "binary_length16_char8":
+        return bytes.fromhex(text)
+    if fmt == "boolean":
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"{text!r} is not a boolean (true/false/1/0)")
+        return int(text.lower() in _TRUE)
+    if fmt == "float":
+        return float(text)
+    if encoding in _VALUE_SIZE and fmt not in ("uuid", "ip_address", "ip_address_obsolete"):
+        return int(text, 0)
+    return text
+
+
+def parse_field(spec: str) -> EhField:
+    """`NAME:TYPE=VALUE` (TYPE one of FIELD_TYPES, or ENCODING[/FORMAT] as the spec names them), with `[]`
+    after TYPE for a variable-length array of comma-separated values: `n:i32=-5`, `msg:str=hello`,
+    `ids:u16[]=1,2,3`, `raw:value32/hex_int=0x10`. ValueError says what is wrong."""
+    head, sep, text = spec.partition("=")
+    name, colon, typ = head.partition(":")
+    if not sep or not colon or not name:
+        raise ValueError(f"{spec!r}: expected NAME:TYPE=VALUE (e.g. n:i32=5, msg:str=hello)")
+    array = typ.endswith("[]")
+    typ = typ.removesuffix("[]")
+    if typ in FIELD_TYPES:
+        encoding, fmt = FIELD_TYPES[typ]
+    else:
+        encoding, _, fmt = typ.partition("/")
+        fmt = fmt or "default"
+        if encoding not in ENCODINGS or encoding in ("invalid", "struct") or fmt not in FORMATS:
+            raise ValueError(f"{spec!r}: unknown type {typ!r}; types: {', '.join(FIELD_TYPES)}, or ENCODING[/FORMAT]"
+                             f" with ENCODING one of {', '.join(ENCODINGS[2:])}")
+    try:
+        value: object = ([_value(v, encoding, fmt) for v in text.split(",")] if text else []) if array else \
+            _value(text, encoding, fmt)
+        field = EhField(name, encoding, value, fmt, array="var" if array else None)
+        _field(field, "little")  # values that do not fit their type fail here, not at write time
+    except OverflowError:
+        raise ValueError(f"{spec!r}: a value does not fit {typ}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{spec!r}: {e}") from None
+    return field
