@@ -37,7 +37,7 @@ def test_without_lost_samples_the_counter_decides() -> None:
 
 
 def test_ring_residuals_for_rings_without_counters() -> None:
-    class Wrapper:  # a ring that cannot tell (e.g. the user_events watch's per-CPU view)
+    class Wrapper:  # a ring that cannot tell
         cpu = 2
     assert ring_residuals([FakeRing(0, 5, 9), FakeRing(1, 2, 2), Wrapper(), FakeRing(3, 0, None)]) == [
         (0, "ring_full", 4)]
@@ -63,3 +63,27 @@ def test_schemas_name_every_reason() -> None:
     summary = json.loads((schema / "summary.json").read_text())
     assert lost["properties"]["reason"]["enum"] == [*REASONS, UNSPECIFIED]
     assert summary["properties"]["lost_by_reason"]["propertyNames"]["enum"] == [*REASONS, UNSPECIFIED]
+
+
+def test_the_user_events_watch_rings_are_accounted_like_the_others() -> None:
+    """The watch hands out one CPU's faults through a _CpuRing view of its ring: the drops no marker
+    reported, what it still holds (backlog) and a discard at an interrupted exit go through to the ring."""
+    from tracer.user_events.watch import _CpuRing
+
+    @dataclass
+    class Inner(FakeRing):
+        fd: int = 7
+        backlog: bool = False
+
+        def discard(self) -> tuple[int, int]:
+            self.lost_total += 1
+            return 5, 1
+
+    inner = Inner(1, 2, 6)
+    view = _CpuRing(None, inner)  # type: ignore[arg-type]
+    assert ring_residuals([view]) == [(1, "ring_full", 4)]
+    assert view.backlog is False
+    view.pending, view.lost = [b"decoded fault", b"another"], 2  # collected, not handed out yet
+    assert view.backlog is True
+    assert view.discard() == (7, 3) and view.pending == [] and view.lost == 0 and not view.backlog
+    assert ring_residuals([view]) == [(1, "ring_full", 3)]  # the discarded marker is counted, not again

@@ -120,6 +120,26 @@ class _CpuRing:
         lost, self.lost = self.lost, 0
         return Batch(self.cpu, out, lost)
 
+    # The session's accounting reads these of every ring (tracer/accounting.py, Session._final/_discard):
+    # without them the watch's drops after its last marker, and records left at an interrupted exit,
+    # were neither delivered nor counted.
+    @property
+    def backlog(self) -> bool:
+        return bool(self.pending) or self.ring.backlog  # type: ignore[attr-defined]
+
+    @property
+    def lost_total(self) -> int:
+        return self.ring.lost_total  # type: ignore[attr-defined]
+
+    def kernel_lost(self) -> int | None:
+        return self.ring.kernel_lost()  # type: ignore[attr-defined]
+
+    def discard(self) -> tuple[int, int]:
+        samples, markers = self.ring.discard()  # type: ignore[attr-defined]
+        held, self.pending = len(self.pending), []
+        marked, self.lost = self.lost, 0  # markers read but not handed out yet: reported with these
+        return samples + held, markers + marked
+
     def close(self) -> None:
         pass  # the Watch owns its rings
 
