@@ -121,8 +121,9 @@ def emitted(s: Session) -> tuple[int, int]:
 
 # --- 1. consumer throughput -------------------------------------------------------------------------
 
-def consume(s: Session, n: int, out: JsonOutput | None = None, per_event: bool = False) -> int:
-    """Take n syscall events: in drain batches as the CLI does, or one Event at a time (`for ev in s`)."""
+def consume(s: Session, n: int, out: JsonOutput | None = None, per_event: bool = False, lines: bool = False) -> int:
+    """Take n syscall events: in drain batches as the CLI does, or one Event at a time (`for ev in s`);
+    `lines`: JSON lines straight from the records where they can be (what `trace --json` does)."""
     got = 0
     if n <= 0:
         return 0
@@ -133,10 +134,10 @@ def consume(s: Session, n: int, out: JsonOutput | None = None, per_event: bool =
                 if got >= n:
                     break
         return got
-    for batch in s.batches():
+    for batch in s.batches(lines=lines):
         if out is not None:
             out.events(batch)
-        got += sum(1 for ev in batch if ev["kind"] == "syscall")
+        got += sum(1 for ev in batch if type(ev) is str or ev["kind"] == "syscall")
         if got >= n:
             break
     if out is not None:

@@ -261,7 +261,8 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
             more = f" and {len(names) - 8} more" if len(names) > 8 else ""
             err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
         with record_progress(session):
-            for batch in session.batches():
+            # JSON lines straight from the records where only they are wanted (tracer/recjson.py)
+            for batch in session.batches(lines=as_json and table is None):
                 if table is not None:
                     table.add_many(batch)
                     if summary_only:  # only what was lost is shown as it happens

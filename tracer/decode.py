@@ -70,6 +70,9 @@ _UNSIGNED16 = {"umode_t", "unsigned short"}
 _CONV_NONE, _CONV_S32, _CONV_U32, _CONV_U16, _CONV_S64 = range(5)
 _CONVS = {**dict.fromkeys(_SIGNED32, _CONV_S32), **dict.fromkeys(_UNSIGNED32, _CONV_U32),
           **dict.fromkeys(_UNSIGNED16, _CONV_U16), **dict.fromkeys(_SIGNED64, _CONV_S64)}
+# The same conversions as functions (None: the value as it is), for tracer/recjson.py.
+CONVERSIONS = {_CONV_NONE: None, _CONV_S32: lambda v: int_value("int", v), _CONV_U32: lambda v: v & 0xFFFFFFFF,
+               _CONV_U16: lambda v: v & 0xFFFF, _CONV_S64: lambda v: int_value("long", v)}
 
 
 def int_value(ctype: str, raw: int) -> int:
@@ -274,7 +277,7 @@ class Decoder:
         pkey = (nr, h[19:19 + 14 * n:14]) if n else nr
         steps = self._steps.get(pkey)
         if steps is None:
-            steps = self._steps_for(nr, pkey[1] if n else ())
+            steps = self.steps_for(nr, pkey[1] if n else ())
             if len(self._steps) < _MEMO_MAX:
                 self._steps[pkey] = steps
         plan = steps[0]
@@ -401,7 +404,7 @@ class Decoder:
             args.append((i, a.name, conv, {}, symf))
         return _Plan(name, f"syscalls:sys_enter_{name}", sc, tuple(args), name in BY_CONTEXT)
 
-    def _steps_for(self, nr: int, slot_args: tuple) -> tuple[_Plan, tuple]:
+    def steps_for(self, nr: int, slot_args: tuple) -> tuple[_Plan, tuple]:
         """The syscall's plan, and its arguments each with the index in the unpacked header of the read
         slot that reads it (0: no slot; a repeated argument uses its last slot, as a dict would)."""
         plan = self._plans.get(nr)

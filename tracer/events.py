@@ -306,8 +306,13 @@ class Stats:
             else:
                 key = (ev.get("kind"), ev.get("status", "ok"), ev.get("event"), None, (), ())
             groups[key] = get(key, 0) + 1
-        self.events += len(evs)
+        self.add_groups(groups)
+
+    def add_groups(self, groups: dict[tuple, int]) -> None:
+        """Count events given as add_many's grouping keys -> number of events (tracer/recjson.py gives
+        each line's key without building the event)."""
         for (kind, status, event, name, args, statuses), n in groups.items():
+            self.events += n
             if kind == "user_event":
                 self.user_events[status] += n
                 if status == "discarded":

@@ -11,23 +11,27 @@ or the end of the session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import islice
 from operator import le
+
+from .events import order_ts
 
 # A record's time is taken in its BPF program before the record reaches the ring; a program preempted
 # in between (syscall tracepoints may fault, so they run preemptible) is late by that much.
 SLACK_NS = 2_000_000
 
 
-def in_time_order(runs: list[list[dict]]) -> list[dict]:
+def in_time_order(runs: list[list], key: Callable[[object], int] | None = None) -> list:
     """The events of several rings as one list ordered by events.order_ts (its key is inlined here), as
-    a stable sort by that key would.
+    a stable sort by that key would; `key`: the order key of items that are not all event dicts
+    (recjson.order_key).
     Each ring is nearly always in order already, so the keys are computed once, inline, and the sort
     (on the keys only, in C) runs only when they are not ascending."""
     events = runs[0] if len(runs) == 1 else [ev for run in runs for ev in run]
     if len(events) < 2:
         return events
-    keys = [ev.get("ts_exit") or ev["ts"] for ev in events]
+    keys = [ev.get("ts_exit") or ev["ts"] for ev in events] if key is None else list(map(key, events))
     if all(map(le, keys, islice(keys, 1, None))):
         return events
     return [events[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
@@ -36,23 +40,24 @@ def in_time_order(runs: list[list[dict]]) -> list[dict]:
 class TimeOrder:
     """Merges each drain's rings with what earlier drains held back (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.held: list[dict] = []
+    def __init__(self, key: Callable[[object], int] | None = None) -> None:
+        self.held: list = []
+        self.key = key  # in_time_order's
 
     def order(self, runs: list[list[dict]], partial: list[bool], began_ns: int) -> list[dict]:
         """The events that can be shown now, in order. `runs[i]` holds one ring's decoded events,
         `partial[i]` says that ring still holds records, `began_ns` is CLOCK_MONOTONIC when the drain
         began reading."""
         mark = began_ns - SLACK_NS
+        key = self.key or order_ts
         for run, more in zip(runs, partial, strict=True):
             if more and run:
-                last = run[-1]
-                mark = min(mark, last.get("ts_exit") or last["ts"])
+                mark = min(mark, key(run[-1]))
         if self.held:
             runs = [self.held, *runs]
-        events = in_time_order(runs)
+        events = in_time_order(runs, self.key)
         cut = len(events)
-        while cut and ((ev := events[cut - 1]).get("ts_exit") or ev["ts"]) > mark:
+        while cut and key(events[cut - 1]) > mark:
             cut -= 1
         self.held = events[cut:]
         return events if cut == len(events) else events[:cut]

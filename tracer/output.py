@@ -62,14 +62,15 @@ class JsonOutput:
         if not self.batched:
             self.stream.flush()
 
-    def events(self, objs: list[dict]) -> None:
-        """Events and lost-record notices of one drain batch, in order. Line by line into the stream's
-        buffer, not one big string: CPython 3.11's BufferedWriter garbles a write larger than its buffer
-        when a signal (Ctrl-C, SIGTERM) interrupts it part way (reproduced here, ~1 line in 7,000)."""
+    def events(self, objs: list) -> None:
+        """Events and lost-record notices of one drain batch, in order: dicts, or lines already encoded
+        (str: Session.batches(lines=True)). Line by line into the stream's buffer, not one big string:
+        CPython 3.11's BufferedWriter garbles a write larger than its buffer when a signal (Ctrl-C,
+        SIGTERM) interrupts it part way (reproduced here, ~1 line in 7,000)."""
         if objs:
             if self.header is not None:
                 self._begin()
-            self.stream.writelines([dumps(obj) + "\n" for obj in objs])
+            self.stream.writelines([obj + "\n" if type(obj) is str else dumps(obj) + "\n" for obj in objs])
             if not self.batched:
                 self.stream.flush()
 

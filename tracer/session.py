@@ -115,6 +115,7 @@ class Session:
         self.detaching = False  # close() is releasing the kernel objects (see install_signal_stop)
         self._stop_signal: int = signal.SIGTERM  # what the command gets when the session stops first
         self._gate: int | None = None
+        self._encoders: dict = {}  # id(source) -> recjson.LineEncoder, while batches(lines=True) runs
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -228,12 +229,24 @@ class Session:
         for batch in self.batches():
             yield from map(Event, batch)
 
-    def batches(self) -> Iterator[list[dict]]:
+    def batches(self, lines: bool = False) -> Iterator[list]:
         """The events of each drain as one list of event dicts (what `for ev in session` yields one by
         one, as Event objects): the cheap way to consume a fast stream. The `batch_done` hooks run once
-        the consumer asks for the next batch."""
+        the consumer asks for the next batch.
+        `lines`: for a consumer that only writes JSON Lines (`trace --json`), syscall events of the common
+        shapes come as their JSON line (a str, the bytes of jsonenc.dumps(event), no newline), made
+        straight from the record (tracer/recjson.py); the others, and lost-record notices, as dicts.
+        Only where nothing else needs the dicts: no recorder or callback, no --only-missing/-Z filter."""
         if not self.sources:
             self.start()
+        self._encoders = {}
+        if lines and self.recorder is None and self.callback is None and not self.only_missing \
+                and not self.failed_only:
+            from .recjson import LineEncoder, order_key
+
+            self._encoders = {id(src): LineEncoder(src.decoder, self._wall.offset) for src in self.sources
+                              if isinstance(src, SyscallSource)}
+            self._order = TimeOrder(order_key)
         deadline = self.started + self.duration if self.duration else None
         while not self._stop or self._command_ending():
             self._wait(0 if self._backlog() else POLL_MS)
@@ -350,6 +363,8 @@ class Session:
             gc.enable()
 
     def _drain_batch(self) -> list[dict]:
+        if self._encoders:
+            return self._drain_lines()
         out: list[dict] = []
         runs: list[list[dict]] = []
         partial: list[bool] = []
@@ -365,6 +380,8 @@ class Session:
 
     def _deliver(self, out: list[dict], events: list[dict]) -> list[dict]:
         """Filters, counts, records and passes on one batch of ordered events (after `out`)."""
+        if self._encoders:
+            return self._deliver_lines(out, events)
         self._wall.stamp(events)
         if self.only_missing:
             events = self._filter(events, missing_data, "only_missing")
@@ -392,6 +409,44 @@ class Session:
         if len(kept) < len(events):
             self.stats.filtered[name] += len(events) - len(kept)
         return kept
+
+    def _drain_lines(self) -> list:
+        """_drain_batch for batches(lines=True): recjson.Line for the records LineEncoder takes, dicts for
+        the rest, ordered, stamped and counted alike; the Lines handed over as their text."""
+        out: list = []
+        runs = []
+        partial: list[bool] = []
+        began = time.monotonic_ns()
+        for src, ring in self._rings:
+            batch = ring.drain()
+            if batch.lost:
+                out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
+            if batch.samples:
+                enc = self._encoders.get(id(src))
+                runs.append(enc.encode(batch.samples, batch.cpu) if enc is not None else
+                            list(map(self._decoders[src], batch.samples, repeat(batch.cpu))))
+                partial.append(getattr(ring, "backlog", False))
+        return self._deliver(out, self._order.order(runs, partial, began))
+
+    def _deliver_lines(self, out: list, items: list) -> list:
+        """_deliver for batches(lines=True) (which has no filter, recorder or callback)."""
+        from .recjson import Line
+
+        if self.count is not None:
+            del items[max(self.count - self.stats.events, 0):]
+        dicts = [it for it in items if type(it) is not Line]
+        if dicts:
+            self._wall.stamp(dicts)
+            self.stats.add_many(dicts)
+        if len(dicts) < len(items):
+            groups: dict[tuple, int] = {}
+            get = groups.get
+            for it in items:
+                if type(it) is Line:
+                    groups[it.group] = get(it.group, 0) + 1
+            self.stats.add_groups(groups)
+        out += [it.text if type(it) is Line else it for it in items]
+        return out
 
     def run(self) -> Stats:
         """Consume every event (through the callback, if any) until a limit or the command ends."""

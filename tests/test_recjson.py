@@ -1,0 +1,136 @@
+"""tracer/recjson.py, `--json` lines straight from the record, against the reference: the event Decoder.decode
+makes, with its `time`, encoded by jsonenc.dumps (json.dumps's bytes). Every entry x exit read status, slot
+order, return value and the records it hands back to the decoder; the statistics key of each line is the
+one Stats.add_many gives its event. Records are synthesized as in test_decode.py (no BPF)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from test_decode import (
+    ACCEPT4,
+    AT_FDCWD_U64,
+    CONNECT,
+    EFAULT,
+    EXIT_GROUP,
+    FNAME,
+    HOW_BYTES,
+    OPENAT,
+    RK_OPEN_HOW,
+    RK_SOCKADDR,
+    RK_SOCKADDR_OUT,
+    RK_STR,
+    SA,
+    STATUSES,
+    TABLE,
+    Data,
+    openat2_rec,
+    record,
+    sin,
+    slot,
+)
+
+from tracer import layout
+from tracer.contract import WallClock
+from tracer.decode import Decoder
+from tracer.events import Stats
+from tracer.recjson import Line, LineEncoder
+from tracer.syscalls import Arg, Syscall
+
+OFFSET = 1_764_000_000_123_456_789  # mono -> wall: times in 2025
+C = layout.const
+
+
+def compact(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def check(recs: list[bytes], table: dict | None = None, cpu: int = 1) -> list[bool]:
+    """Each record's output against the reference; which of them took the line path."""
+    ref_dec, dec = Decoder(table or TABLE), Decoder(table or TABLE)
+    enc = LineEncoder(dec, OFFSET)
+    fast = []
+    for _ in range(2):  # and again, from the memos
+        got = enc.encode(recs, cpu)
+        fast = []
+        for rec, item in zip(recs, got, strict=True):
+            ev = ref_dec.decode(rec, cpu)
+            WallClock(OFFSET).stamp([ev])
+            if type(item) is Line:
+                assert item.text == compact(ev), ev
+                assert item.key == (ev.get("ts_exit") or ev["ts"])
+                one, ref = Stats(), Stats()
+                one.add_groups({item.group: 1})
+                ref.add_many([ev])
+                assert one == ref
+                fast.append(True)
+            else:
+                assert compact(item) == compact({k: v for k, v in ev.items() if k != "time"})
+                fast.append(False)
+    return fast
+
+
+@pytest.mark.parametrize("es", STATUSES)
+@pytest.mark.parametrize("xs", STATUSES)
+def test_line_equals_reference_for_every_read_status(es: int, xs: int) -> None:
+    for same in (0, 1):
+        for name in (b"/etc/hosts", b"/etc/\xff\xfe", "/tmp/\u00e9\u202e\x1b\n\"\\".encode()):
+            d = Data()
+            f_in, f_out = d.add(name), d.add(name if same else b"/etc/other")
+            h_in, h_out = d.add(HOW_BYTES), d.add(HOW_BYTES if same else struct.pack("<QQQ", 1, 0, 0))
+            kw = dict(eerr=-EFAULT, xerr=-EFAULT, same=same)
+            fs = slot(1, RK_STR, es, xs, enter=f_in, exit=f_out, **kw)
+            hs = slot(2, RK_OPEN_HOW, es, xs, enter=h_in, exit=h_out, want=24, **kw)
+            recs = [openat2_rec(fs, hs, d, ret=ret, flags=flags) for ret in (3, -2, -4095, 1 << 40)
+                    for flags in (0, 4, 4 | C("RF_NORETURN"))]
+            recs += [openat2_rec(hs, fs, d, ret=-2)]  # slots in the other order
+            fast = check(recs)
+            common = es == C("RS_OK") and (xs == C("RS_NONE") or (same and xs in (C("RS_OK"), C("RS_TRUNC"))))
+            if common and name.isascii():
+                # the line path takes them all but successful opens (ret >= 0: `opened`)
+                assert fast == [r < 0 or f & C("RF_NORETURN") for r in (3, -2, -4095, 1 << 40)
+                                for f in (0, 4, 4 | C("RF_NORETURN"))] + [True]
+            elif not common:
+                assert not any(fast)
+            sa = Data()
+            a_in, a_out = sa.add(sin(80, "10.0.0.1")), sa.add(sin(80 if same else 81, "10.0.0.1"))
+            for nr, kind in ((42, RK_SOCKADDR), (288, RK_SOCKADDR_OUT)):
+                ss = slot(1, kind, es, xs, enter=a_in, exit=a_out, want=16, **kw)
+                fast = check([record(nr, [3, SA, 16, 0], ret=ret, slots=(ss,), data=bytes(sa.buf)) for ret in (0, -1)])
+                assert fast == ([True, True] if common and kind == RK_SOCKADDR else [False, False])
+
+
+def test_line_equals_reference_without_reads_and_symbols() -> None:
+    fast = check([record(257, [AT_FDCWD_U64, FNAME, 0o2000000, 0o644], ret=-2),  # symbols: dfd, flags, mode
+                  record(257, [5, FNAME, 1 << 40, (1 << 64) - 1], ret=-13, comm=b"\xff\x1bodd\"comm"),
+                  record(231, [(1 << 64) - 1], flags=C("RF_NORETURN")),
+                  record(999, [1, 2], ret=0, ts=(5, 0)),  # unknown syscall; no exit time: ordered by entry
+                  record(59, [FNAME, 0, 0], ret=-2)])  # execve: strv slots are decoded
+    assert fast == [True, True, True, True, True]
+
+
+def test_context_symbols_and_other_kinds_are_decoded() -> None:
+    fcntl = Syscall("fcntl", 72, (Arg("fd", "unsigned int"), Arg("cmd", "unsigned int"), Arg("arg", "unsigned long")))
+    table = {**TABLE, 72: fcntl}
+    d = Data()
+    name = d.add(b"/bin/true")
+    execve = record(59, [FNAME, 0, 0], ret=-2, data=bytes(d.buf), slots=(
+        slot(0, RK_STR, C("RS_OK"), enter=name), slot(1, C("RK_STRV"), C("RS_OK"))))
+    assert check([record(72, [3, 4, 2048], ret=0), execve], table) == [False, False]
+
+
+def test_records_of_several_layouts_and_cpus() -> None:
+    d = Data()
+    f = d.add(b"/etc/passwd")
+    h = d.add(HOW_BYTES)
+    fs = slot(1, RK_STR, C("RS_OK"), C("RS_OK"), enter=f, exit=f, same=1)
+    hs = slot(2, RK_OPEN_HOW, C("RS_OK"), enter=h, want=24)
+    recs = [openat2_rec(fs, hs, d, ret=-2, ts=(1_000 + i * 999_999_937, 2_000 + i * 999_999_937))
+            for i in range(5)]  # across second boundaries: the time prefix is made again
+    recs += [record(257, [AT_FDCWD_U64, FNAME, 0, 0], ret=-2, slots=(fs,), data=bytes(d.buf)),
+             record(231, [0], flags=C("RF_NORETURN")), openat2_rec(fs, hs, d, ret=-2, uid=0)]
+    for cpu in (0, 7):
+        assert all(check(recs, cpu=cpu))
+    assert OPENAT.nr in TABLE and CONNECT.nr in TABLE and ACCEPT4.nr in TABLE and EXIT_GROUP.nr in TABLE
