@@ -29,7 +29,6 @@ from .decode import (
     _DATA_OFF,
     _HDRS,
     _MEMO_MAX,
-    _VERIFIED_EQUAL,
     CONVERSIONS,
     MAX_READS,
     RF_EXIT_READS,
@@ -41,13 +40,12 @@ from .decode import (
     RS_NONE,
     RS_OK,
     RS_TRUNC,
-    UNVERIFIED,
     Decoder,
     _Plan,
     ret_str,
     text,
 )
-from .events import order_ts
+from .events import UNVERIFIED, VERIFIED_EQUAL, order_ts
 from .jsonenc import json_dumps
 from .syscalls import OPEN_FAMILY
 
@@ -55,7 +53,7 @@ _UNSET = object()
 _SLOT = 14  # fields per read slot in the unpacked header (decode._HDRS): arg, kind, es, xs, eerr, xerr, eoff,
 _SLOTS_AT = 19  # elen, xoff, xlen, same, src, pad, want; the first slot's index
 _READ_HEAD = '{"status":"ok","source":"enter","errno":null,"addr":'
-_VERIFIED = f',"verified_at_exit":true,"verified":true,"verified_by":{_enc(_VERIFIED_EQUAL)}}}'
+_VERIFIED = f',"verified_at_exit":true,"verified":true,"verified_by":{_enc(VERIFIED_EQUAL)}}}'
 _UNVERIFIED = {0: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["no_exit"])}}}',
                RF_NORETURN: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["noreturn"])}}}'}
 
@@ -69,7 +67,7 @@ class Line(NamedTuple):
 
 def order_key(item: object) -> int:
     """events.order_ts of a Line or an event dict (ordering.TimeOrder's key in lines mode)."""
-    return item.key if type(item) is Line else order_ts(item)  # type: ignore[attr-defined,arg-type]
+    return item.key if type(item) is Line else order_ts(item)  # type: ignore[arg-type]
 
 
 class _Layout(NamedTuple):

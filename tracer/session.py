@@ -239,14 +239,7 @@ class Session:
         Only where nothing else needs the dicts: no recorder or callback, no --only-missing/-Z filter."""
         if not self.sources:
             self.start()
-        self._encoders = {}
-        if lines and self.recorder is None and self.callback is None and not self.only_missing \
-                and not self.failed_only:
-            from .recjson import LineEncoder, order_key
-
-            self._encoders = {id(src): LineEncoder(src.decoder, self._wall.offset) for src in self.sources
-                              if isinstance(src, SyscallSource)}
-            self._order = TimeOrder(order_key)
+        self._lines_mode(lines)
         deadline = self.started + self.duration if self.duration else None
         while not self._stop or self._command_ending():
             self._wait(0 if self._backlog() else POLL_MS)
@@ -267,6 +260,18 @@ class Session:
             if self._child_exited():
                 break
         yield from self._final()
+
+    def _lines_mode(self, lines: bool) -> None:
+        """batches(lines): a LineEncoder per syscall source where nothing else needs the event dicts."""
+        self._encoders = {}
+        if lines and self.recorder is None and self.callback is None and not self.only_missing \
+                and not self.failed_only:
+            from .recjson import LineEncoder, order_key
+
+            self._encoders = {id(src): LineEncoder(src.decoder, self._wall.offset) for src in self.sources
+                              if isinstance(src, SyscallSource)}
+            if self._encoders:
+                self._order = TimeOrder(order_key)
 
     def _final(self) -> Iterator[list[dict]]:
         """The end of a session: stop the sources producing, read what the rings hold — all of it, or
