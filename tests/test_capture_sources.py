@@ -163,6 +163,9 @@ def test_user_events_header_and_cli_replay(ue_capture) -> None:
     assert lines[-1]["user_events"] == {"discarded": 3, "discarded:unknown event": 2,
                                         "discarded:user_events:test": 1, "malformed": 1, "ok": 3}
     assert replay_cli(path, "user_events_multi:*") [:-1] == [delivered[3]]
+    # A discarded write is selected by its event, not by the writer's call (its `syscall`: write).
+    assert replay_cli(path, "user_events:test")[:-1] == [delivered[0], delivered[4]]
+    assert replay_cli(path, "user_events:t*", "-p", "104")[:-1] == [delivered[4]]
 
 
 def test_user_events_console_replay(ue_capture) -> None:

@@ -353,8 +353,11 @@ class Filter:
         d = ev.data
         if d.get("kind") == "lost":
             return None
-        if self.names is not None and d.get("syscall", d.get("event")) not in self.names:
-            return "selection"
+        if self.names is not None:
+            # a syscall by its name; the others by their event (a discarded user_events write's
+            # `syscall` is the writer's call, not what it names)
+            if (d["syscall"] if d.get("kind") == "syscall" else d.get("event")) not in self.names:
+                return "selection"
         if self.pids and d.get("pid") not in self.pids:
             return "selection"
         if self.tids and d.get("tid") not in self.tids:
