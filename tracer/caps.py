@@ -116,7 +116,7 @@ def check_bcc() -> Check:
     except EnvironmentProblem as e:
         return Check("bcc", "bcc", False, "missing", f"import bcc failed ({e.__cause__})", str(e))
     version = getattr(bcc, "__version__", "?")
-    return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
+    return Check("bcc", "bcc", True, "ok", f"bcc {version} from {Path(str(bcc.__file__)).parent}")
 
 
 def check_seccomp() -> Check:

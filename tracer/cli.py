@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -20,6 +20,15 @@ from .escape import escape_text
 from .kenv import shipped_dir
 from .session import Session, install_signal_stop
 from .streams import command_stdout, console_for, open_output
+
+if TYPE_CHECKING:  # imported where used: `tracer --help` and completion stay quick
+    from .capture import Capture, Filter
+    from .output import ConsoleOutput, JsonOutput
+    from .summary import CallTable
+    from .user_events.emitter import Event
+
+Command = Callable[..., Any]
+Decorator = Callable[[Command], Command]  # a click option or argument
 
 EXAMPLES = shipped_dir("examples")
 err_console = Console(stderr=True, highlight=False)
@@ -78,11 +87,11 @@ def complete_events(ctx: click.Context, param: click.Parameter, incomplete: str)
     return event_candidates(incomplete)
 
 
-def events_argument():
+def events_argument() -> Decorator:
     return click.argument("events", nargs=-1, shell_complete=complete_events)
 
 
-def filter_options() -> list:
+def filter_options() -> list[Decorator]:
     """-p/--tid/-n/-u: applied in the kernel when tracing, in Python when replaying a capture."""
     return [
         click.option("-p", "--pid", "pids", multiple=True, type=int, help="Only this process (repeatable)."),
@@ -92,18 +101,18 @@ def filter_options() -> list:
     ]
 
 
-def only_missing_option():
+def only_missing_option() -> Decorator:
     return click.option("--only-missing", is_flag=True,
                         help="Show only events with missing, recovered or changed user data.")
 
 
-def apply_options(f, opts: list):
+def apply_options(f: Command, opts: list[Decorator]) -> Command:
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def live_options(only_missing: bool = True) -> list:
+def live_options(only_missing: bool = True) -> list[Decorator]:
     """Filters and limits of a live session (trace, record, monitor)."""
     return [
         *filter_options(),
@@ -121,7 +130,7 @@ def live_options(only_missing: bool = True) -> list:
     ]
 
 
-def trace_options(f):
+def trace_options(f: Command) -> Command:
     """`trace` and `record` (which stores the read mode in the capture header)."""
     return apply_options(f, [events_argument(), *live_options(), click.option(
         "--read-mode", type=click.Choice(["auto", "sleepable", "nofault"]), default="auto", show_default=True,
@@ -129,13 +138,13 @@ def trace_options(f):
              "them, nofault reads (+ exit re-reads), or the best available.")])
 
 
-def output_option(what: str = "events"):
+def output_option(what: str = "events") -> Decorator:
     return click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
                         help=f"Write the {what} to FILE (created 0600, or truncated) instead of stdout; the "
                              "command after `--` then keeps its stdout.")
 
 
-def view_options(f):
+def view_options(f: Command) -> Command:
     """How `trace` shows calls (strace's -T, -c, -C, -Z)."""
     return apply_options(f, [
         click.option("-T", "--durations", is_flag=True, help="Show the time spent in each call: <seconds>."),
@@ -171,7 +180,7 @@ def trace(ctx: click.Context, events: tuple[str, ...], as_json: bool, no_summary
     sys.exit(code)
 
 
-def make_session(events: list[str], *, pages: int | None, **opts) -> Session:
+def make_session(events: list[str], *, pages: int | None, **opts: Any) -> Session:
     """A Session from CLI options; a bad event spec or ring size is a usage error (exit 2)."""
     if pages is not None and pages & (pages - 1):
         raise UsageError(f"--buffer-pages {pages} is not a power of two (try {1 << pages.bit_length()})")
@@ -219,13 +228,15 @@ def announce_detach(session: Session) -> None:
                           markup=False, soft_wrap=True)
 
 
-def events_out(output: Path | None):
+def events_out(output: Path | None) -> IO[str]:
     """The event stream of -o FILE (or stdout); a file that cannot be created is one error line."""
     return open_output(output)
 
 
-def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *, pids, tids,
-              comm, uid, follow, duration, count, no_recover, only_missing, buffer_pages, user: str | None = None,
+def run_trace(events: list[str], command: list[str] | None, as_json: bool, summary: bool, *,
+              pids: tuple[int, ...], tids: tuple[int, ...], comm: str | None, uid: int | None, follow: bool,
+              duration: float | None, count: int | None, no_recover: bool, only_missing: bool,
+              buffer_pages: int | None, user: str | None = None,
               output: Path | None = None, record: Path | None = None, force: bool = False,
               read_mode: str = "auto", durations: bool = False, summary_only: bool = False,
               call_summary: bool = False, failed_only: bool = False) -> int:
@@ -286,7 +297,8 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
     return 0
 
 
-def show_end(out, summary: dict | None, table, as_json: bool, output: Path | None) -> None:
+def show_end(out: JsonOutput | ConsoleOutput, summary: dict | None, table: CallTable | None, as_json: bool,
+             output: Path | None) -> None:
     """The end of a trace or replay: the -c/-C table (tracer/summary.py CallTable) and the summary. On the
     console they go to stderr, as strace -c's table does (stdout holds only calls), or into -o FILE after
     the calls; with --json the table is the summary's "per_syscall" object."""
@@ -295,7 +307,7 @@ def show_end(out, summary: dict | None, table, as_json: bool, output: Path | Non
     if table is not None:
         if summary is not None:
             summary["per_syscall"] = table.to_dict()
-        if not as_json:
+        if isinstance(out, ConsoleOutput):  # not --json
             (out.console if output is not None else err_console).print(Text(table.render()), soft_wrap=True)
     if summary is None:
         return
@@ -364,8 +376,9 @@ def human_size(path: Path) -> str:
         return "?"
 
 
-def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, only_missing: bool,
-                 failed_only: bool = False):
+def open_capture(path: Path, patterns: tuple[str, ...], pids: tuple[int, ...], tids: tuple[int, ...],
+                 comm: str | None, uid: int | None, only_missing: bool,
+                 failed_only: bool = False) -> tuple[Capture, Filter]:
     """A Capture and its replay filter, or one error line (exit 1: unreadable, 2: bad filter)."""
     from .capture import Capture, Filter
 
@@ -378,7 +391,7 @@ def open_capture(path: Path, patterns: tuple[str, ...], pids, tids, comm, uid, o
     return cap, keep
 
 
-def capture_end(cap) -> int:
+def capture_end(cap: Capture) -> int:
     """After a replay or export: a file cut short or damaged is an error (exit 1, once what it held is shown);
     a recording that did not end cleanly is said, with exit 0 (every record was there)."""
     if cap.problem is not None:
@@ -389,7 +402,7 @@ def capture_end(cap) -> int:
     return 0
 
 
-def replay_options(f):
+def replay_options(f: Command) -> Command:
     return apply_options(f, [click.argument("file", type=click.Path(dir_okay=False, path_type=Path)),
                              events_argument(), *filter_options(), only_missing_option()])
 
@@ -401,7 +414,7 @@ def replay_options(f):
 @output_option()
 @click.option("--no-summary", is_flag=True, help="Do not print the end-of-run summary.")
 def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | None, no_summary: bool,
-           durations: bool, summary_only: bool, call_summary: bool, **filters) -> None:
+           durations: bool, summary_only: bool, call_summary: bool, **filters: Any) -> None:
     """Show a capture as live tracing showed it: FILE [EVENT...] [filters]
 
     EVENT (syscall name, glob, %group) and -p/--tid/-n/-u/--only-missing/-Z select what is shown; -T, -c
@@ -449,7 +462,8 @@ def replay(file: Path, events: tuple[str, ...], as_json: bool, output: Path | No
 @click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this new file (mode 0600) instead of stdout.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
-def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, force: bool, **filters) -> None:
+def export(file: Path, events: tuple[str, ...], fmt: str, path: Path | None, force: bool,
+           **filters: Any) -> None:
     """Convert a capture: FILE --format jsonl|chrome [-o OUT] [EVENT...] [filters]"""
     import os
 
@@ -690,7 +704,7 @@ def user_events_emit(name: str, args: str, values: tuple[str, ...], wait_s: floa
         raise TracerError(f"user_events: {e}") from None
 
 
-def write_when_enabled(ev, wait_s: float, count: int, write: Callable[[], object]) -> None:
+def write_when_enabled(ev: Event, wait_s: float, count: int, write: Callable[[], object]) -> None:
     """Wait up to wait_s for a tracer to enable the event, then write it `count` times."""
     deadline = time.monotonic() + wait_s
     while not ev.enabled and time.monotonic() < deadline:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from itertools import product
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .globs import could_match_below, glob_match
 from .opencalls import (
@@ -37,6 +37,9 @@ from .opencalls import (
 )
 from .policy import OPEN_FLAGS, PROCESS_KEYS, RESOLVE_NAMES, SEVERITIES, Policy, Rule
 from .proccontext import ContextReader
+
+if TYPE_CHECKING:  # the CLI hands a session in; the monitor builds none
+    from .session import Session
 
 _ACCMODE_NAMES = ("O_RDONLY", "O_WRONLY", "O_RDWR")
 BUILTIN = {
@@ -110,7 +113,7 @@ def _has_flag(flags: int, name: str) -> bool:
     return flags & bits == bits
 
 
-def _sets(table: dict[str, tuple], test) -> Tri:
+def _sets(table: dict[str, tuple], test: Callable[[str], bool]) -> Tri:
     checks = {"any": lambda ns: any(map(test, ns)), "all": lambda ns: all(map(test, ns)),
               "none": lambda ns: not any(map(test, ns))}
     return all(checks[k](names) for k, names in table.items())
@@ -228,7 +231,7 @@ def builtin(rule: str, description: str | None = None, severity: str | None = No
     return Alert(rule, severity or sev, description or desc, detail)
 
 
-def max_severity(sevs) -> str:
+def max_severity(sevs: Iterable[str]) -> str:
     return max(sevs, key=SEVERITIES.index)
 
 
@@ -354,7 +357,7 @@ def lost_alert(ev: dict) -> Alert:
 # --- a monitor run (tracer monitor [SYSCALL...]) ---------------------------------------------------------
 
 
-def family_on_kernel(names: list[str], available) -> tuple[list[str], list[str]]:
+def family_on_kernel(names: list[str], available: Container[str]) -> tuple[list[str], list[str]]:
     """(what to watch, what is missing): the named syscalls, or the open family as far as this kernel
     has it (arm64 has no open or creat). A name outside the family is a usage error (ValueError)."""
     bad = [n for n in names if n not in FAMILY]
@@ -365,13 +368,14 @@ def family_on_kernel(names: list[str], available) -> tuple[list[str], list[str]]
     return [n for n in FAMILY if n in available], [n for n in FAMILY if n not in available]
 
 
-def watched(session, missing: Sequence[str]) -> str:
+def watched(session: Session, missing: Sequence[str]) -> str:
     names = ", ".join(s.name for s in session.syscalls)
     return f"{names} ({', '.join(missing)}: not on this kernel)" if missing else names
 
 
-def run_monitor(session, policy: Policy, drive, *, show_all: bool, as_json: bool, summary: bool,
-                missing: Sequence[str] = (), stream=None, aggregate_s: float | None = 60.0) -> int:
+def run_monitor(session: Session, policy: Policy, drive: Callable[[Session, Callable[[], None]], bool], *,
+                show_all: bool, as_json: bool, summary: bool, missing: Sequence[str] = (),
+                stream: IO[str] | None = None, aggregate_s: float | None = 60.0) -> int:
     """Check every event of the session; returns the exit status (3 when any alert fired). `drive` is the
     CLI's session runner (start, iterate through the body, one-line failures, clean-up); `stream`: where
     alerts go (-o FILE; default stdout); `aggregate_s`: the window of tracer/aggregate.py (None: off)."""

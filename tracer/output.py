@@ -89,7 +89,7 @@ class _AnsiStyles:
 
         system = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT,
                   "truecolor": ColorSystem.TRUECOLOR, "windows": ColorSystem.WINDOWS}[color_system]
-        self._parse = lambda style: Style.parse(style)._make_ansi_codes(system)
+        self._parse: Callable[[str], str] = lambda style: Style.parse(style)._make_ansi_codes(system)
         self._codes: dict[str, str] = {}
 
     def join(self, segs: list[tuple[str, str | None]]) -> str:

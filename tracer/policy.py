@@ -12,7 +12,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -231,7 +231,7 @@ def _syntax_line(msg: str, text: str) -> int:
     return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))  # "at end of document"
 
 
-def _hint(word: str, choices) -> str:
+def _hint(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -372,7 +372,8 @@ class _RuleParser:
             return None
         return v
 
-    def strings(self, keys: tuple[str, ...], v: object, choices=None) -> tuple[str, ...] | None:
+    def strings(self, keys: tuple[str, ...], v: object, choices: Collection[str] | None = None
+                ) -> tuple[str, ...] | None:
         """A string or a list of strings (checked against choices when given)."""
         items = [v] if isinstance(v, str) else v
         what = ".".join(keys)

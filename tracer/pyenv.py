@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from .errors import EnvironmentProblem
 
@@ -56,7 +57,7 @@ def import_fix(module: str, error: BaseException | None = None) -> str:
     return f"import {module} failed although {package} is installed{what}; reinstall {package}"
 
 
-def require(module: str):
+def require(module: str) -> ModuleType:
     """Import module, or raise EnvironmentProblem with the fix."""
     try:
         return importlib.import_module(module)

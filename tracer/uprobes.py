@@ -298,7 +298,8 @@ def _read(rec: bytes, slot: tuple, rflag: int, addr: int, source: str, pid: int,
     return (text(raw) if kind == RK_STR else raw.hex()), info
 
 
-def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec], explain=None) -> dict:
+def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec],
+                  explain: Callable[[int, int], dict] | None = None) -> dict:
     """One struct uprobe_record (bpf/uprobe.h) -> the event dict of the JSON contract."""
     h = _REC.unpack_from(rec)
     (_type, _size, probe, nreads, flags, pid, tid, uid, _pad, ts_enter, ts_exit, ret) = h[:12]
