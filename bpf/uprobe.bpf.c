@@ -25,8 +25,11 @@ BPF_HASH(up_pids, __u32, __u8, 65536);
 BPF_HASH(up_tids, __u32, __u8, 1024);
 BPF_PERCPU_ARRAY(up_stats, __u64, NSTATS);
 BPF_ARRAY(up_zero, struct uprobe_record, 1);
-/* Keyed by tid << 8 | probe: nested calls of different probed functions keep their own records. */
-BPF_TABLE("lru_hash", __u64, struct uprobe_record, up_inflight, UP_INFLIGHT_ENTRIES);
+/* Keyed by tid << 8 | probe: nested calls of different probed functions keep their own records.
+ * A plain hash, emptied at each return: an LRU would evict the record of a call that blocks long,
+ * silently; here a full table is counted (ST_STATE_FULL), and what stays is in flight (tracer/uprobes.py
+ * counts it at the end). */
+BPF_HASH(up_inflight, __u64, struct uprobe_record, UP_INFLIGHT_ENTRIES);
 
 static __always_inline void up_count(int idx)
 {
@@ -37,6 +40,8 @@ static __always_inline void up_count(int idx)
 
 static __always_inline int up_wanted(struct tracer_conf *c, __u32 pid, __u32 tid)
 {
+	if (c->flags & CF_OFF)
+		return 0; /* not tracing yet (probes attaching) or any more: see CF_OFF in record.h */
 	if (pid == c->self_pid)
 		return 0;
 	if ((c->flags & CF_PID) && !up_pids.lookup(&pid))
@@ -104,6 +109,9 @@ static __always_inline int up_enter(struct pt_regs *ctx, __u32 probe, const int 
 		return 0;
 	__u64 key = (__u64)tid << 8 | probe;
 	struct uprobe_record *r = up_inflight.lookup(&key);
+	if (r && (r->flags & UPF_ACTIVE))
+		up_count(ST_NO_EXIT); /* this thread is in the function already (recursion, longjmp out): that
+				       * call's record is replaced, its return will find none */
 	if (!r) {
 		struct uprobe_record *z = up_zero.lookup(&zero);
 		if (!z)
@@ -141,6 +149,10 @@ static __always_inline int up_enter(struct pt_regs *ctx, __u32 probe, const int 
 
 static __always_inline int up_ret(struct pt_regs *ctx, __u32 probe)
 {
+	__u32 zero = 0;
+	struct tracer_conf *c = up_filter.lookup(&zero);
+	if (!c || (c->flags & CF_OFF))
+		return 0; /* stopped: a call still in flight stays so, and is counted as such */
 	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff) << 8 | probe;
 	struct uprobe_record *r = up_inflight.lookup(&key);
 	if (!r || !(r->flags & UPF_ACTIVE))
@@ -164,6 +176,7 @@ static __always_inline int up_ret(struct pt_regs *ctx, __u32 probe)
 		up_count(ST_EMITTED);
 	else
 		up_count(ST_SUBMIT_FAIL);
+	up_inflight.delete(&key);
 	return 0;
 }
 

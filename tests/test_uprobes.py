@@ -306,6 +306,63 @@ def test_live_nofault_cannot_read_untouched_page(live) -> None:
     assert not [x for x in lines if x.get("kind") == "uprobe" and x["function"] == "openat"]
 
 
+# --- accounting: every call of a probed function delivered or counted lost ------------------------------
+
+
+def test_live_recursive_calls_are_counted_not_lost_silently(bpf_env, pie: Path) -> None:
+    """uprobe_recursive_fn(3) calls itself down to 0: records are per (thread, function), so each nested
+    call replaces its caller's; the innermost is delivered and the 3 replaced ones are counted no_exit."""
+    from tracer.session import Session
+
+    with Session([f"uprobe:{pie}:uprobe_recursive_fn(int depth):int"], command=[str(pie), "recurse"]) as s:
+        out = [ev.data for ev in s]
+    summary = s.summary()
+    assert s.exit_code == 0
+    assert [(e["kind"], e.get("args"), e.get("ret")) for e in out if e["kind"] == "uprobe"] == [
+        ("uprobe", {"depth": 0}, 0)]
+    assert [(e["count"], e["reason"]) for e in out if e["kind"] == "lost"] == [(3, "no_exit")]
+    assert summary["events"] + summary["lost"] == 4 and summary["kernel"]["uprobe_no_exit"] == 3
+
+
+def in_pipe_read(pid: int) -> bool:
+    """Blocked in read(2) on another fd than stdin (/proc/PID/syscall: number and arguments while blocked)."""
+    fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    return fields[:1] == ["0"] and fields[1] != "0x0"
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["running", "killed"])
+def test_live_call_in_flight_when_tracing_stops_is_counted(bpf_env, pie: Path, killed: bool) -> None:
+    """A -p process enters uprobe_block_fn after tracing started and never returns from it: at the end
+    that call is in_flight_at_exit while its thread lives, no_exit once it was killed inside the function."""
+    from tracer.session import Session
+
+    proc = subprocess.Popen([str(pie), "block"], stdin=subprocess.PIPE)
+    try:
+        with Session([f"uprobe:{pie}:uprobe_block_fn(int fd):int"], pids=[proc.pid]) as s:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + TIMEOUT
+            while not in_pipe_read(proc.pid):  # in the function, blocked
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            if killed:
+                proc.kill()
+                proc.wait()
+            s.stop()
+            out = [ev.data for ev in s]
+        summary = s.summary()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+    reason = "no_exit" if killed else "in_flight_at_exit"
+    assert out == [{"kind": "lost", "source": "uprobes", "cpu": None, "count": 1, "reason": reason}]
+    assert summary["events"] == 0 and summary["lost"] == summary["lost_by_reason"][reason] == 1
+
+
 def test_live_unknown_symbol_is_usage_error(bpf_env, pie: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tracer", "trace", f"uprobe:{pie}:no_such_fn(int)", "--", "true"],
                           cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import bpfsys
+from .accounting import Loss, syscall_losses
 from .attach import UprobeLink
 from .bpfload import load_compiled
 from .caps import sleepable_kinds
@@ -141,7 +142,7 @@ def _int(bits: int, signed: bool, raw: int) -> int:
 
 class UprobeSource(Source):
     name = "uprobes"
-    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail")
+    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail", "no_exit")  # record.h ST_*
 
     def __init__(self, specs: list[UprobeSpec], opts: SourceOptions, use_sleepable: bool) -> None:
         self.specs = specs
@@ -164,6 +165,7 @@ class UprobeSource(Source):
             for ring in self.rings.rings:
                 events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
             self._attach()
+            self._tracing(True)  # every probe attached: calls are traced from this instant
         except BaseException:
             self.close()
             raise
@@ -171,8 +173,8 @@ class UprobeSource(Source):
     def _configure(self, f: Filters) -> None:
         flags = sum(const(n) for n, on in (("CF_PID", f.pids), ("CF_TID", f.tids), ("CF_UID", f.uid is not None),
                                            ("CF_COMM", f.comm), ("CF_FOLLOW", f.follow)) if on)
-        self._set("up_filter", 0, packer("tracer_conf").pack(flags, os.getpid(), f.uid or 0, 0,
-                                                             (f.comm or "").encode()[:15]))
+        self._filter = (flags, os.getpid(), f.uid or 0, 0, (f.comm or "").encode()[:15])
+        self._tracing(False)  # CF_OFF until every probe is attached: no call half seen
         one = ct.c_uint8(1)
         for pid in f.pids:
             self.bpf["up_pids"][ct.c_uint32(pid)] = one
@@ -190,6 +192,35 @@ class UprobeSource(Source):
             self._set("up_conf", idx, packer("sc_conf").pack(
                 1, len(s.args), len(reads), 0, bytes(reads + pad), bytes(kinds + pad), bytes(lenargs + pad),
                 *(sizes + pad)))
+
+    def _tracing(self, on: bool) -> None:
+        """One conf write starts or stops every program at once (CF_OFF, as for syscalls)."""
+        flags, *rest = self._filter
+        self._set("up_filter", 0, packer("tracer_conf").pack(flags | (0 if on else const("CF_OFF")), *rest))
+
+    def quiesce(self) -> None:
+        if self.bpf is not None:
+            self._tracing(False)  # counters and the in-flight table are final from here
+        super().quiesce()
+
+    def final_losses(self) -> list[Loss]:
+        """As for syscalls (accounting.syscall_losses): failed outputs, a full in-flight table, calls whose
+        record a recursive call replaced; and the calls still in the function when tracing stopped —
+        `no_exit` if their thread is gone (it exited or was killed inside the function), otherwise
+        `in_flight_at_exit`."""
+        if self.bpf is None or self.rings is None:
+            return []
+        t = self.bpf["up_stats"]
+        per_cpu = {n: list(t[t.Key(i)]) for i, n in enumerate(self.STAT_NAMES)}
+        gone = running = 0
+        for rec in self.bpf["up_inflight"].values():
+            if rec.flags & const("UPF_ACTIVE"):
+                if os.path.exists(f"/proc/{rec.pid}/task/{rec.tid}"):
+                    running += 1
+                else:
+                    gone += 1
+        losses = syscall_losses(self.rings.rings, per_cpu, running)
+        return losses + ([(None, "no_exit", gone)] if gone else [])
 
     def _set(self, table: str, key: int, value: bytes) -> None:
         t = self.bpf[table]

@@ -8,6 +8,10 @@
  * "untouched" case passes a pointer into a private file mapping nothing has touched, and the function
  * never touches it either, so only a reader that faults pages in (a sleepable BPF program) can read it.
  * It also calls libc's openat once (case "openat"), for probes on a shared library.
+ *
+ * `uprobe_target recurse`: uprobe_recursive_fn(3), which calls itself down to 0 (4 calls, nested).
+ * `uprobe_target block`: reads a line on stdin, then calls uprobe_block_fn, which never returns (it reads a
+ * pipe nobody writes): a call in flight until the process is killed.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -31,6 +35,32 @@ __attribute__((noinline, used, visibility("default"))) int uprobe_target_fn(int 
 	return n + 1000;
 }
 
+__attribute__((noinline, used, visibility("default"))) int uprobe_recursive_fn(int depth)
+{
+	__asm__ volatile("" ::: "memory");
+	return depth > 0 ? uprobe_recursive_fn(depth - 1) + 1 : 0;
+}
+
+__attribute__((noinline, used, visibility("default"))) int uprobe_block_fn(int fd)
+{
+	char c;
+	return (int)read(fd, &c, 1);
+}
+
+static int other_modes(int argc, char **argv)
+{
+	if (argc > 1 && !strcmp(argv[1], "recurse"))
+		return uprobe_recursive_fn(3) == 3 ? 0 : 1;
+	if (argc > 1 && !strcmp(argv[1], "block")) {
+		char line[64];
+		int p[2];
+		if (pipe(p) || read(0, line, sizeof(line)) <= 0)
+			die("block: pipe or stdin");
+		return uprobe_block_fn(p[0]);
+	}
+	return -1;
+}
+
 static void report(const char *name, int n, const char *s, const char *shown, const unsigned char *buf,
 		   const char *buf_hex, long len, int before, int ret, int after)
 {
@@ -45,8 +75,11 @@ static void report(const char *name, int n, const char *s, const char *shown, co
 		die("write");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	int mode = other_modes(argc, argv);
+	if (mode >= 0)
+		return mode;
 	const char *dir = getenv("WORKLOAD_DIR") ? getenv("WORKLOAD_DIR") : "/tmp";
 	char path[512];
 	snprintf(path, sizeof(path), "%s/uprobe_target.%d", dir, getpid());
