@@ -22,7 +22,7 @@ def traced(build_c) -> tuple[dict, list[dict], str, list[dict]]:
     run = run_tracer("trace", *EVENTS, "--json", "--", exe)
     expect_ok(run)
     (report,) = run.workload
-    console = run_tracer("trace", "socket", "clone", "rt_sigprocmask", "--", exe,
+    console = run_tracer("trace", "socket", "clone", "rt_sigprocmask", "rt_sigaction", "--", exe,
                          env={"TERM": "dumb", "COLUMNS": "300"})
     expect_ok(console)
     return report, run.of(report["pid"]), console.stderr + console.stdout, run.lines
@@ -89,6 +89,16 @@ def test_signals_clone_and_wait(traced) -> None:
     report, events, _, _ = traced
     (sa,) = [e for e in calls(events, "rt_sigaction") if e["args"]["sig"] == 10]
     assert sa["args_str"] == {"sig": "SIGUSR1"}
+    # The kernel's struct sigaction (layout from BTF) as glibc's sigaction() passes it: SA_RESTORER and its
+    # restorer added to the workload's SA_RESTART, handler and mask.
+    act = sa["args"]["act"]
+    assert sa["reads"]["act"]["status"] == "ok" and act["sa_restorer"] != 0
+    assert {k: v for k, v in act.items() if k != "sa_restorer"} == {
+        "sa_handler": report["handler"], "sa_flags": 0x14000000, "sa_flags_str": "SA_RESTORER|SA_RESTART",
+        "sa_mask": {"signals": ["SIGINT"], "mask": "0x2"}}
+    ignored = [e["args"]["act"] for e in calls(events, "rt_sigaction") if isinstance(e["args"]["act"], dict)
+               and e["args"]["act"].get("sa_handler_str") == "SIG_IGN"]
+    assert len(ignored) == 1 and ignored[0]["sa_handler"] == 1  # the SIGPIPE the workload ignores
     assert [e["args_str"] for e in calls(events, "kill")] == [{"sig": "SIGUSR1"}, {"sig": "SIGTERM"}]
     masks = [e for e in calls(events, "rt_sigprocmask", sigsetsize=8) if e["args"]["nset"] is not None
              and e["args"]["nset"]["signals"] == ["SIGINT", "SIGTERM"]]
@@ -117,3 +127,5 @@ def test_console_shows_symbols(traced) -> None:
     assert "socket(family=AF_INET, type=SOCK_STREAM|SOCK_CLOEXEC, protocol=IPPROTO_IP) = 3" in text
     assert "clone(clone_flags=SIGCHLD, " in text
     assert "rt_sigprocmask(how=SIG_BLOCK, nset=[INT TERM], oset=0, sigsetsize=8) = 0" in text
+    assert "rt_sigaction(sig=SIGPIPE, act={sa_handler=SIG_IGN, sa_mask=[PIPE], sa_flags=SA_RESTORER|SA_RESTART, " \
+           "sa_restorer=0x" in text

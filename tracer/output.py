@@ -162,6 +162,10 @@ class ConsoleOutput:
             from .symbols import sigset_str
 
             return sigset_str(d)
+        if "sa_handler" in d and "sa_flags_str" in d:  # rt_sigaction's struct sigaction
+            from .symbols import sigaction_str
+
+            return sigaction_str(d)
         if "exit_signal" in d and "flags_str" in d:  # clone3's struct clone_args: as strace shows it
             parts = [f"flags={d['flags_str']}", f"exit_signal={d.get('exit_signal_str') or d['exit_signal']}"]
             parts += [f"{k}={v:#x}" for k, v in d.items()

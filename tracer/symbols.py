@@ -589,6 +589,67 @@ def sigset_str(d: dict) -> str:
     return "[" + " ".join(short) + "]"
 
 
+def sa_flags() -> dict[int, str]:
+    return _names(_header("asm/signal.h", r"SA_\w+"), _header("asm-generic/signal-defs.h", r"SA_\w+"),
+                  bits=True)
+
+
+@cache
+def sigaction_layout() -> tuple[int, dict[str, int]] | None:
+    """(size, field -> offset) of the kernel's struct sigaction (what rt_sigaction reads from the caller),
+    from the running kernel's BTF: sa_restorer exists on some architectures only; None without BTF."""
+    try:
+        from .btf import vmlinux
+
+        btf = vmlinux()
+        size = btf.struct_named("sigaction").size_or_type
+    except (OSError, KeyError, ValueError):
+        return None
+    offsets = {}
+    for name in ("sa_handler", "sa_flags", "sa_restorer", "sa_mask"):
+        try:
+            offsets[name] = btf.offsetof("sigaction", name)
+        except (KeyError, ValueError):
+            continue
+    if {"sa_handler", "sa_flags", "sa_mask"} - set(offsets) or max(offsets.values()) != offsets["sa_mask"]:
+        return None  # another shape than the one decoded here: left as a pointer
+    return size, offsets
+
+
+def sigaction(raw: bytes) -> dict | None:
+    """struct sigaction as rt_sigaction(2) reads it: handler (SIG_DFL/SIG_IGN named), flags, restorer,
+    and the mask as a signal set (strace: `{sa_handler=SIG_IGN, sa_mask=[INT], sa_flags=SA_RESTART}`)."""
+    layout = sigaction_layout()
+    if layout is None or len(raw) < layout[0]:
+        return None
+    size, at = layout
+    word = struct.calcsize("P")
+
+    def ulong(name: str) -> int:
+        return int.from_bytes(raw[at[name]: at[name] + word], "little")
+
+    out: dict = {"sa_handler": ulong("sa_handler")}
+    if out["sa_handler"] in (0, 1):
+        out["sa_handler_str"] = ("SIG_DFL", "SIG_IGN")[out["sa_handler"]]
+    out["sa_flags"] = ulong("sa_flags")
+    out["sa_flags_str"] = flags_str(out["sa_flags"], sa_flags()) or "0"
+    if "sa_restorer" in at:
+        out["sa_restorer"] = ulong("sa_restorer")
+    out["sa_mask"] = sigset(raw[at["sa_mask"]: size])
+    return out
+
+
+def sigaction_str(d: dict) -> str:
+    """strace's rendering of a decoded struct sigaction."""
+    parts = [f"sa_handler={d.get('sa_handler_str') or hex(d['sa_handler'])}"]
+    if d.get("sa_mask") is not None:
+        parts.append(f"sa_mask={sigset_str(d['sa_mask'])}")
+    parts.append(f"sa_flags={d['sa_flags_str']}")
+    if d.get("sa_restorer"):
+        parts.append(f"sa_restorer={d['sa_restorer']:#x}")
+    return "{" + ", ".join(parts) + "}"
+
+
 # Input signal sets (sigset_t *) read by the tracer: (syscall, argument) -> its size argument.
 SIGSET_ARGS = {("rt_sigprocmask", "nset"): "sigsetsize", ("rt_sigsuspend", "unewset"): "sigsetsize",
                ("rt_sigtimedwait", "uthese"): "sigsetsize", ("signalfd4", "user_mask"): "sizemask",
@@ -597,5 +658,6 @@ SIGSET_ARGS = {("rt_sigprocmask", "nset"): "sigsetsize", ("rt_sigsuspend", "unew
 # (syscall, argument) -> decoder of the bytes read at that pointer (a dict), for read kinds RK_BUF*.
 STRUCTS: dict[tuple[str, str], Callable[[bytes], dict | None]] = {
     ("clone3", "uargs"): clone_args,
+    ("rt_sigaction", "act"): sigaction,
     **dict.fromkeys(SIGSET_ARGS, sigset),
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import UnknownEvent
 from .kenv import tracefs_root
 from .layout import const
-from .symbols import SIGSET_ARGS
+from .symbols import SIGSET_ARGS, sigaction_layout
 
 # Tracepoint names that are not libseccomp's syscall names.
 _ALIASES = {"newstat": "stat", "newlstat": "lstat", "newfstat": "fstat", "newuname": "uname",
@@ -131,6 +131,8 @@ def plan_reads(name: str, args: list[Arg]) -> tuple[Read, ...]:
             reads.append(Read(i, const("RK_OPEN_HOW"), names.index("usize"), const("HOW_CAP")))
         elif t == "struct clone_args *" and "size" in names:  # clone3: decoded by symbols.clone_args
             reads.append(Read(i, const("RK_BUF_LEN"), names.index("size"), CLONE_ARGS_CAP))
+        elif t == "const struct sigaction *" and name == "rt_sigaction" and (sa := sigaction_layout()):
+            reads.append(Read(i, const("RK_BUF"), size=sa[0]))  # the new action: symbols.sigaction
         elif t in ("sigset_t *", "const sigset_t *") and (name, a.name) in SIGSET_ARGS:  # symbols.sigset
             reads.append(Read(i, const("RK_BUF_LEN"), names.index(SIGSET_ARGS[name, a.name]), SIGSET_CAP))
         elif t == "struct sockaddr *" and i + 1 < len(args):

@@ -2,7 +2,7 @@
  * Every call is made with syscall(2) where the C library might pick another syscall or other flags,
  * so the traced arguments are exactly those written here. Failed calls: shutdown (ENOTCONN) and the
  * second wait4 (ECHILD). One JSON line on stdout at the end:
- *   {"kind":"workload","pid","child1","child2","child3","map":ADDR}
+ *   {"kind":"workload","pid","child1","child2","child3","map":ADDR,"clone_args":ADDR,"handler":ADDR}
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -67,9 +67,13 @@ int main(void)
 		die("mprotect");
 
 	/* signals */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		die("signal");
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_usr1;
+	sa.sa_flags = SA_RESTART;
+	sigaddset(&sa.sa_mask, SIGINT);
 	if (sigaction(SIGUSR1, &sa, NULL))
 		die("sigaction");
 	syscall(SYS_kill, getpid(), SIGUSR1);
@@ -121,7 +125,7 @@ int main(void)
 	if (c3 < 0)
 		die("clone");
 	syscall(SYS_wait4, c3, &st, __WALL, NULL);
-	out("{\"kind\":\"workload\",\"pid\":%d,\"child1\":%ld,\"child2\":%ld,\"child3\":%ld,\"map\":%lu,\"clone_args\":%lu}",
-	    getpid(), c1, c2, c3, (unsigned long)p, (unsigned long)&ca);
+	out("{\"kind\":\"workload\",\"pid\":%d,\"child1\":%ld,\"child2\":%ld,\"child3\":%ld,\"map\":%lu,\"clone_args\":%lu,\"handler\":%lu}",
+	    getpid(), c1, c2, c3, (unsigned long)p, (unsigned long)&ca, (unsigned long)on_usr1);
 	return 0;
 }
