@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,54 @@ def test_doctor_json() -> None:
     assert isinstance(doc["sleepable"], dict)
     assert proc.returncode == (0 if doc["ok"] else 1)
     assert proc.returncode == 0, "syscall tracing should be possible on this machine (we run as root)"
+
+
+class _FakeSession:
+    """What cli.drive uses of a Session; `fail_start` makes start() fail as bcc's compile does."""
+
+    probes = None
+
+    def __init__(self, fail_start: bool) -> None:
+        self.fail_start = fail_start
+        self.closed = 0
+
+    def start(self) -> None:
+        if self.fail_start:
+            raise Exception("/virtual/main.c:12:3: error: use of undeclared identifier 'x'")
+
+    def stop(self, sig: int = 15) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("fail_start", [True, False], ids=["loading", "tracing"])
+def test_a_failure_is_named_by_when_it_happened(fail_start: bool) -> None:
+    """bcc failing while the programs load is a load error (with its last line); anything failing once
+    tracing runs (a decoder or output bug) is tracer's internal error, not "could not load" — and the
+    session is closed either way."""
+    from tracer.cli import drive
+    from tracer.errors import EnvironmentProblem, TracerError
+
+    session = _FakeSession(fail_start)
+
+    def body() -> None:
+        raise KeyError("function")
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(TracerError) as caught:
+            drive(session, body)  # type: ignore[arg-type]
+    finally:
+        for sig, handler in saved.items():  # drive installed its stop handlers
+            signal.signal(sig, handler)
+    msg = caught.value.report()
+    if fail_start:
+        assert isinstance(caught.value, EnvironmentProblem)
+        assert msg == "tracer: could not load the BPF programs: /virtual/main.c:12:3: error: use of undeclared " \
+                      "identifier 'x' (see `tracer doctor`)"
+    else:
+        assert not isinstance(caught.value, EnvironmentProblem) and caught.value.code == 1
+        assert msg.startswith("tracer: internal error while tracing: KeyError: 'function' (") and "\n" not in msg
+    assert session.closed >= 1

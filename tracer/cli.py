@@ -189,11 +189,14 @@ def make_session(events: list[str], *, pages: int | None, **opts: Any) -> Sessio
 
 def drive(session: Session, body: Callable[[], None]) -> bool:
     """Start the session and run `body` (which iterates it); any failure ends the run with one line on
-    stderr (a TracerError as it is; anything else, from bcc, as a load error). The session is closed
+    stderr (a TracerError as it is; anything else as a load error if the programs were not loaded yet —
+    bcc's compile and attach failures — and as an internal error after that). The session is closed
     (programs detached) on every path. False if stdout was closed."""
     install_signal_stop(session)
+    loaded = False
     try:
         session.start()
+        loaded = True
         body()
     except KeyboardInterrupt:
         pass
@@ -209,8 +212,11 @@ def drive(session: Session, body: Callable[[], None]) -> bool:
         from .probes import load_error
 
         show_traceback()
-
-        raise load_error(e) from e
+        if not loaded:
+            raise load_error(e) from e
+        # While tracing, an unexpected error is tracer's own fault, not the kernel's: said as such.
+        raise TracerError(f"internal error while tracing: {type(e).__name__}: {e} (what was shown so far "
+                          "is complete; --debug prints the traceback: please report it)") from e
     finally:
         announce_detach(session)
         session.close()
