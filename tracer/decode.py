@@ -70,9 +70,6 @@ _UNSIGNED16 = {"umode_t", "unsigned short"}
 _CONV_NONE, _CONV_S32, _CONV_U32, _CONV_U16, _CONV_S64 = range(5)
 _CONVS = {**dict.fromkeys(_SIGNED32, _CONV_S32), **dict.fromkeys(_UNSIGNED32, _CONV_U32),
           **dict.fromkeys(_UNSIGNED16, _CONV_U16), **dict.fromkeys(_SIGNED64, _CONV_S64)}
-# The same conversions as functions (None: the value as it is), for tracer/recjson.py.
-CONVERSIONS = {_CONV_NONE: None, _CONV_S32: lambda v: int_value("int", v), _CONV_U32: lambda v: v & 0xFFFFFFFF,
-               _CONV_U16: lambda v: v & 0xFFFF, _CONV_S64: lambda v: int_value("long", v)}
 
 
 def int_value(ctype: str, raw: int) -> int:

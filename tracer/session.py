@@ -448,9 +448,9 @@ class Session:
             get = groups.get
             for it in items:
                 if type(it) is Line:
-                    groups[it.group] = get(it.group, 0) + 1
+                    groups[it[1]] = get(it[1], 0) + 1
             self.stats.add_groups(groups)
-        out += [it.text if type(it) is Line else it for it in items]
+        out += [it[2] if type(it) is Line else it for it in items]
         return out
 
     def run(self) -> Stats:
