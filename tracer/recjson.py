@@ -20,6 +20,7 @@ into that source; every name and string is passed in as a value, escaped by json
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _enc  # json's escaper: json.dumps's bytes (ensure_ascii)
@@ -50,11 +51,12 @@ from .decode import (
 )
 from .events import UNVERIFIED, VERIFIED_EQUAL, order_ts
 from .jsonenc import json_dumps
+from .layout import struct_of
 from .syscalls import OPEN_FAMILY
 
 _UNSET = object()
-_SLOT = 14  # fields per read slot in the unpacked header (decode._HDRS): arg, kind, es, xs, eerr, xerr, eoff,
-_SLOTS_AT = 19  # elen, xoff, xlen, same, src, pad, want; the first slot's index
+_REC, _SLOT = struct_of("sys_record"), struct_of("read_slot")
+_READS_AT = _REC.field("reads").offset
 _READ_HEAD = '{"status":"ok","source":"enter","errno":null,"addr":'
 _VERIFIED = f',"verified_at_exit":true,"verified":true,"verified_by":{_enc(VERIFIED_EQUAL)}}}'
 _UNVERIFIED = {0: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["no_exit"])}}}',
@@ -69,11 +71,34 @@ CONVERSIONS: dict[int, Callable[[str, str], list[str]]] = {
     _CONV_U16: lambda v, raw: [f"{raw} & 0xFFFF"],
     _CONV_S64: lambda v, raw: [f"{raw} - 0x10000000000000000 if {raw} & 0x8000000000000000 else {raw}"]}
 
+
+def _unpacker(fields: list[tuple[int, str, str]]) -> tuple[struct.Struct, list[str]]:
+    """One little-endian Struct reading (offset, code, name) fields, the bytes between them skipped;
+    and the names in the order it returns them."""
+    fmt, at, names = "<", 0, []
+    for off, code, name in sorted(fields):
+        fmt += (f"{off - at}x" if off > at else "") + code
+        at = off + struct.calcsize("<" + code)
+        names.append(name)
+    return struct.Struct(fmt), names
+
+
+def _slot_field(j: int, name: str) -> int:
+    return _READS_AT + j * _SLOT.size + _SLOT.field(name).offset
+
+
+# The layout key of a record with n read slots: (nr, the argument each slot reads, ...), one unpack.
+_KEYS = [_unpacker([(_REC.field("nr").offset, "H", "nr")]
+                   + [(_slot_field(j, "arg"), "B", f"arg{j}") for j in range(n)])[0] for n in range(MAX_READS + 1)]
+# Decoder.steps_for gives a slot's place in decode._HDRS's unpacked tuple: _HDR_SLOTS_AT + _HDR_SLOT * j.
+_HDR_SLOTS_AT, _HDR_SLOT = 19, 14
+_SLOT_FIELDS = ("kind", "enter_status", "exit_status", "enter_off", "enter_len", "exit_same", "want")
+
 # One event as its JSON line: (events.order_ts of the event, events.Stats.add_many's grouping key of the
 # event, the line without its newline). A plain tuple: a NamedTuple's constructor costs ~0.2 µs more.
 Line = tuple
-# (record, unpacked header, cpu, '<time>"}') -> its Line, or None: decode the record instead
-_LineFn = Callable[[bytes, tuple, int, str], "tuple[int, tuple, str] | None"]
+# (record, cpu) -> its Line, or None: decode the record instead
+_LineFn = Callable[[bytes, int], "tuple[int, tuple, str] | None"]
 
 
 def order_key(item: object) -> int:
@@ -91,15 +116,13 @@ class LineEncoder:
         self._comms: dict[bytes, str] = {}
         self._rets: dict[int, str] = {}
         self._values: dict[tuple, str] = {}
-        self._sec = -1
-        self._prefix = ""
+        self._clock: list = [-1, ""]  # the second `time` was last made for, and its date and time of day
 
     def encode(self, samples: list[bytes], cpu: int) -> list[tuple | dict]:
         """Each record of one ring as its Line, or as its decoded event dict where it is not of the
         common shape (see the module's docstring)."""
         decode = self.decoder.decode
         layouts = self._layouts
-        offset, last, prefix = self.offset, self._sec, self._prefix
         out: list[tuple | dict] = []
         append = out.append
         for rec in samples:
@@ -107,23 +130,20 @@ class LineEncoder:
             if n > MAX_READS or len(rec) < _HDRS[n].size or rec[7] & RF_SLEEPABLE:
                 append(decode(rec, cpu))
                 continue
-            h = _HDRS[n].unpack_from(rec)
-            pkey = (h[2], h[_SLOTS_AT:_SLOTS_AT + _SLOT * n:_SLOT]) if n else h[2]
+            pkey = _KEYS[n].unpack_from(rec)
             try:
                 fn = layouts[pkey]
             except KeyError:
-                fn = self._layout(pkey, h)
-            if fn is not None:
-                sec, ns = divmod(h[9] + offset, 1_000_000_000)
-                if sec != last:
-                    last, prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-                line = fn(rec, h, cpu, f'{prefix}.{ns // 1000:06d}Z"}}')
-                if line is not None:
-                    append(line)
-                    continue
-            append(decode(rec, cpu))
-        self._sec, self._prefix = last, prefix
+                fn = self._layout(pkey, rec)
+            line = None if fn is None else fn(rec, cpu)
+            append(decode(rec, cpu) if line is None else line)
         return out
+
+    def _when(self, sec: int) -> str:
+        """The date and time of day of `sec` (wall clock), as the event's `time` starts; made once per second."""
+        self._clock[0] = sec
+        self._clock[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return self._clock[1]
 
     # -- memos the generated functions call on a miss ----------------------------------------------------
     def _ret(self, ret: int) -> str:
@@ -144,55 +164,60 @@ class LineEncoder:
             self._values[(kind, raw, want)] = val
         return val
 
-    def _layout(self, pkey: object, h: tuple) -> _LineFn | None:
+    def _layout(self, pkey: tuple, rec: bytes) -> _LineFn | None:
         """The line function of one (syscall, read slots) layout, for records whose slots read the kinds
         this first record's did; None: its records are always decoded."""
-        nr, slot_args = pkey if isinstance(pkey, tuple) else (pkey, ())
-        plan, steps = self.decoder.steps_for(nr, slot_args)
-        lay = None
-        if not plan.context:
-            lay = self._generate(plan, steps, h)
+        plan, steps = self.decoder.steps_for(pkey[0], pkey[1:])
+        fn = None if plan.context else self._generate(plan, steps, rec)
         if len(self._layouts) < _MEMO_MAX:
-            self._layouts[pkey] = lay
-        return lay
+            self._layouts[pkey] = fn
+        return fn
 
-    def _generate(self, plan: _Plan, steps: tuple, h: tuple) -> _LineFn | None:
+    def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
+        """The source of `line(rec, cpu)` for this layout: one unpack into locals, checks that send an
+        uncommon record back to the decoder (return None), then one f-string. `steps`: Decoder.steps_for's."""
         ns: dict = {"RETS": self._rets, "ret_frag": self._ret, "COMMS": self._comms, "comm_frag": self._comm,
                     "VALUES": self._values, "value_frag": self._value, "enc": _enc, "UNSET": _UNSET,
-                    "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED,
+                    "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED, "CLOCK": self._clock, "when": self._when,
                     "HEAD": f'{{"kind":"syscall","syscall":{_enc(plan.name)},"event":{_enc(plan.event)},"ts":'}
-        body = ["    flags = h[4]", f"    noreturn = flags & {RF_NORETURN}"]
+        r = {n: _REC.field(n).offset for n in ("flags", "pid", "tid", "uid", "ts_enter", "ts_exit", "ret", "comm")}
+        fields = [(r["flags"], "B", "flags"), (r["pid"], "I", "pid"), (r["tid"], "I", "tid"), (r["uid"], "I", "uid"),
+                  (r["ts_enter"], "Q", "ts"), (r["ts_exit"], "Q", "te"), (r["ret"], "q", "ret"),
+                  (r["comm"], f"{_REC.field('comm').count}s", "comm_raw")]
+        args_at = _REC.field("args").offset
+        codes = {f.name: f.code for f in _SLOT.fields}
+        body = [f"    noreturn = flags & {RF_NORETURN}"]
         if plan.name in OPEN_FAMILY:  # a successful call carries `opened`: decoded the reference way
-            body.append("    if not noreturn and h[11] >= 0: return None")
+            body.append("    if not noreturn and ret >= 0: return None")
         args, reads, syms, names = [], [], [], []
         for i, aname, conv, _memo, symf, k in steps:
             ns[f"K{i}"] = _enc(aname) + ":"
+            fields.append((args_at + 8 * i, "Q", f"r{i}"))
             if k:
-                kind = h[k + 1]
+                j = (k - _HDR_SLOTS_AT) // _HDR_SLOT  # the slot's index in the record
+                kind = rec[_slot_field(j, "kind")]
                 if kind not in (RK_STR, RK_OPEN_HOW, RK_SOCKADDR):
                     return None
+                fields += [(_slot_field(j, f), codes[f], f"{f}{i}") for f in _SLOT_FIELDS]
                 names.append(aname)
-                body += [f"    xs = h[{k + 3}]",
-                         f"    if h[{k + 2}] != {RS_OK} or h[{k + 1}] != {kind} or (xs != {RS_NONE} and not "
-                         f"(h[{k + 10}] and (xs == {RS_OK} or xs == {RS_TRUNC}))): return None",
-                         f"    start = {_DATA_OFF} + h[{k + 6}]",
-                         f"    raw = rec[start:start + h[{k + 7}]]"]
+                body += [f"    if enter_status{i} != {RS_OK} or kind{i} != {kind} or (exit_status{i} != {RS_NONE} "
+                         f"and not (exit_same{i} and (exit_status{i} == {RS_OK} or exit_status{i} == {RS_TRUNC}))):",
+                         "        return None",
+                         f"    raw = rec[{_DATA_OFF} + enter_off{i}:{_DATA_OFF} + enter_off{i} + enter_len{i}]"]
                 if kind == RK_STR:
                     body += ["    try:", f"        v{i} = enc(raw.decode('utf-8'))",
                              "    except UnicodeDecodeError:", "        return None"]  # kept with `hex`
                     size = ""
                 else:
-                    want = f"h[{k + 13}]"
-                    body += [f"    v{i} = VALUES.get(({kind}, raw, {want})) or value_frag({kind}, raw, {want})",
-                             f"    z{i} = f',\"size\":{{{want}}}' if {want} else ''"]
+                    body += [f"    v{i} = VALUES.get(({kind}, raw, want{i})) or value_frag({kind}, raw, want{i})",
+                             f"    z{i} = f',\"size\":{{want{i}}}' if want{i} else ''"]
                     size = f"{{z{i}}}"
-                body.append(f"    t{i} = VERIFIED if xs != {RS_NONE} else UNVERIFIED[noreturn]")
+                body += [f"    t{i} = VERIFIED if exit_status{i} != {RS_NONE} else UNVERIFIED[noreturn]",
+                         f"    l{i} = len(raw)"]
                 args.append(f"{{K{i}}}{{v{i}}}")
-                reads.append(f'{{K{i}}}{{{{"status":"ok","source":"enter","errno":null,"addr":{{h[{12 + i}]}},'
-                             f'"len":{{l{i}}}{size}{{t{i}}}')
-                body.append(f"    l{i} = len(raw)")
+                reads.append(f'{{K{i}}}{_READ_HEAD.replace("{", "{{")}{{r{i}}},"len":{{l{i}}}{size}{{t{i}}}')
                 continue
-            body += [f"    a{i} = {line}" for line in CONVERSIONS[conv](f"a{i}", f"h[{12 + i}]")]
+            body += [f"    a{i} = {line}" for line in CONVERSIONS[conv](f"a{i}", f"r{i}")]
             args.append(f"{{K{i}}}{{a{i}}}")
             if symf is not None:
                 ns[f"SYM{i}"] = {}
@@ -210,22 +235,26 @@ class LineEncoder:
                      "    sy = ',\"args_str\":{' + sy + '}' if sy else ''"]
         else:
             body.append("    sy = ''")
-        body += ["    if noreturn:",
-                 "        key = h[9]",
-                 "        mid = ''",
-                 "        rf = ',\"ret\":null,\"ret_str\":null'",
-                 "    else:",
-                 "        key = h[10] or h[9]",
-                 "        mid = f',\"ts_exit\":{h[10]},\"duration_ns\":{h[10] - h[9]}'",
-                 "        rf = RETS.get(h[11]) or ret_frag(h[11])",
-                 "    comm = COMMS.get(h[18]) or comm_frag(h[18])",
-                 f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
-                 "    return key, GROUP, (f'{HEAD}{h[9]},\"cpu\":{cpu},\"pid\":{h[5]},\"tid\":{h[6]},\"comm\":{comm},'",
-                 "            f'\"uid\":{h[7]}'",
-                 "            f'{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{" + ",".join(reads)
-                 + "}},\"missing\":[]{rc},\"time\":\"{when}')"]
+        unpack, order = _unpacker(fields)
+        ns["UNPACK"] = unpack.unpack_from
+        body = [f"    {', '.join(order)}, = UNPACK(rec)", *body,
+                "    if noreturn:",
+                "        key = ts",
+                "        mid = ''",
+                "        rf = ',\"ret\":null,\"ret_str\":null'",
+                "    else:",
+                "        key = te or ts",
+                "        mid = f',\"ts_exit\":{te},\"duration_ns\":{te - ts}'",
+                "        rf = RETS.get(ret) or ret_frag(ret)",
+                "    comm = COMMS.get(comm_raw) or comm_frag(comm_raw)",
+                f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
+                f"    sec, ns = divmod(ts + {int(self.offset)}, 1000000000)",
+                "    day = CLOCK[1] if sec == CLOCK[0] else when(sec)",
+                "    return key, GROUP, (f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
+                "            f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{"
+                + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{ns // 1000:06d}Z\"}}')"]
         names_t = tuple(names)
         ns["GROUP"] = ("syscall", "ok", plan.event, plan.name if names_t else None, names_t, ("ok",) * len(names_t))
-        src = "def line(rec, h, cpu, when):\n" + "\n".join(body) + "\n"
+        src = "def line(rec, cpu):\n" + "\n".join(body) + "\n"
         exec(compile(src, f"<recjson {plan.name}>", "exec"), ns)  # only integers are written into src
         return ns["line"]
