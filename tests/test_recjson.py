@@ -183,3 +183,24 @@ def test_session_lines_mode_delivers_what_the_dict_path_does() -> None:
     assert ref[0].startswith('{"kind":"lost"') and len(ref) == 1 + 2 * len(recs(0))
     ts = [json.loads(x).get("ts_exit") for x in ref[1:]]
     assert ts == sorted(ts)
+
+
+def test_json_output_writes_lines_and_dicts_in_order(tmp_path) -> None:
+    """JsonOutput, batched to a file: the header, then each batch (encoded lines as they are, dicts
+    encoded) through its large-buffer writer, in the file as soon as events() returns; then what goes
+    through the stream itself (a notice, the summary) after them."""
+    from tracer.output import JsonOutput
+
+    path = tmp_path / "out.jsonl"
+    with open(path, "w") as f:
+        out = JsonOutput(f, batched=True, header=lambda: {"kind": "stream"})
+        out.events(['{"kind":"syscall","n":1}', {"kind": "lost", "count": 2}, '{"kind":"syscall","n":3}'])
+        assert path.read_text().count("\n") == 4  # written, not held in a buffer
+        out.event({"kind": "syscall", "n": 4})
+        out.events([{"kind": "user_event", "s": "é"}] * 40_000)  # more than one buffer's worth (1.4 MB)
+        out.summary({"kind": "summary", "events": 41004})
+    lines = path.read_text().splitlines()
+    assert lines[:5] == ['{"kind":"stream"}', '{"kind":"syscall","n":1}', '{"kind":"lost","count":2}',
+                         '{"kind":"syscall","n":3}', '{"kind":"syscall","n":4}']
+    assert lines[5:-1] == ['{"kind":"user_event","s":"\\u00e9"}'] * 40_000
+    assert lines[-1] == '{"kind":"summary","events":41004}' and len(lines) == 40_006
