@@ -150,9 +150,10 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
     during decoding, as in Session._drain)."""
     import gc
 
+    from tracer.events import Stats
     from tracer.ordering import in_time_order
     from tracer.output import dumps
-    from tracer.session import Stats
+    from tracer.recjson import LineEncoder
 
     src = s.sources[0]
     lg.run(records)
@@ -185,16 +186,22 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
         for run in runs:
             "\n".join(map(dumps, run))
         js = time.process_time() - t
+        enc = LineEncoder(src.decoder, 0)
+        t = time.process_time()
+        for cpu, samples in raws:
+            enc.encode(samples, cpu)
+        lines = time.process_time() - t
     finally:
         gc.enable()
     del generic
     us = 1e6 / n
     say(f"    per record ({n:,} records): ring parse {parse * us:.2f} µs, decode {decode * us:.2f} µs "
         f"(reference decoder {ref * us:.2f} µs), ordering + statistics {stream * us:.2f} µs; "
-        f"JSON encoding {js * us:.2f} µs")
+        f"JSON encoding {js * us:.2f} µs; or the JSON line straight from the record {lines * us:.2f} µs")
     ROWS.append(Row("  µs per record: parse + decode + order/stats", (parse + decode + stream) * us, "µs",
                     note=f"parse {parse * us:.2f}, decode {decode * us:.2f}, order/stats {stream * us:.2f}; "
-                         f"JSON +{js * us:.2f}"))
+                         f"JSON +{js * us:.2f}; a JSON line from the record instead of decode + JSON "
+                         f"{lines * us:.2f}"))
 
 
 def throughput(lg: Loadgen, records: int) -> None:
@@ -204,15 +211,16 @@ def throughput(lg: Loadgen, records: int) -> None:
 
     with Session(["openat2"], comm=COMM, pages=BIG_PAGES) as s:
         figures = {}
-        runs = (("stream", None, False), ("stream, per Event", None, True),
-                ("stream+json", JsonOutput(open(os.devnull, "w"), batched=True), False))
-        for label, out, per_event in runs:
+        runs = (("stream", None, False, False), ("stream, per Event", None, True, False),
+                ("stream+json", JsonOutput(open(os.devnull, "w"), batched=True), False, False),
+                ("json lines", JsonOutput(open(os.devnull, "w"), batched=True), False, True))
+        for label, out, per_event, lines in runs:
             e0, _ = emitted(s)
             lg.run(records)
             e1, f1 = emitted(s)
             n = e1 - e0
             c0, w0 = time.process_time(), time.perf_counter()
-            got = consume(s, n, out, per_event)
+            got = consume(s, n, out, per_event, lines)
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             figures[label] = got / cpu
             say(f"    tracer {label:<18} {got:>8,} events  {cpu:6.3f} s CPU ({wall:.3f} s wall)  "
@@ -241,7 +249,9 @@ def throughput(lg: Loadgen, records: int) -> None:
                     "x", note="per-record callback and field-by-field decode, as before this work"))
     ROWS.append(Row("  ratio vs bcc callback + same fast decoder", figures["stream"] / figures["same decoder"], "x",
                     note="what batching alone buys"))
-    ROWS.append(Row("records/s through JsonOutput (to /dev/null)", figures["stream+json"], "rec/s"))
+    ROWS.append(Row("records/s through JsonOutput (to /dev/null), event dicts", figures["stream+json"], "rec/s"))
+    ROWS.append(Row("  the same, lines straight from the records", figures["json lines"], "rec/s",
+                    note="Session.batches(lines=True), what trace --json does (tracer/recjson.py)"))
 
 
 # --- 2. side by side: tracer (JSON, console), bpftrace, strace ------------------------------------------
@@ -327,12 +337,16 @@ def one_consumer(lg: Loadgen, label: str, cmd: list[str], env: dict | None, call
 def attach_modes(lg: Loadgen, calls: int, tmp: Path) -> None:
     """Per-call cost of tracing openat2 through its own tracepoints or through raw_syscalls (what large
     sets use, tracer/probes.py RAW_MIN_SYSCALLS): on a traced call, and on a call outside the set
-    (getpid), which raw_syscalls programs also run for."""
+    (getpid), which raw_syscalls programs also run for; and with --no-recover (no re-read at exit), to
+    show what the exit re-reads cost."""
     say(f"\n[2b] attach modes, `tracer trace openat2 --json` ({calls:,} openat2, then {calls:,} getpid calls, "
         f"untraced by the set); load average {loadavg()}")
     base = {k: lg.cpu_per_call(calls, kind=k) for k in ("openat2", "getpid")}
-    for mode in ("syscall", "raw"):
-        t = Traced(tracer_cmd("openat2", "--json"), tmp / f"mode-{mode}.out", {**os.environ, "TRACER_ATTACH": mode})
+    for mode in ("syscall", "raw", "no-recover"):
+        extra = ["--no-recover"] if mode == "no-recover" else []
+        attach = "syscall" if mode == "no-recover" else mode
+        t = Traced(tracer_cmd("openat2", "--json", *extra), tmp / f"mode-{mode}.out",
+                   {**os.environ, "TRACER_ATTACH": attach})
         row = {}
         try:
             t.wait_attached(poke(lg))
@@ -349,7 +363,8 @@ def attach_modes(lg: Loadgen, calls: int, tmp: Path) -> None:
         say(f"    {mode:<8} openat2 +{row['openat2'][0]:,.0f} ns CPU (BPF {row['openat2'][1]:,.0f} ns per call); "
             f"getpid +{row['getpid'][0]:,.0f} ns CPU (BPF runs meanwhile: {row['getpid'][2]:,.0f} ns each, any task's "
             f"syscalls); SIGINT to exit {exit_s:.2f} s")
-        ROWS.append(Row(f"attach {mode}: BPF ns per traced openat2", row["openat2"][1], "ns",
+        name = "--no-recover (no exit re-reads)" if mode == "no-recover" else f"attach {mode}"
+        ROWS.append(Row(f"{name}: BPF ns per traced openat2", row["openat2"][1], "ns",
                         note=f"CPU +{row['openat2'][0]:,.0f} ns; outside the set (getpid): "
                              f"CPU +{row['getpid'][0]:,.0f} ns, BPF {row['getpid'][2]:,.0f} ns per program run"))
 
