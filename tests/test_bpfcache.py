@@ -168,7 +168,7 @@ def comparable(run: Run) -> list[tuple[object, object]]:
     workdir = run.workload[2]["file"].rsplit("/", 1)[0]  # the "untouched" case's file
     pid = str(run.workload[0]["pid"])
     volatile = {"ts", "ts_exit", "duration_ns", "cpu", "pid", "tid", "addr", "start", "end", "filename", "how",
-                "ino"}
+                "ino", "unblocked_ns"}  # unblocked_ns: the workload's clock (tests/workloads/workload.h)
 
     def clean(x: object) -> object:
         if isinstance(x, dict):
