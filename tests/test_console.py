@@ -76,8 +76,8 @@ def other_kinds() -> list[dict]:
     up = {"kind": "uprobe", "event": "uprobe:/bin/x:f(str s, buf[4] b)", "path": "/bin/x", "function": "f",
           "offset": 0x1130, "ts": 20, "ts_exit": 30, "duration_ns": 10, **who, "uid": 0,
           "args": {"s": "a\nb", "b": "00ff00ff"}, "ret": 1, "ret_str": "1",
-          "reads": {"s": {"status": "ok", "source": "nofault", "errno": None, "addr": 0x10, "len": 3},
-                    "b": {"status": "ok", "source": "nofault", "errno": None, "addr": 0x20, "len": 4, "size": 4}},
+          "reads": {"s": {"status": "ok", "source": "enter", "errno": None, "addr": 0x10, "len": 3},
+                    "b": {"status": "ok", "source": "enter", "errno": None, "addr": 0x20, "len": 4, "size": 4}},
           "missing": [], "source": "nofault"}
     sample = {"kind": "user_event", "event": "user_events:test", "name": "test", "ts": 40, **who, "status": "ok",
               "fields": {"count": 3, "msg": "hi\u202e[b]"}}

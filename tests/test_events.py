@@ -31,8 +31,8 @@ def test_text_that_is_not_utf8_carries_its_exact_bytes() -> None:
 
 
 def test_buffers_carry_the_size_asked_for_text_never_does() -> None:
-    assert read_entry("ok", "nofault", 1, None, b"\xff\x00", 4, False) == {
-        "status": "ok", "source": "nofault", "errno": None, "addr": 1, "len": 2, "size": 4}
+    assert read_entry("ok", "enter", 1, None, b"\xff\x00", 4, False) == {
+        "status": "ok", "source": "enter", "errno": None, "addr": 1, "len": 2, "size": 4}
     assert "size" not in read_entry("ok", "enter", 1, None, b"\x01", None, False)  # size unknown: not shown
     assert "size" not in read_entry("ok", "enter", 1, None, b"x", 8)  # text
 

@@ -207,7 +207,7 @@ def test_decode_statuses() -> None:
     null = uprobes.decode_record(_record(0, 0, [0] * 6, [(1, const("RK_STR"), RS["NULL"], 0, 0, 0, 0)], b"", 5),
                                  0, [uprobes.parse_spec("uprobe:/x:f(int, str s):void")])
     assert null["args"]["s"] is None and null["reads"]["s"]["status"] == "null"
-    assert null["reads"]["s"]["source"] == "nofault" and null["ret"] is None
+    assert null["reads"]["s"]["source"] == "enter" and null["ret"] is None
 
 
 # --- live: a sleepable and a nofault run of the same workload ----------------------------------------
@@ -298,11 +298,11 @@ def test_live_nofault_cannot_read_untouched_page(live) -> None:
     for arg, off in (("s", 0), ("buf", 2048)):
         info = ev["reads"][arg]
         assert {k: v for k, v in info.items() if k != "region"} == {
-            "status": "missing", "source": "nofault", "errno": 14, "addr": report[arg]}
+            "status": "missing", "source": "enter", "errno": 14, "addr": report[arg]}
         assert info["region"]["kind"] == "file" and info["region"]["file_offset"] == off
         assert info["region"]["perms"] == "r--p"
     report, ev = pairs["resident"]
-    assert ev["args"]["s"] == "resident-string" and ev["reads"]["s"]["source"] == "nofault"
+    assert ev["args"]["s"] == "resident-string" and ev["reads"]["s"]["source"] == "enter"
     assert not [x for x in lines if x.get("kind") == "uprobe" and x["function"] == "openat"]
 
 

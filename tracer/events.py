@@ -149,11 +149,10 @@ def order_ts(ev: dict) -> int:
 # -- read entries --------------------------------------------------------------------------------------
 READ_STATUSES = ("ok", "recovered", "changed", "missing", "truncated", "null")
 MISSING_DATA = ("missing", "recovered", "changed")  # not read at entry, or not what was read there
-# reads.<arg>.source: which reader made the value shown. Syscalls: "enter" (the nofault read at
-# sys_enter), "exit" (the re-read at sys_exit), "sleepable" (a sleepable program at entry). Uprobes read
-# at the call only: "sleepable", or "nofault" for the nofault read (the name predates this table; it is
-# the same reader as a syscall's "enter"). tracer/schema/*.json list the same four.
-READ_SOURCES = ("enter", "exit", "sleepable", "nofault")
+# reads.<arg>.source: which reader made the value shown, for syscalls and uprobes alike: "enter" (the
+# nofault read at the call: sys_enter, the uprobe), "exit" (the re-read at sys_exit; syscalls only),
+# "sleepable" (a sleepable program at the call). tracer/schema/*.json list the same three.
+READ_SOURCES = ("enter", "exit", "sleepable")
 NOTE_NOROOM = "record data area full"  # a read the BPF program had no room left to make
 # What vouches for a value (reads.<arg>.verified_by): the same bytes again at exit; a null pointer,
 # which is its own value; the kernel's own copy (tracer/strv.py, tracer/opened.py).

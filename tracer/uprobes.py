@@ -336,7 +336,8 @@ def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec],
     (_type, _size, probe, nreads, flags, pid, tid, uid, _pad, ts_enter, ts_exit, ret) = h[:12]
     regs, comm, rflags = list(h[12:18]), text(h[18].split(b"\0", 1)[0]), h[19]
     s = specs[probe]
-    source = "sleepable" if flags & UPF_SLEEPABLE else "nofault"
+    source = "sleepable" if flags & UPF_SLEEPABLE else "nofault"  # the event's reader (--read-mode)
+    read_source = "sleepable" if flags & UPF_SLEEPABLE else "enter"  # each read's, as syscalls say it
     slots = {sl[0]: (sl, rflags[k]) for k in range(nreads)
              for sl in [_SLOT.unpack_from(rec, _SLOTS_OFF + k * _SLOT.size)]}
     args: dict = {}
@@ -344,7 +345,7 @@ def decode_record(rec: bytes, cpu: int, specs: list[UprobeSpec],
     missing: list[str] = []
     for i, a in enumerate(s.args):
         if i in slots:
-            val, info = _read(rec, slots[i][0], slots[i][1], regs[i], source, pid, explain)
+            val, info = _read(rec, slots[i][0], slots[i][1], regs[i], read_source, pid, explain)
             args[a.name], reads[a.name] = val, info
             if info["status"] == "missing":
                 missing.append(a.name)
