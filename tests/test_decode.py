@@ -15,7 +15,8 @@ import struct
 import pytest
 
 from tracer import layout, syscalls
-from tracer.decode import UNVERIFIED, Decoder
+from tracer.decode import Decoder
+from tracer.events import UNVERIFIED
 from tracer.openat2 import decode_open_how, mode_str, open_flags_str, resolve_str
 from tracer.sockaddr import decode_sockaddr, sockaddr_str
 from tracer.syscalls import Arg, Read, Syscall

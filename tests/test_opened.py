@@ -10,7 +10,8 @@ import struct
 import pytest
 
 from tracer import btf, kstructs, layout, opened
-from tracer.decode import UNVERIFIED, Decoder
+from tracer.decode import Decoder
+from tracer.events import UNVERIFIED
 from tracer.syscalls import Arg, Read, Syscall
 
 C = layout.const

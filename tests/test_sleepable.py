@@ -25,8 +25,9 @@ from conftest import need_feature, require, scaled, workload_reports
 from test_decode import FNAME, HOW_BYTES, OPENAT2, TABLE, Data, ok_how, openat2_rec, slot
 
 from tracer import attach, bpfload, bpfsys, btf, layout, sleepable
-from tracer.decode import UNVERIFIED, Decoder
+from tracer.decode import Decoder
 from tracer.errors import EnvironmentProblem, LoadError, UsageError
+from tracer.events import UNVERIFIED
 from tracer.layout import const
 
 ROOT = Path(__file__).resolve().parent.parent

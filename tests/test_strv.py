@@ -4,7 +4,7 @@ the kernel's copy after a successful exec, the old memory after a failed one."""
 from __future__ import annotations
 
 from tracer import layout, strv
-from tracer.decode import UNVERIFIED
+from tracer.events import UNVERIFIED
 
 C = layout.const
 HDR, ELEM = layout.packer("strv"), layout.packer("strv_elem")
@@ -23,7 +23,7 @@ def slot(es: int, xs: int, elen: int, xoff: int, xlen: int) -> tuple:
 
 def run(entry: bytes, exit_: bytes, *, ret: int, es: int = OK, xs: int = OK, recover: bool = True):
     data = entry + exit_
-    return strv.decode(slot(es, xs, len(entry), len(entry), len(exit_)), data, 0, ADDR, ret, recover, UNVERIFIED)
+    return strv.decode(slot(es, xs, len(entry), len(entry), len(exit_)), data, 0, ADDR, ret, recover)
 
 
 def test_entry_equal_to_the_kernels_copy_is_verified() -> None:
@@ -66,4 +66,4 @@ def test_kernel_copy_cut_by_the_data_area() -> None:
 def test_failed_exec_equal_again_at_exit() -> None:
     b = block(OK, [(OK, b"x")])
     val, info = run(b, b, ret=-2)
-    assert val == ["x"] and info["verified_by"] == "enter_exit_equal"
+    assert val == ["x"] and info["verified_by"] == "enter_exit_equal" and info["verified_at_exit"] is True  # as strings say it

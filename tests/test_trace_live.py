@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import require, scaled, workload_reports
 
-from tracer.decode import UNVERIFIED
+from tracer.events import UNVERIFIED
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACER = [sys.executable, "-m", "tracer"]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from test_trace_live import Run, expect_ok, run_parallel, workload_env
 
-from tracer.decode import UNVERIFIED
+from tracer.events import UNVERIFIED
 
 pytestmark = pytest.mark.usefixtures("bpf_env")
 

@@ -16,7 +16,6 @@ from typing import NamedTuple, cast
 from . import opened, strv
 from .events import (
     NOTE_NOROOM,
-    UNVERIFIED,
     VERIFIED_AT_EXIT,
     VERIFIED_EQUAL,
     VERIFIED_POINTER,
@@ -188,7 +187,7 @@ class Decoder:
         (argi, kind, es, xs, eerr, xerr, eoff, elen, xoff, xlen, same, src, _p1, want) = slot
         addr = args[argi]
         if kind == RK_STRV:  # execve argv/envp (tracer/strv.py)
-            return strv.decode(slot, rec, _DATA_OFF, addr, ret, bool(flags & RF_EXIT_READS), UNVERIFIED)
+            return strv.decode(slot, rec, _DATA_OFF, addr, ret, bool(flags & RF_EXIT_READS))
         # the entry read was made by a sleepable program (tp.s, fentry.s), or the nofault one
         source = "sleepable" if src & RSRC_SLEEPABLE else "enter"
         is_text, size = kind == RK_STR, want or None

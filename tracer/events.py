@@ -173,6 +173,9 @@ UNVERIFIED = {
     "output_size": "written by the kernel, read back at exit for the length it reported; the caller's buffer "
                    "size (*addrlen at entry) was unreadable, so had the buffer been smaller, the bytes past it "
                    "are not the kernel's",
+    "exec_other": "the new program received other strings: a #! script's interpreter is put before the "
+                  "arguments, or memory changed before the kernel's copy",
+    "exec_copy_unread": "read at entry; the kernel's copy in the new program could not be read",
 }
 
 

@@ -8,6 +8,15 @@ which is what the new program received — proof of the value (`verified_by: "ke
 
 from __future__ import annotations
 
+from .events import (
+    NOTE_NOROOM,
+    VERIFIED_EQUAL,
+    VERIFIED_KERNEL_COPY,
+    VERIFIED_POINTER,
+    read_entry,
+    unverified,
+    verified,
+)
 from .layout import const, packer
 
 _HDR = packer("strv")
@@ -54,17 +63,17 @@ def _values(elems: list[tuple[int, int, bytes]]) -> list[str | None]:
     return [text(b) if st in (RS_OK, RS_TRUNC) else None for st, _, b in elems]
 
 
-def _info(elems: list[tuple[int, int, bytes]], astatus: int, aerr: int) -> dict:
-    """status, errno, count, len and elements of one reading of the array."""
+def _info(elems: list[tuple[int, int, bytes]], astatus: int, aerr: int, source: str, addr: int) -> dict:
+    """The reads entry of one reading of the array: its status, count, len and elements."""
     worst = "ok"
     if any(st == RS_TRUNC for st, _, _ in elems) or astatus == RS_TRUNC:
         worst = "truncated"
     if any(st == RS_FAULT for st, _, _ in elems) or astatus == RS_FAULT:
         worst = "missing"
     errs = [e for st, e, _ in elems if st == RS_FAULT] + ([aerr] if astatus == RS_FAULT else [])
-    info: dict = {"status": worst, "errno": errs[0] if errs else None,
-                  "count": len(elems) if astatus == RS_OK else None,
-                  "len": sum(len(b) for _, _, b in elems)}
+    info = read_entry(worst, source, addr, errs[0] if errs else None)
+    info["count"] = len(elems) if astatus == RS_OK else None
+    info["len"] = sum(len(b) for _, _, b in elems)
     info["elements"] = [{"status": _STATUS.get(st, "missing"), "len": len(b),
                          **({"errno": e} if st == RS_FAULT else {})} for st, e, b in elems]
     if astatus == RS_TRUNC:
@@ -74,21 +83,28 @@ def _info(elems: list[tuple[int, int, bytes]], astatus: int, aerr: int) -> dict:
     return info
 
 
-def decode(slot: tuple, data: bytes, data_off: int, addr: int, ret: int | None, recover: bool,
-           unverified: dict[str, str]) -> tuple[object, dict | None]:
-    """(value, reads entry) of an RK_STRV slot."""
+def _recovered(again: dict, entry: dict) -> dict:
+    """An exit reading shown in place of an incomplete entry one."""
+    again.update(status="recovered" if again["status"] == "ok" else again["status"],
+                 entry_status=entry["status"], entry_errno=entry["errno"])
+    return again
+
+
+def decode(slot: tuple, data: bytes, data_off: int, addr: int, ret: int | None,
+           recover: bool) -> tuple[object, dict | None]:
+    """(value, reads entry) of an RK_STRV slot; entries made by events.read_entry like every other."""
     (_argi, _kind, es, xs, _eerr, _xerr, eoff, elen, xoff, xlen, _same, _src, _p1, _want) = slot
     if es == RS_NONE:
         return addr, None  # not read (e.g. by a sleepable entry program): the pointer is shown
-    base = {"source": "enter", "addr": addr}
     if es == RS_NULL:
-        return None, {"status": "null", **base, "errno": None, "len": 0, "verified": True, "verified_by": "pointer"}
+        return None, verified(read_entry("null", "enter", addr, None, b""), VERIFIED_POINTER)
     if es == RS_NOROOM:
-        return None, {"status": "missing", **base, "errno": None, "note": "record data area full",
-                      "verified": False, "unverified_reason": unverified["missing"]}
+        e = read_entry("missing", "enter", addr)
+        e["note"] = NOTE_NOROOM
+        return None, unverified(e, "missing")
     astatus, aerr, elems = parse_block(data[data_off + eoff: data_off + eoff + elen])
     entry: list[str | None] | None = _values(elems)
-    info = {**_info(elems, astatus, aerr), **base}
+    info = _info(elems, astatus, aerr, "enter", addr)
     whole = info["status"] == "ok"
     if astatus == RS_FAULT and not elems:
         entry = None  # the array itself was unreadable
@@ -97,33 +113,25 @@ def decode(slot: tuple, data: bytes, data_off: int, addr: int, ret: int | None, 
         kelems = parse_mm(exit_raw, xs)
         kernel = _values(kelems)
         if whole and entry == kernel:
-            return entry, {**info, "verified": True, "verified_by": "kernel_copy"}
+            return entry, verified(info, VERIFIED_KERNEL_COPY)
         if whole:
-            return entry, {**info, "status": "changed", "value_at_exit": kernel, "exit_from": KERNEL_COPY,
-                           "verified": False,
-                           "unverified_reason": "the new program received other strings: a #! script's "
-                                                "interpreter is put before the arguments, or memory changed "
-                                                "before the kernel's copy"}
-        k = _info(kelems, RS_OK if xs == RS_OK else RS_TRUNC, 0)
-        return kernel, {**k, "status": "recovered" if k["status"] == "ok" else k["status"], "source": "exit",
-                        "addr": addr, "entry_status": info["status"], "entry_errno": info["errno"],
-                        "exit_from": KERNEL_COPY, "verified": True, "verified_by": "kernel_copy"}
+            info.update(status="changed", value_at_exit=kernel, exit_from=KERNEL_COPY)
+            return entry, unverified(info, "exec_other")
+        k = _recovered(_info(kelems, RS_OK if xs == RS_OK else RS_TRUNC, 0, "exit", addr), info)
+        k["exit_from"] = KERNEL_COPY
+        return kernel, verified(k, VERIFIED_KERNEL_COPY)
     if ret == 0:
-        why = "the kernel's copy in the new program could not be read"
-        return entry, {**info, "verified": False, "unverified_reason": f"read at entry; {why}"}
+        return entry, unverified(info, "exec_copy_unread")
     if xs == RS_OK and recover:  # a failed exec: the old memory again
         xstatus, xerr2, xelems = parse_block(exit_raw)
         again = _values(xelems)
-        x = _info(xelems, xstatus, xerr2)
+        x = _info(xelems, xstatus, xerr2, "exit", addr)
         if whole and again == entry:
-            return entry, {**info, "verified": True, "verified_by": "enter_exit_equal"}
+            return entry, verified(info, VERIFIED_EQUAL)
         if whole:
-            return entry, {**info, "status": "changed", "value_at_exit": again, "verified": False,
-                           "unverified_reason": unverified["changed"]}
+            info.update(status="changed", value_at_exit=again)
+            return entry, unverified(info, "changed")
         if x["status"] in ("ok", "truncated"):
-            return again, {**x, "status": "recovered" if x["status"] == "ok" else "truncated", "source": "exit",
-                           "addr": addr, "entry_status": info["status"], "entry_errno": info["errno"],
-                           "verified": False, "unverified_reason": unverified["recovered"]}
-    reason = unverified["missing"] if info["status"] == "missing" else unverified["no_exit" if not recover else
-                                                                                  "exit_fault"]
-    return entry, {**info, "verified": False, "unverified_reason": reason}
+            return again, unverified(_recovered(x, info), "recovered")
+    why = "missing" if info["status"] == "missing" else "no_exit" if not recover else "exit_fault"
+    return entry, unverified(info, why)
