@@ -66,4 +66,4 @@ def test_kernel_copy_cut_by_the_data_area() -> None:
 def test_failed_exec_equal_again_at_exit() -> None:
     b = block(OK, [(OK, b"x")])
     val, info = run(b, b, ret=-2)
-    assert val == ["x"] and info["verified_by"] == "enter_exit_equal" and info["verified_at_exit"] is True  # as strings say it
+    assert val == ["x"] and info["verified_by"] == "enter_exit_equal" and info["verified_at_exit"] is True
