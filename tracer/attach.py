@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 from . import bpfsys, btf
 from .bpfload import kfunc_cflags, libbcc, load_insns
+from .layout import const
 from .sleepable import READERS
+from .syscalls import Syscall
 
 SYSCALL_KINDS = READERS["syscalls"]
 
@@ -60,7 +62,7 @@ class SleepableSyscalls:
     `insns(fn)` gives the compiled instructions of function fn.
     """
 
-    def __init__(self, kind: str, syscalls: list, insns: Callable[[str], bytes], license: str = "GPL") -> None:
+    def __init__(self, kind: str, syscalls: list[Syscall], insns: Callable[[str], bytes], license: str = "GPL") -> None:
         if kind not in SYSCALL_KINDS:
             raise ValueError(f"sleepable syscall reader kind {kind!r}: one of {', '.join(SYSCALL_KINDS)}")
         self.kind = kind
@@ -78,27 +80,25 @@ class SleepableSyscalls:
             raise
 
     @staticmethod
-    def wanted(s: object) -> bool:
+    def wanted(s: Syscall) -> bool:
         """Syscalls that return and read user memory at entry (a kernel-filled sockaddr is read at exit)."""
-        from tracer.layout import const
-
         out = const("RK_SOCKADDR_OUT")
-        return not s.noreturn and any(r.kind != out for r in s.reads)  # type: ignore[attr-defined]
+        return not s.noreturn and any(r.kind != out for r in s.reads)
 
-    def replaces_enter(self, s: object) -> bool:
+    def replaces_enter(self, s: Syscall) -> bool:
         """Whether this reader takes the place of the nofault sys_enter program for syscall s (tp.s)."""
-        return self.kind == "tp.s" and s.name in self.covered  # type: ignore[attr-defined]
+        return self.kind == "tp.s" and s.name in self.covered
 
-    def attr_for(self, s: object) -> dict:
+    def attr_for(self, s: Syscall) -> dict:
         """prog_type and attach fields of the BPF_PROG_LOAD for syscall s's reader."""
         if self.kind == "tp.s":
-            return {"fn": f"sys_enter_s_{len(s.args)}", "prog_type": bpfsys.BPF_PROG_TYPE_TRACEPOINT}  # type: ignore[attr-defined]
+            return {"fn": f"sys_enter_s_{len(s.args)}", "prog_type": bpfsys.BPF_PROG_TYPE_TRACEPOINT}
         return {"fn": "sys_fentry_s", "prog_type": bpfsys.BPF_PROG_TYPE_TRACING,
                 "expected_attach_type": bpfsys.BPF_TRACE_FENTRY,
-                "attach_btf_id": btf.func_id(fentry_target(s.name))}  # type: ignore[attr-defined]
+                "attach_btf_id": btf.func_id(fentry_target(s.name))}
 
-    def _load_attach(self, s: object, insns: Callable[[str], bytes], license: str) -> None:
-        name = s.name  # type: ignore[attr-defined]
+    def _load_attach(self, s: Syscall, insns: Callable[[str], bytes], license: str) -> None:
+        name = s.name
         try:
             attr = self.attr_for(s)
         except (OSError, KeyError, btf.BtfError):
