@@ -14,7 +14,9 @@
  *   unix_race             connect(AF_UNIX) to a listener whose backlog is full: blocks after the kernel
  *                         copied the address; another thread rewrites sun_path, then accepts (unblocks it).
  *   accept4_untouched_len accept4 whose *addrlen is on an untouched page (the peer buffer is not).
- *   exec_fail_untouched   execve("/nonexistent/...") whose argv/envp arrays and strings are on untouched pages.
+ *   exec_fail_untouched   execve of a file that is not a program (ENOEXEC), argv/envp arrays and strings on
+ *                         untouched pages: the kernel copies them before it fails (a missing file would fail
+ *                         before: since 6.x the file is opened first, so nothing of argv would be read).
  *   exec_ok_untouched     the same layout, execve("/bin/true") in a child (reported with the child's pid).
  */
 #define _GNU_SOURCE
@@ -297,9 +299,21 @@ static void exec_report(const char *name, pid_t pid, char **argv, char **envp, i
 
 static void case_exec_fail_untouched(void)
 {
+	/* Next to this program (its directory allows exec): executable, but no binary format takes it. */
+	char self[512], path[600];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		die("readlink /proc/self/exe");
+	self[n] = 0;
+	*strrchr(self, '/') = 0;
+	snprintf(path, sizeof(path), "%s/truth-noexec.%d", self, getpid());
+	int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0755);
+	if (fd < 0 || write(fd, "not a program\n", 14) != 14 || close(fd))
+		die(path);
 	char **argv, **envp;
-	char *file = exec_layout("/nonexistent/truth-exec", &argv, &envp);
+	char *file = exec_layout(path, &argv, &envp);
 	int r = execve(file, argv, envp);
+	unlink(path);
 	exec_report("exec_fail_untouched", getpid(), argv, envp, R(r));
 }
 
