@@ -115,6 +115,22 @@ def test_list_events_fake_root() -> None:
     assert evs["user_events:empty"]["fields"] == []
 
 
+def test_an_event_deleted_while_listed_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel deletes a non-persistent event once unreferenced, at any time: one whose directory goes
+    between the listing and the read of its format (seen in the 6.12 lane) is left out, not a traceback."""
+    every = {f.tracepoint for f in status.formats(FAKE)}
+    real = status.read_format
+
+    def racing(d: Path) -> object:
+        if d.name == "test":
+            raise FileNotFoundError(2, "No such file or directory", str(d / "format"))
+        return real(d)
+
+    monkeypatch.setattr(status, "read_format", racing)  # formats() reads through the module global
+    assert {f.tracepoint for f in status.formats(FAKE)} == every - {"user_events:test"}
+    assert "user_events:test" not in {e["event"] for e in status.list_events(FAKE)}
+
+
 def test_spec_matching() -> None:
     fmts = status.formats(FAKE)
     names = lambda spec: sorted(f.tracepoint for f in status.match(fmts, spec))  # noqa: E731

@@ -47,14 +47,20 @@ def read_status(root: Path) -> Status | None:
 
 
 def formats(root: Path) -> list[EventFormat]:
+    """The events' formats now. Events come and go at run time (the kernel deletes a non-persistent one
+    once unreferenced): one deleted while it is listed is left out, not an error."""
     out = []
     for system in SYSTEMS:
         base = root / "events" / system
-        if not base.is_dir():
+        try:
+            entries = sorted(base.iterdir())
+        except FileNotFoundError:
             continue
-        for d in sorted(base.iterdir()):
-            if (d / "format").is_file():
+        for d in entries:
+            try:
                 out.append(read_format(d))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not an event directory, or deleted since it was listed
     return out
 
 
