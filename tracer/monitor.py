@@ -393,21 +393,21 @@ def run_monitor(session: Session, policy: Policy, drive: Callable[[Session, Call
     fired: Counter[str] = Counter()
     agg: Aggregator[Alert] | None = Aggregator(aggregate_s) if aggregate_s else None
 
-    def close_windows() -> None:  # windows that ended with no alert since: shown by their end, not later
-        if agg is not None and agg.open:
-            for e, a in agg.closed(time.monotonic_ns()):  # the kernel's clock: CLOCK_MONOTONIC
+    def close_windows(now_ts: int | None = None) -> None:
+        """The count alert of every window ended by now_ts (CLOCK_MONOTONIC ns; None: all of them)."""
+        if agg is not None:
+            for e, a in agg.closed(now_ts):
                 out.alerts(e, [a])
 
-    if agg is not None:
-        session.ticks.append(close_windows)
+    if agg is not None:  # a window that ended with no alert since is shown by its end, not later
+        session.ticks.append(lambda: close_windows(time.monotonic_ns()))  # the kernel's clock
 
     def emit(ev: dict | None, alerts: list[Alert]) -> None:
         for a in alerts:
             a.context = a.context or reader.now()
         fired.update(a.rule for a in alerts)
         if agg is not None and ev is not None:  # lost-record alerts are never folded
-            for e, a in agg.closed(ev["ts"]):
-                out.alerts(e, [a])
+            close_windows(ev["ts"])
             alerts = [a for a in alerts if agg.offer(ev, a)]
         if alerts:
             out.alerts(ev, alerts)
@@ -430,9 +430,8 @@ def run_monitor(session: Session, policy: Policy, drive: Callable[[Session, Call
                 out.event(ev.data)
 
     ok = drive(session, body)
-    if agg is not None and ok:
-        for e, a in agg.closed():
-            out.alerts(e, [a])
+    if ok:
+        close_windows()
     if not ok:
         return 3 if fired else 0
     if summary:
