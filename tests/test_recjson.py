@@ -114,17 +114,23 @@ def test_line_equals_reference_without_reads_and_symbols() -> None:
     assert fast == [True, True, True, True, True]
 
 
-def test_context_symbols_and_other_kinds_are_decoded() -> None:
+def context_and_strv_records() -> tuple[list[bytes], dict]:
+    """Records the line path hands to the decoder: a symbol that depends on another argument (fcntl's
+    arg, by its cmd) and an execve whose argv is read (strv); and their syscall table."""
     fcntl = Syscall("fcntl", 72, (Arg("fd", "unsigned int"), Arg("cmd", "unsigned int"), Arg("arg", "unsigned long")))
-    table = {**TABLE, 72: fcntl}
     d = Data()
     name = d.add(b"/bin/true")
     execve = record(59, [FNAME, 0, 0], ret=-2, data=bytes(d.buf), slots=(
         slot(0, RK_STR, C("RS_OK"), enter=name), slot(1, C("RK_STRV"), C("RS_OK"))))
-    assert check([record(72, [3, 4, 2048], ret=0), execve], table) == [False, False]
+    return [record(72, [3, 4, 2048], ret=0), execve], {**TABLE, 72: fcntl}
 
 
-def test_records_of_several_layouts_and_cpus() -> None:
+def test_context_symbols_and_other_kinds_are_decoded() -> None:
+    assert check(*context_and_strv_records()) == [False, False]
+
+
+def several_layouts() -> list[bytes]:
+    """Records of the line path in several layouts (slots, no slots, noreturn), across second boundaries."""
     d = Data()
     f = d.add(b"/etc/passwd")
     h = d.add(HOW_BYTES)
@@ -132,55 +138,66 @@ def test_records_of_several_layouts_and_cpus() -> None:
     hs = slot(2, RK_OPEN_HOW, C("RS_OK"), enter=h, want=24)
     recs = [openat2_rec(fs, hs, d, ret=-2, ts=(1_000 + i * 999_999_937, 2_000 + i * 999_999_937))
             for i in range(5)]  # across second boundaries: the time prefix is made again
-    recs += [record(257, [AT_FDCWD_U64, FNAME, 0, 0], ret=-2, slots=(fs,), data=bytes(d.buf)),
-             record(231, [0], flags=C("RF_NORETURN")), openat2_rec(fs, hs, d, ret=-2, uid=0)]
+    return [*recs, record(257, [AT_FDCWD_U64, FNAME, 0, 0], ret=-2, slots=(fs,), data=bytes(d.buf)),
+            record(231, [0], flags=C("RF_NORETURN")), openat2_rec(fs, hs, d, ret=-2, uid=0)]
+
+
+def test_records_of_several_layouts_and_cpus() -> None:
     for cpu in (0, 7):
-        assert all(check(recs, cpu=cpu))
+        assert all(check(several_layouts(), cpu=cpu))
     assert OPENAT.nr in TABLE and CONNECT.nr in TABLE and ACCEPT4.nr in TABLE and EXIT_GROUP.nr in TABLE
 
 
-def test_session_lines_mode_delivers_what_the_dict_path_does() -> None:
-    """Session.batches(lines=True)'s drain against the dict path on the same rings: two CPUs out of order
-    with each other, a ring's lost marker, records of both paths mixed; same lines, same statistics."""
-    from test_stream import fake_ring, lost, put, sample
-
-    from tracer.jsonenc import dumps
-    from tracer.ordering import SLACK_NS
-    from tracer.session import Session
-    from tracer.sources import SyscallSource
-
+def session_records(cpu: int, began: int = 50) -> list[bytes]:
+    """openat2 records of one CPU for a session's ring: every third one's path missing, every fourth one
+    a successful open, `began` ns before it ended (every fifth one: 900 with began=900)."""
     d = Data()
     f = d.add(b"/etc/passwd")
     h = d.add(HOW_BYTES)
     fast = slot(1, RK_STR, C("RS_OK"), C("RS_OK"), enter=f, exit=f, same=1)
     missing = slot(1, RK_STR, C("RS_FAULT"), C("RS_FAULT"), eerr=-EFAULT, xerr=-EFAULT)
     hs = slot(2, RK_OPEN_HOW, C("RS_OK"), enter=h, want=24)
+    return [openat2_rec(fast if i % 3 else missing, hs, d, ret=-2 if i % 4 else 3,
+                        ts=(t - (began if i % 5 == 0 else 50), t))
+            for i, t in enumerate(range(1_000 + cpu * 70, 20_000, 150))]
 
-    def recs(cpu: int) -> list[bytes]:
-        return [openat2_rec(fast if i % 3 else missing, hs, d, ret=-2 if i % 4 else 3, ts=(t - 50, t))
-                for i, t in enumerate(range(1_000 + cpu * 70, 20_000, 150))]
 
-    def run(lines: bool) -> tuple[list[str], Stats]:
-        s = Session(["openat2"], explain=False)
-        s._wall = WallClock(OFFSET)  # both runs: one clock
-        src = SyscallSource.__new__(SyscallSource)
-        src.decoder = Decoder(TABLE)
-        src.decode = src.decoder.decode  # type: ignore[method-assign]
-        rings = [fake_ring(pages=16), fake_ring(pages=16)]
-        for cpu, ring in enumerate(rings):
-            ring.cpu = cpu
-            put(ring, [sample(r) for r in recs(cpu)] + ([lost(4)] if cpu else []))
-        s.sources, s._rings, s._decoders = [src], [(src, r) for r in rings], {src: src.decode}
-        s._lines_mode(lines)
-        assert bool(s._encoders) == lines
-        s._order.order([], [], 10 * SLACK_NS)  # the drain below began long after these records
-        out = s._drain() + s._deliver([], s._order.flush())
-        return [x if type(x) is str else dumps(x) for x in out], s.stats
+def drained(lines: object, began: int = 50) -> tuple[list, Stats]:
+    """What one Session drain (then the end of the session) delivers from two CPUs' rings of
+    session_records, out of order with each other, the second with a lost marker, in lines mode `lines`
+    (Session.batches's argument); and its statistics."""
+    from test_stream import fake_ring, lost, put, sample
 
-    ref, ref_stats = run(False)
-    got, got_stats = run(True)
+    from tracer.ordering import SLACK_NS
+    from tracer.session import Session
+    from tracer.sources import SyscallSource
+
+    s = Session(["openat2"], explain=False)
+    s._wall = WallClock(OFFSET)  # every run: one clock
+    src = SyscallSource.__new__(SyscallSource)
+    src.decoder = Decoder(TABLE)
+    src.decode = src.decoder.decode  # type: ignore[method-assign]
+    rings = [fake_ring(pages=16), fake_ring(pages=16)]
+    for cpu, ring in enumerate(rings):
+        ring.cpu = cpu
+        put(ring, [sample(r) for r in session_records(cpu, began)] + ([lost(4)] if cpu else []))
+    s.sources, s._rings, s._decoders = [src], [(src, r) for r in rings], {src: src.decode}
+    s._lines_mode(lines)  # type: ignore[arg-type]
+    assert bool(s._encoders) == bool(lines)
+    s._order.order([], [], 10 * SLACK_NS)  # the drain below began long after these records
+    return s._drain() + s._deliver([], s._order.flush()), s.stats
+
+
+def test_session_lines_mode_delivers_what_the_dict_path_does() -> None:
+    """Session.batches(lines=True)'s drain against the dict path on the same rings: two CPUs out of order
+    with each other, a ring's lost marker, records of both paths mixed; same lines, same statistics."""
+    from tracer.jsonenc import dumps
+
+    (ref, ref_stats), (got, got_stats) = drained(False), drained(True)
+    ref = [dumps(x) for x in ref]
+    got = [x if type(x) is str else dumps(x) for x in got]
     assert got == ref and got_stats == ref_stats
-    assert ref[0].startswith('{"kind":"lost"') and len(ref) == 1 + 2 * len(recs(0))
+    assert ref[0].startswith('{"kind":"lost"') and len(ref) == 1 + 2 * len(session_records(0))
     ts = [json.loads(x).get("ts_exit") for x in ref[1:]]
     assert ts == sorted(ts)
 

@@ -279,7 +279,9 @@ def run_trace(events: list[str], command: list[str] | None, as_json: bool, summa
             err_console.print(f"tracing {what}{more} — Ctrl-C to stop", markup=False, style="dim")
         with record_progress(session):
             # JSON lines straight from the records where only they are wanted (tracer/recjson.py)
-            for batch in session.batches(lines=as_json and table is None):
+            # and console lines the same way (tracer/recconsole.py)
+            lines = table is None and (True if isinstance(out, JsonOutput) else out.line_encoder)
+            for batch in session.batches(lines=lines):
                 if table is not None:
                     table.add_many(batch)
                     if summary_only:  # only what was lost is shown as it happens

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import IO, TYPE_CHECKING, cast
 
 from rich.console import Console
 from rich.text import Text
@@ -15,6 +15,10 @@ from .accounting import SHOWN, UNSPECIFIED
 from .escape import escape_text
 from .jsonenc import dumps
 from .openat2 import mode_str
+
+if TYPE_CHECKING:
+    from .decode import Decoder
+    from .recconsole import ConsoleLineEncoder
 
 Segments = list[tuple[str, str | None]]  # one line as (text, style) pieces
 STATUS_STYLE = {"missing": "bold red", "recovered": "yellow", "changed": "bold magenta",
@@ -132,6 +136,13 @@ class _AnsiStyles:
             out.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text)
         return "".join(out)
 
+    def wrap(self, style: str) -> tuple[str, str]:
+        """The codes before and after a (non-empty) text in `style`."""
+        sgr = self._codes.get(style)
+        if sgr is None:
+            sgr = self._codes[style] = self._parse(style)
+        return (f"\x1b[{sgr}m", "\x1b[0m") if sgr else ("", "")
+
 
 class ConsoleOutput:
     """strace-like lines. A drain batch is rendered to one string and written at once (`events`): rich's
@@ -203,11 +214,27 @@ class ConsoleOutput:
     def event(self, ev: dict) -> None:
         self.events((ev,))
 
-    def events(self, evs: Iterable[dict]) -> None:
+    def events(self, evs: Iterable[dict | tuple[int, int, str]]) -> None:
         """The events and lost-record notices of one drain batch, in order, in one write: each kind laid
-        out by its own renderer (`renderer`)."""
-        render = self._render
-        self._write([render(self.renderer(ev.get("kind"))(ev)) for ev in evs])
+        out by its own renderer (`renderer`); or lines already made from their records (`line_encoder`:
+        (start ts, end ts, line), given to Session.batches(lines=...))."""
+        render, overlap = self.render, self.overlap
+        out = []
+        for ev in evs:
+            if isinstance(ev, tuple):
+                start, end, line = ev
+                n = overlap.add_span(start, end) if overlap is not None else 0
+                out.append(line + render([self._resumed_segment(n)]) if n else line)
+            else:
+                out.append(render(self.renderer(ev.get("kind"))(ev)))
+        self._write(out)
+
+    def line_encoder(self, decoder: Decoder) -> ConsoleLineEncoder:
+        """What makes this console's lines straight from the records of `decoder` (tracer/recconsole.py),
+        for Session.batches(lines=...)."""
+        from .recconsole import ConsoleLineEncoder
+
+        return ConsoleLineEncoder(decoder, self)
 
     def renderer(self, kind: object) -> Callable[[dict], Segments]:
         """The line layout of one kind of event (tracer/events.py KINDS); an unknown kind is shown as its
@@ -233,9 +260,12 @@ class ConsoleOutput:
         if self.overlap is not None:
             n = self.overlap.add(ev)
             if n:
-                segs.append((f"  <... resumed: began before the {'line' if n == 1 else f'{n} lines'} above>",
-                             "yellow"))
+                segs.append(self._resumed_segment(n))
         return segs
+
+    @staticmethod
+    def _resumed_segment(n: int) -> tuple[str, str]:
+        return f"  <... resumed: began before the {'line' if n == 1 else f'{n} lines'} above>", "yellow"
 
     def _user_event(self, ev: dict) -> Segments:
         from .user_events.render import user_event_segments  # its own layout, beside its decoder
@@ -252,10 +282,15 @@ class ConsoleOutput:
             f.write("\n".join(lines) + "\n")
             f.flush()
 
-    def _render(self, segs: Segments) -> str:
+    def render(self, segs: Segments) -> str:
+        """Segments as the console writes them: plain, or each in its style's ANSI codes."""
         if self._ansi is None:
             return "".join([text for text, _ in segs])
         return self._ansi.join(segs)
+
+    def wrap(self, style: str) -> tuple[str, str]:
+        """The codes `render` puts before and after a non-empty text in `style` ("" without colours)."""
+        return ("", "") if self._ansi is None else self._ansi.wrap(style)
 
     def line(self, ev: dict) -> Text:
         """One syscall or uprobe event as one line of rich Text."""
@@ -323,14 +358,7 @@ class ConsoleOutput:
             if info.get("verified") is False and st in ("ok", "truncated"):
                 a((" [unverified]", "yellow"))
         a((")", None))
-        if ev["ret"] is None:
-            a((" = ?", "dim"))
-        else:
-            ret = ev["ret"]
-            err = -4095 <= ret < 0
-            shown = ev["ret_str"] if err or abs(ret) < 1 << 32 else hex(ret)
-            a((" = ", None))
-            a((shown, "red" if err else "green"))
+        t += self.ret_segments(ev["ret"], ev["ret_str"])
         op = ev.get("opened")
         if op is not None:
             a((" -> ", "dim"))
@@ -340,6 +368,16 @@ class ConsoleOutput:
         if ev.get("missing"):
             a(("  ! unreadable: " + ", ".join(ev["missing"]), "bold red"))
         return t
+
+    @staticmethod
+    def ret_segments(ret: int | None, ret_str: str | None) -> Segments:
+        """` = RET` of a call (`ret_str` for an error or a value that fits 32 bits, hex beyond), ` = ?` for
+        one that did not return."""
+        if ret is None:
+            return [(" = ?", "dim")]
+        err = -4095 <= ret < 0
+        shown = cast(str, ret_str) if err or abs(ret) < 1 << 32 else hex(ret)
+        return [(" = ", None), (shown, "red" if err else "green")]
 
     @staticmethod
     def _opened(a: Callable[[tuple[str, str | None]], None], op: dict) -> None:

@@ -24,6 +24,7 @@ import struct
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _enc  # json's escaper: json.dumps's bytes (ensure_ascii)
+from typing import NamedTuple
 
 from .decode import (
     _CONV_NONE,
@@ -98,7 +99,17 @@ _SLOT_FIELDS = ("kind", "enter_status", "exit_status", "enter_off", "enter_len",
 # event, the line without its newline). A plain tuple: a NamedTuple's constructor costs ~0.2 µs more.
 Line = tuple
 # (record, cpu) -> its Line, or None: decode the record instead
-_LineFn = Callable[[bytes, int], "tuple[int, tuple, str] | None"]
+_LineFn = Callable[[bytes, int], "tuple[int, tuple, object] | None"]
+
+
+class _Shape(NamedTuple):
+    """What every line function of one layout starts with (LineEncoder._shape)."""
+    fields: list  # (offset, struct code, local name) of what the one unpack reads
+    # source: `noreturn`, checks (return None), `raw{i}` of each read and `v{i}` of a struct's (the encoder's
+    # _value), `a{i}` of each integer, `key`
+    body: list[str]
+    args: list  # per argument: (index, name, the read's kind or None, its symbol function or None)
+    names: tuple  # the arguments read, in order
 
 
 def order_key(item: object) -> int:
@@ -145,9 +156,19 @@ class LineEncoder:
         self._clock[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return self._clock[1]
 
+    # -- the fragments of repeated values (a subclass's line renders its own) -----------------------------
+    def _ret_text(self, ret: int) -> str:
+        return f',"ret":{ret},"ret_str":{_enc(ret_str(ret))}'
+
+    def _comm_text(self, comm: str) -> str:
+        return _enc(comm)
+
+    def _value_text(self, val: object, want: int) -> str:
+        return json_dumps(val)
+
     # -- memos the generated functions call on a miss ----------------------------------------------------
     def _ret(self, ret: int) -> str:
-        frag = f',"ret":{ret},"ret_str":{_enc(ret_str(ret))}'
+        frag = self._ret_text(ret)
         if len(self._rets) < _MEMO_MAX:
             self._rets[ret] = frag
         return frag
@@ -155,11 +176,11 @@ class LineEncoder:
     def _comm(self, raw: bytes) -> str:
         if len(self._comms) >= _MEMO_MAX:
             self._comms.clear()
-        comm = self._comms[raw] = _enc(text(raw.split(b"\0", 1)[0]))
+        comm = self._comms[raw] = self._comm_text(text(raw.split(b"\0", 1)[0]))
         return comm
 
     def _value(self, kind: int, raw: bytes, want: int) -> str:
-        val = json_dumps(self.decoder.value(kind, raw, want))
+        val = self._value_text(self.decoder.value(kind, raw, want), want)
         if len(self._values) < _MEMO_MAX:
             self._values[(kind, raw, want)] = val
         return val
@@ -173,13 +194,10 @@ class LineEncoder:
             self._layouts[pkey] = fn
         return fn
 
-    def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
-        """The source of `line(rec, cpu)` for this layout: one unpack into locals, checks that send an
-        uncommon record back to the decoder (return None), then one f-string. `steps`: Decoder.steps_for's."""
-        ns: dict = {"RETS": self._rets, "ret_frag": self._ret, "COMMS": self._comms, "comm_frag": self._comm,
-                    "VALUES": self._values, "value_frag": self._value, "enc": _enc, "UNSET": _UNSET,
-                    "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED, "CLOCK": self._clock, "when": self._when,
-                    "HEAD": f'{{"kind":"syscall","syscall":{_enc(plan.name)},"event":{_enc(plan.event)},"ts":'}
+    def _shape(self, plan: _Plan, steps: tuple, rec: bytes) -> _Shape | None:
+        """What every line function of this layout starts with, whatever line it makes (this one's JSON,
+        recconsole's console line); None: a slot reads a kind the line path does not take. `steps`:
+        Decoder.steps_for's."""
         r = {n: _REC.field(n).offset for n in ("flags", "pid", "tid", "uid", "ts_enter", "ts_exit", "ret", "comm")}
         fields = [(r["flags"], "B", "flags"), (r["pid"], "I", "pid"), (r["tid"], "I", "tid"), (r["uid"], "I", "uid"),
                   (r["ts_enter"], "Q", "ts"), (r["ts_exit"], "Q", "te"), (r["ret"], "q", "ret"),
@@ -189,9 +207,9 @@ class LineEncoder:
         body = [f"    noreturn = flags & {RF_NORETURN}"]
         if plan.name in OPEN_FAMILY:  # a successful call carries `opened`: decoded the reference way
             body.append("    if not noreturn and ret >= 0: return None")
-        args, reads, syms, names = [], [], [], []
+        args: list[tuple] = []
+        names = []
         for i, aname, conv, _memo, symf, k in steps:
-            ns[f"K{i}"] = _enc(aname) + ":"
             fields.append((args_at + 8 * i, "Q", f"r{i}"))
             if k:
                 j = (k - _HDR_SLOTS_AT) // _HDR_SLOT  # the slot's index in the record
@@ -203,30 +221,74 @@ class LineEncoder:
                 body += [f"    if enter_status{i} != {RS_OK} or kind{i} != {kind} or (exit_status{i} != {RS_NONE} "
                          f"and not (exit_same{i} and (exit_status{i} == {RS_OK} or exit_status{i} == {RS_TRUNC}))):",
                          "        return None",
-                         f"    raw = rec[{_DATA_OFF} + enter_off{i}:{_DATA_OFF} + enter_off{i} + enter_len{i}]"]
+                         f"    raw{i} = rec[{_DATA_OFF} + enter_off{i}:{_DATA_OFF} + enter_off{i} + enter_len{i}]"]
+                if kind != RK_STR:  # a struct's rendering, memoised by its bytes
+                    vkey = f"({kind}, raw{i}, want{i})"
+                    body.append(f"    v{i} = VALUES.get({vkey}) or value_frag{vkey}")
+                args.append((i, aname, kind, None))
+                continue
+            body += [f"    a{i} = {line}" for line in CONVERSIONS[conv](f"a{i}", f"r{i}")]
+            args.append((i, aname, None, symf))
+        body.append("    key = ts if noreturn else te or ts")
+        return _Shape(fields, body, args, tuple(names))
+
+    def _compile(self, ns: dict, shape: _Shape, plan: _Plan, body: list[str], ret: list[str]) -> _LineFn:
+        """`line(rec, cpu)`: one unpack into locals, the shape's checks and values, `body`, the comm and the
+        time of day (`day`, `ns`), then `ret`, which returns (key, statistics key, the line)."""
+        unpack, order = _unpacker(shape.fields)
+        names = shape.names
+        ns.update({"UNPACK": unpack.unpack_from, "RETS": self._rets, "ret_frag": self._ret, "COMMS": self._comms,
+                   "comm_frag": self._comm, "VALUES": self._values, "value_frag": self._value, "CLOCK": self._clock,
+                   "when": self._when, "UNSET": _UNSET,
+                   "GROUP": ("syscall", "ok", plan.event, plan.name if names else None, names, ("ok",) * len(names))})
+        src = ["def line(rec, cpu):", f"    {', '.join(order)}, = UNPACK(rec)", *shape.body, *body,
+               "    comm = COMMS.get(comm_raw) or comm_frag(comm_raw)",
+               f"    sec, ns = divmod(ts + {int(self.offset)}, 1000000000)",
+               "    day = CLOCK[1] if sec == CLOCK[0] else when(sec)", *ret]
+        # only integers are written into src
+        exec(compile("\n".join(src) + "\n", f"<{type(self).__name__} {plan.name}>", "exec"), ns)
+        return ns["line"]
+
+    @staticmethod
+    def _symbol(ns: dict, i: int, symf: Callable, var: str, frag: str) -> list[str]:
+        """Source setting `var` to the fragment of argument i's symbol, memoised by a{i}; `frag`: its
+        expression, given `sym` (the symbol, or None where the value has none)."""
+        ns[f"SYM{i}"] = {}
+        ns[f"symf{i}"] = symf
+        return [f"    {var} = SYM{i}.get(a{i}, UNSET)",
+                f"    if {var} is UNSET:",
+                f"        sym = symf{i}(a{i})",
+                f"        {var} = {frag}",
+                f"        if len(SYM{i}) < {_MEMO_MAX}: SYM{i}[a{i}] = {var}"]
+
+    def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
+        """The source of `line(rec, cpu)` for this layout (`_compile`): checks that send an uncommon record
+        back to the decoder (return None), then one f-string."""
+        shape = self._shape(plan, steps, rec)
+        if shape is None:
+            return None
+        ns: dict = {"enc": _enc, "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED,
+                    "HEAD": f'{{"kind":"syscall","syscall":{_enc(plan.name)},"event":{_enc(plan.event)},"ts":'}
+        body: list[str] = []
+        args, reads, syms = [], [], []
+        for i, aname, kind, symf in shape.args:
+            ns[f"K{i}"] = _enc(aname) + ":"
+            if kind is not None:
                 if kind == RK_STR:
-                    body += ["    try:", f"        v{i} = enc(raw.decode('utf-8'))",
+                    body += ["    try:", f"        v{i} = enc(raw{i}.decode('utf-8'))",
                              "    except UnicodeDecodeError:", "        return None"]  # kept with `hex`
                     size = ""
                 else:
-                    body += [f"    v{i} = VALUES.get(({kind}, raw, want{i})) or value_frag({kind}, raw, want{i})",
-                             f"    z{i} = f',\"size\":{{want{i}}}' if want{i} else ''"]
+                    body.append(f"    z{i} = f',\"size\":{{want{i}}}' if want{i} else ''")
                     size = f"{{z{i}}}"
                 body += [f"    t{i} = VERIFIED if exit_status{i} != {RS_NONE} else UNVERIFIED[noreturn]",
-                         f"    l{i} = len(raw)"]
+                         f"    l{i} = len(raw{i})"]
                 args.append(f"{{K{i}}}{{v{i}}}")
                 reads.append(f'{{K{i}}}{_READ_HEAD.replace("{", "{{")}{{r{i}}},"len":{{l{i}}}{size}{{t{i}}}')
                 continue
-            body += [f"    a{i} = {line}" for line in CONVERSIONS[conv](f"a{i}", f"r{i}")]
             args.append(f"{{K{i}}}{{a{i}}}")
             if symf is not None:
-                ns[f"SYM{i}"] = {}
-                ns[f"symf{i}"] = symf
-                body += [f"    s{i} = SYM{i}.get(a{i}, UNSET)",
-                         f"    if s{i} is UNSET:",
-                         f"        s{i} = symf{i}(a{i})",
-                         f"        s{i} = None if s{i} is None else K{i} + enc(s{i})",
-                         f"        if len(SYM{i}) < {_MEMO_MAX}: SYM{i}[a{i}] = s{i}"]
+                body += self._symbol(ns, i, symf, f"s{i}", f"None if sym is None else K{i} + enc(sym)")
                 syms.append(f"s{i}")
         if len(syms) == 1:
             body.append(f"    sy = '' if {syms[0]} is None else ',\"args_str\":{{' + {syms[0]} + '}}'")
@@ -235,26 +297,14 @@ class LineEncoder:
                      "    sy = ',\"args_str\":{' + sy + '}' if sy else ''"]
         else:
             body.append("    sy = ''")
-        unpack, order = _unpacker(fields)
-        ns["UNPACK"] = unpack.unpack_from
-        body = [f"    {', '.join(order)}, = UNPACK(rec)", *body,
-                "    if noreturn:",
-                "        key = ts",
-                "        mid = ''",
-                "        rf = ',\"ret\":null,\"ret_str\":null'",
-                "    else:",
-                "        key = te or ts",
-                "        mid = f',\"ts_exit\":{te},\"duration_ns\":{te - ts}'",
-                "        rf = RETS.get(ret) or ret_frag(ret)",
-                "    comm = COMMS.get(comm_raw) or comm_frag(comm_raw)",
-                f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
-                f"    sec, ns = divmod(ts + {int(self.offset)}, 1000000000)",
-                "    day = CLOCK[1] if sec == CLOCK[0] else when(sec)",
-                "    return key, GROUP, (f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
-                "            f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{"
-                + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{ns // 1000:06d}Z\"}}')"]
-        names_t = tuple(names)
-        ns["GROUP"] = ("syscall", "ok", plan.event, plan.name if names_t else None, names_t, ("ok",) * len(names_t))
-        src = "def line(rec, cpu):\n" + "\n".join(body) + "\n"
-        exec(compile(src, f"<recjson {plan.name}>", "exec"), ns)  # only integers are written into src
-        return ns["line"]
+        body += ["    if noreturn:",
+                 "        mid = ''",
+                 "        rf = ',\"ret\":null,\"ret_str\":null'",
+                 "    else:",
+                 "        mid = f',\"ts_exit\":{te},\"duration_ns\":{te - ts}'",
+                 "        rf = RETS.get(ret) or ret_frag(ret)"]
+        ret = [f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
+               "    return key, GROUP, (f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
+               "            f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{"
+               + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{ns // 1000:06d}Z\"}}')"]
+        return self._compile(ns, shape, plan, body, ret)

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 from . import __version__, syscalls
 from .capture import FORMAT_VERSION, CaptureWriter
@@ -30,6 +31,10 @@ from .perf import default_pages
 from .probes import Filters, SyscallProbes
 from .sources import Source, SourceOptions, SyscallSource
 from .summary import is_error
+
+if TYPE_CHECKING:
+    from .decode import Decoder
+    from .recjson import LineEncoder
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
 # Longest time spent showing what the rings hold once the session is interrupted (Ctrl-C, SIGTERM);
@@ -229,13 +234,15 @@ class Session:
         for batch in self.batches():
             yield from map(Event, batch)
 
-    def batches(self, lines: bool = False) -> Iterator[list]:
+    def batches(self, lines: bool | Callable[[Decoder], LineEncoder] = False) -> Iterator[list]:
         """The events of each drain as one list of event dicts (what `for ev in session` yields one by
         one, as Event objects): the cheap way to consume a fast stream. The `batch_done` hooks run once
         the consumer asks for the next batch.
         `lines`: for a consumer that only writes JSON Lines (`trace --json`), syscall events of the common
         shapes come as their JSON line (a str, the bytes of jsonenc.dumps(event), no newline), made
         straight from the record (tracer/recjson.py); the others, and lost-record notices, as dicts.
+        Or, given a function that makes another LineEncoder for a decoder (ConsoleOutput.line_encoder:
+        console lines, tracer/recconsole.py), what that one makes.
         Only where nothing else needs the dicts: no recorder or callback, no --only-missing/-Z filter."""
         if not self.sources:
             self.start()
@@ -261,15 +268,15 @@ class Session:
                 break
         yield from self._final()
 
-    def _lines_mode(self, lines: bool) -> None:
+    def _lines_mode(self, lines: bool | Callable[[Decoder], LineEncoder]) -> None:
         """batches(lines): a LineEncoder per syscall source where nothing else needs the event dicts."""
         self._encoders = {}
         if lines and self.recorder is None and self.callback is None and not self.only_missing \
                 and not self.failed_only:
             from .recjson import LineEncoder, order_key
 
-            self._encoders = {id(src): LineEncoder(src.decoder, self._wall.offset) for src in self.sources
-                              if isinstance(src, SyscallSource)}
+            make = lines if callable(lines) else lambda dec: LineEncoder(dec, self._wall.offset)
+            self._encoders = {id(src): make(src.decoder) for src in self.sources if isinstance(src, SyscallSource)}
             if self._encoders:
                 self._order = TimeOrder(order_key)
 

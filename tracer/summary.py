@@ -97,7 +97,10 @@ class Overlap:
     def add(self, ev: dict) -> int:
         """Record one printed event; returns how many lines printed before it completed after it began."""
         start = ev.get("ts")
-        end = ev.get("ts_exit") or start
+        return self.add_span(start, ev.get("ts_exit") or start)
+
+    def add_span(self, start: int | None, end: int | None) -> int:
+        """`add` for a call that began at `start` and completed at `end` (its line made from its record)."""
         done = self.done
         n = 0
         if start is not None and done and done[-1] > start:
