@@ -221,3 +221,39 @@ def test_json_output_writes_lines_and_dicts_in_order(tmp_path) -> None:
                          '{"kind":"syscall","n":3}', '{"kind":"syscall","n":4}']
     assert lines[5:-1] == ['{"kind":"user_event","s":"\\u00e9"}'] * 40_000
     assert lines[-1] == '{"kind":"summary","events":41004}' and len(lines) == 40_006
+
+
+def test_json_output_chunks_never_exceed_half_the_buffer(tmp_path, monkeypatch) -> None:
+    """Lines go out joined, WRITE_LINES at a time, but never as one write larger than half the writer's
+    buffer (a larger write can be garbled by a signal arriving during it): a chunk holding long lines is
+    written line by line. The file holds every line, whole and in order, either way."""
+    from tracer import output
+
+    sizes: list[int] = []
+    real_big = output.JsonOutput._big
+
+    class Spy:
+        def __init__(self, big) -> None:
+            self.big = big
+
+        def write(self, s: str) -> int:
+            sizes.append(len(s))
+            return self.big.write(s)
+
+        def writelines(self, lines: list[str]) -> None:
+            for s in lines:
+                self.write(s)
+
+        def flush(self) -> None:
+            self.big.flush()
+
+    monkeypatch.setattr(output.JsonOutput, "_big", lambda self: Spy(real_big(self)))
+    short = [f'{{"n":{k}}}' for k in range(1000)]
+    long = ['{"s":"%s"}' % ("x" * 100_000)] * 12  # 1.2 MB in one chunk of WRITE_LINES
+    path = tmp_path / "out.jsonl"
+    with open(path, "w") as f:
+        out = output.JsonOutput(f, batched=True)
+        out.events(short + long + short)
+    assert path.read_text().splitlines() == short + long + short
+    assert max(sizes) <= output.WRITE_BUFFER // 2
+    assert len(sizes) < 2 * len(short)  # short lines were joined: far fewer writes than lines

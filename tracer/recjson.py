@@ -306,5 +306,5 @@ class LineEncoder:
         ret = [f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
                "    return key, GROUP, (f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
                "            f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{"
-               + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{ns // 1000:06d}Z\"}}')"]
+               + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{str(ns // 1000).zfill(6)}Z\"}}')"]
         return self._compile(ns, shape, plan, body, ret)
