@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from . import btf
+from . import btf, btfmemo
 
 # define -> (struct, member); members inside anonymous structs/unions are found through them.
 OFFSETS: dict[str, tuple[str, str]] = {
@@ -75,10 +75,16 @@ def compute(b: btf.Btf) -> Offsets:
 
 @functools.cache
 def offsets() -> Offsets:
-    """The running kernel's offsets (computed once per process)."""
+    """The running kernel's offsets (once per process; from BTF once per kernel: tracer/btfmemo.py)."""
     if not btf.VMLINUX.exists():
         return Offsets({}, f"{btf.VMLINUX} does not exist (kernel built without CONFIG_DEBUG_INFO_BTF)")
     try:
-        return compute(btf.vmlinux())
+        got = btfmemo.remembered("kstructs", _as_json)
     except (OSError, btf.BtfError) as e:
         return Offsets({}, f"{btf.VMLINUX}: {e}")
+    return Offsets({str(k): int(v) for k, v in got["values"].items()}, got["problem"])
+
+
+def _as_json(b: btf.Btf) -> dict:
+    o = compute(b)
+    return {"values": o.values, "problem": o.problem}

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from functools import cache
 
 from . import uapi
+from .btf import Btf, BtfError
 from .ioctls import ioctl_str
 
 Render = Callable[[int], "str | None"]
@@ -597,13 +598,21 @@ def sa_flags() -> dict[int, str]:
 @cache
 def sigaction_layout() -> tuple[int, dict[str, int]] | None:
     """(size, field -> offset) of the kernel's struct sigaction (what rt_sigaction reads from the caller),
-    from the running kernel's BTF: sa_restorer exists on some architectures only; None without BTF."""
-    try:
-        from .btf import vmlinux
+    from the running kernel's BTF (tracer/btfmemo.py): sa_restorer exists on some architectures only;
+    None without BTF."""
+    from .btfmemo import remembered  # deferred: the memo (and the program cache) only where needed
 
-        btf = vmlinux()
+    try:
+        got = remembered("sigaction", _sigaction_layout)
+    except (OSError, BtfError):
+        return None
+    return None if got is None else (int(got[0]), {str(k): int(v) for k, v in got[1].items()})
+
+
+def _sigaction_layout(btf: Btf) -> tuple[int, dict[str, int]] | None:
+    try:
         size = btf.struct_named("sigaction").size_or_type
-    except (OSError, KeyError, ValueError):
+    except KeyError:
         return None
     offsets = {}
     for name in ("sa_handler", "sa_flags", "sa_restorer", "sa_mask"):
