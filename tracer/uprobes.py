@@ -161,7 +161,7 @@ class UprobeSource(Source):
                            cflags=[*BCC_CFLAGS, f"-I{BPF_DIR}", "-Wno-unused-function"])
             self._configure(opts.filters)
             self.rings = output_rings(opts.pages)
-            events = self.bpf["up_events"]
+            events = self.bpf[b"up_events"]
             for ring in self.rings.rings:
                 events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
             self._attach()
@@ -177,9 +177,9 @@ class UprobeSource(Source):
         self._tracing(False)  # CF_OFF until every probe is attached: no call half seen
         one = ct.c_uint8(1)
         for pid in f.pids:
-            self.bpf["up_pids"][ct.c_uint32(pid)] = one
+            self.bpf[b"up_pids"][ct.c_uint32(pid)] = one
         for tid in f.tids:
-            self.bpf["up_tids"][ct.c_uint32(tid)] = one
+            self.bpf[b"up_tids"][ct.c_uint32(tid)] = one
         nmax = const("MAX_READS")
         for idx, s in enumerate(self.specs):
             reads = s.reads
@@ -189,14 +189,14 @@ class UprobeSource(Source):
                      for i in reads]
             lenargs = [max(s.args[i].lenarg, 0) for i in reads]
             pad = [0] * (nmax - len(reads))
-            self._set("up_conf", idx, packer("sc_conf").pack(
+            self._set(b"up_conf", idx, packer("sc_conf").pack(
                 1, len(s.args), len(reads), 0, bytes(reads + pad), bytes(kinds + pad), bytes(lenargs + pad),
                 *(sizes + pad)))
 
     def _tracing(self, on: bool) -> None:
         """One conf write starts or stops every program at once (CF_OFF, as for syscalls)."""
         flags, *rest = self._filter
-        self._set("up_filter", 0, packer("tracer_conf").pack(flags | (0 if on else const("CF_OFF")), *rest))
+        self._set(b"up_filter", 0, packer("tracer_conf").pack(flags | (0 if on else const("CF_OFF")), *rest))
 
     def quiesce(self) -> None:
         if self.bpf is not None:
@@ -210,10 +210,10 @@ class UprobeSource(Source):
         `in_flight_at_exit`."""
         if self.bpf is None or self.rings is None:
             return []
-        t = self.bpf["up_stats"]
+        t = self.bpf[b"up_stats"]
         per_cpu = {n: list(t[t.Key(i)]) for i, n in enumerate(self.STAT_NAMES)}
         gone = running = 0
-        for rec in self.bpf["up_inflight"].values():
+        for rec in self.bpf[b"up_inflight"].values():
             if rec.flags & const("UPF_ACTIVE"):
                 if os.path.exists(f"/proc/{rec.pid}/task/{rec.tid}"):
                     running += 1
@@ -222,7 +222,7 @@ class UprobeSource(Source):
         losses = syscall_losses(self.rings.rings, per_cpu, running)
         return losses + ([(None, "no_exit", gone)] if gone else [])
 
-    def _set(self, table: str, key: int, value: bytes) -> None:
+    def _set(self, table: bytes, key: int, value: bytes) -> None:
         t = self.bpf[table]
         t[t.Key(key)] = t.Leaf.from_buffer_copy(value.ljust(ct.sizeof(t.Leaf), b"\0"))
 
@@ -240,12 +240,12 @@ class UprobeSource(Source):
 
     def add_pid(self, pid: int) -> None:
         if self.bpf is not None:
-            self.bpf["up_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
+            self.bpf[b"up_pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
 
     def kernel_stats(self) -> dict[str, int]:
         if self.bpf is None:
             return {}
-        t = self.bpf["up_stats"]
+        t = self.bpf[b"up_stats"]
         return {f"uprobe_{n}": sum(t[t.Key(i)]) for i, n in enumerate(self.STAT_NAMES)}
 
     def close(self) -> None:
