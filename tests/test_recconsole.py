@@ -7,6 +7,7 @@ Records are synthesized as in test_decode.py (no BPF)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 
 import pytest
@@ -17,6 +18,7 @@ from test_decode import (
     CONNECT,
     EFAULT,
     FNAME,
+    HOW,
     HOW_BYTES,
     RK_OPEN_HOW,
     RK_SOCKADDR,
@@ -31,6 +33,7 @@ from test_decode import (
     sin,
     slot,
 )
+from test_opened import kfile
 from test_recjson import context_and_strv_records, drained, session_records, several_layouts
 
 from tracer import layout
@@ -114,9 +117,8 @@ def test_line_equals_reference_for_every_read_status(es: int, xs: int) -> None:
             recs += [openat2_rec(hs, fs, d, ret=-2)]  # slots in the other order
             fast = check(recs)
             common = es == C("RS_OK") and (xs == C("RS_NONE") or (same and xs in (C("RS_OK"), C("RS_TRUNC"))))
-            if common:  # the line path takes them all but successful opens (ret >= 0: `opened`)
-                assert fast == [r < 0 or f & C("RF_NORETURN") for r in (3, -2, -4095, 1 << 40)
-                                for f in (0, 4, 4 | C("RF_NORETURN")) for _ in range(2)] + [True]
+            if common:  # the line path takes them all, successful opens too (`opened`: test_opened_files)
+                assert all(fast)
             else:
                 assert not any(fast)
         sa = Data()
@@ -129,6 +131,55 @@ def test_line_equals_reference_for_every_read_status(es: int, xs: int) -> None:
             fast = check([record(nr, [3, SA, 16, 0], ret=ret, slots=(s,), data=bytes(sa.buf)) for ret in (0, -1)
                           for s in slots])
             assert fast == [common and kind == RK_SOCKADDR] * 4
+
+
+def opened_rec(nr: int, name: bytes, kf: bytes | None, *, verified: bool, flags: int = 0,
+               resolve: int = 0, ret: int = 3) -> bytes:
+    """A successful openat (257) or openat2 (437) of `name` with the kernel's opened file `kf` (a struct
+    kfile and its components, test_opened.kfile; None: not in the record), the filename verified at exit
+    (the same bytes) or not re-read."""
+    d = Data()
+    f = d.add(name)
+    slots = [slot(1, RK_STR, C("RS_OK"), C("RS_OK") if verified else C("RS_NONE"), enter=f, exit=f, same=1)]
+    if nr == 437:
+        slots.append(slot(2, RK_OPEN_HOW, C("RS_OK"), enter=d.add(struct.pack("<QQQ", flags, 0, resolve)), want=24))
+    data, xoff, rflags = bytes(d.buf), 0, 4
+    if kf is not None:
+        xoff = (len(data) + 7) & ~7
+        data = data.ljust(xoff, b"\0") + kf
+        rflags |= C("RF_OPENED")
+    rec = bytearray(record(nr, [AT_FDCWD_U64, FNAME, HOW if nr == 437 else flags, 24 if nr == 437 else 0o644],
+                           ret=ret, flags=rflags, slots=tuple(slots), data=data))
+    struct.pack_into("<I", rec, layout.struct_of("sys_record").field("xoff").offset, xoff)
+    return bytes(rec)
+
+
+def test_opened_files() -> None:
+    """Successful opens: ` -> opened ...` for every kfile status, and the filename as the opened file leaves
+    it (tracer/opened.py): verified (same), changed (conflict: O_NOFOLLOW, RESOLVE_NO_SYMLINKS) or as it
+    was (undecided), with its statistics; names with escapes in the kernel's path too."""
+    ok = C("KF_OK")
+    files = [(b"/etc/passwd", kfile(ok, [b"passwd", b"etc"])),
+             (b"/tmp/harmless", kfile(ok, [b"secret", b"tmp"])),
+             (b"f", kfile(ok, [b"f", b"u", b"home"])),
+             (b"/tmp/\x1b[31mred\n", kfile(ok, [b"\x1b[31mred\n", b"tmp"], mode=0o40755)),
+             (b"/etc/x", kfile(C("KF_TRUNC"), [b"x", b"etc"])),
+             (b"/dev/pts/0", kfile(C("KF_UNREACHABLE"), [b"pipe:[77]"], mode=0o10600)),
+             (b"/etc/x", kfile(C("KF_NOFILE"), [])),
+             (b"/etc/x", kfile(C("KF_FAULT"), [], err=4)),
+             (b"/etc/x", kfile(C("KF_FAULT"), [b"x"], err=6)),
+             (b"/etc/x", None)]
+    recs = [opened_rec(nr, name, kf, verified=verified, flags=flags, resolve=resolve)
+            for nr in (257, 437) for name, kf in files for verified in (True, False)
+            for flags, resolve in ((0, 0), (os.O_NOFOLLOW, 0), (0, 0x04))]
+    assert all(check(recs))
+    statuses = set()
+    for rec in recs:
+        ev = Decoder(TABLE).decode(rec, 1)
+        statuses.add((ev["reads"]["filename"]["status"], ev["reads"]["filename"].get("opened_match"),
+                      ev["opened"]["status"]))
+    assert {("ok", "same", "ok"), ("changed", "conflict", "ok"), ("ok", "undecided", "ok"), ("ok", None, "truncated"),
+            ("ok", None, "unavailable")} <= statuses  # every verdict was made
 
 
 def test_line_equals_reference_without_reads_and_symbols() -> None:

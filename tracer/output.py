@@ -365,45 +365,47 @@ class ConsoleOutput:
                 else:
                     a((self.value(val), None))
                 continue
-            st = info["status"]
-            if st == "missing":
-                err = info.get("errno")
-                what = f"<missing: errno {err}" if err else "<missing"
-                a((f"{what} at {info['addr']:#x}", STATUS_STYLE[st]))
-                where = _describe_region(info.get("region"))
-                if where:
-                    a((f" in {escape_text(where)}", STATUS_STYLE[st]))
-                a((">", STATUS_STYLE[st]))
-                continue
-            is_hex = isinstance(val, str) and "size" in info  # uprobe buf[N]: hex of its bytes
-            a((self.value(val, is_hex), None))
-            if st == "recovered":
-                where = _describe_region(info.get("region"))
-                proof = ("verified: names the kernel's opened file" if info.get("verified")
-                         else "UNVERIFIED: memory after the call, maybe not what the kernel used")
-                a((f" [recovered at exit, {proof}; entry read failed errno {info['errno']}"
-                   + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st]))
-            elif st == "changed":
-                seen = []
-                if "value_at_exit" in info:
-                    seen.append(f"at exit: {self.value(info.get('value_at_exit'), is_hex)}")
-                if "kernel_path" in info:
-                    seen.append(f"the kernel opened: {self.value(info['kernel_path'])}")
-                a((f" [CHANGED during the call; {'; '.join(seen)}]", STATUS_STYLE[st]))
-            elif st == "truncated":
-                a((" [truncated]", STATUS_STYLE[st]))
-            if info.get("verified") is False and st in ("ok", "truncated"):
-                a((" [unverified]", "yellow"))
+            t += self.read_segments(val, info)
         a((")", None))
         t += self.ret_segments(ev["ret"], ev["ret_str"])
         op = ev.get("opened")
         if op is not None:
-            a((" -> ", "dim"))
-            self._opened(a, op)
+            t += self.opened_segments(op)
         if self.durations and ev.get("duration_ns") is not None:
             a((f" <{ev['duration_ns'] / 1e9:.6f}>", "dim"))
         if ev.get("missing"):
             a(("  ! unreadable: " + ", ".join(ev["missing"]), "bold red"))
+        return t
+
+    def read_segments(self, val: object, info: dict) -> Segments:
+        """An argument read from user memory: its value (or why there is none) and its read's outcome."""
+        st = info["status"]
+        if st == "missing":
+            err = info.get("errno")
+            what = f"<missing: errno {err}" if err else "<missing"
+            where = _describe_region(info.get("region"))
+            style = STATUS_STYLE[st]  # three segments, each in its codes, as before
+            return [(f"{what} at {info['addr']:#x}", style), *([(f" in {escape_text(where)}", style)] if where else []),
+                    (">", style)]
+        is_hex = isinstance(val, str) and "size" in info  # uprobe buf[N]: hex of its bytes
+        t: Segments = [(self.value(val, is_hex), None)]
+        if st == "recovered":
+            where = _describe_region(info.get("region"))
+            proof = ("verified: names the kernel's opened file" if info.get("verified")
+                     else "UNVERIFIED: memory after the call, maybe not what the kernel used")
+            t.append((f" [recovered at exit, {proof}; entry read failed errno {info['errno']}"
+                      + (f", {escape_text(where)}" if where else "") + "]", STATUS_STYLE[st]))
+        elif st == "changed":
+            seen = []
+            if "value_at_exit" in info:
+                seen.append(f"at exit: {self.value(info.get('value_at_exit'), is_hex)}")
+            if "kernel_path" in info:
+                seen.append(f"the kernel opened: {self.value(info['kernel_path'])}")
+            t.append((f" [CHANGED during the call; {'; '.join(seen)}]", STATUS_STYLE[st]))
+        elif st == "truncated":
+            t.append((" [truncated]", STATUS_STYLE[st]))
+        if info.get("verified") is False and st in ("ok", "truncated"):
+            t.append((" [unverified]", "yellow"))
         return t
 
     @staticmethod
@@ -417,16 +419,16 @@ class ConsoleOutput:
         return [(" = ", None), (shown, "red" if err else "green")]
 
     @staticmethod
-    def _opened(a: Callable[[tuple[str, str | None]], None], op: dict) -> None:
-        """The file the kernel opened (tracer/opened.py): its path, or why there is none."""
+    def opened_segments(op: dict) -> Segments:
+        """` -> ` the file the kernel opened (tracer/opened.py): its path, or why there is none."""
         if op["status"] == "unavailable":
-            a((f"opened <unavailable: {escape_text(str(op['reason']))}>", "yellow"))
-            return
+            return [(" -> ", "dim"), (f"opened <unavailable: {escape_text(str(op['reason']))}>", "yellow")]
+        path: tuple[str, str | None]
         if op["status"] == "truncated":
-            a((f'opened "…/{escape_text(op["path"])}" [path cut: {escape_text(str(op["reason"]))}]', "cyan"))
+            path = (f'opened "…/{escape_text(op["path"])}" [path cut: {escape_text(str(op["reason"]))}]', "cyan")
         else:
-            a((f'opened "{escape_text(op["path"])}"', None))
-        a((f" (dev {op['dev']}, ino {op['ino']}, mode {op['mode']})", "dim"))
+            path = (f'opened "{escape_text(op["path"])}"', None)
+        return [(" -> ", "dim"), path, (f" (dev {op['dev']}, ino {op['ino']}, mode {op['mode']})", "dim")]
 
     def lost(self, ev: dict) -> None:
         self.events((ev,))

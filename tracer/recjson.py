@@ -194,10 +194,11 @@ class LineEncoder:
             self._layouts[pkey] = fn
         return fn
 
-    def _shape(self, plan: _Plan, steps: tuple, rec: bytes) -> _Shape | None:
+    def _shape(self, plan: _Plan, steps: tuple, rec: bytes, opened: bool = False) -> _Shape | None:
         """What every line function of this layout starts with, whatever line it makes (this one's JSON,
         recconsole's console line); None: a slot reads a kind the line path does not take. `steps`:
-        Decoder.steps_for's."""
+        Decoder.steps_for's. `opened`: the caller makes successful open-family calls' lines too (with
+        their `opened`); otherwise they are decoded."""
         r = {n: _REC.field(n).offset for n in ("flags", "pid", "tid", "uid", "ts_enter", "ts_exit", "ret", "comm")}
         fields = [(r["flags"], "B", "flags"), (r["pid"], "I", "pid"), (r["tid"], "I", "tid"), (r["uid"], "I", "uid"),
                   (r["ts_enter"], "Q", "ts"), (r["ts_exit"], "Q", "te"), (r["ret"], "q", "ret"),
@@ -205,7 +206,7 @@ class LineEncoder:
         args_at = _REC.field("args").offset
         codes = {f.name: f.code for f in _SLOT.fields}
         body = [f"    noreturn = flags & {RF_NORETURN}"]
-        if plan.name in OPEN_FAMILY:  # a successful call carries `opened`: decoded the reference way
+        if plan.name in OPEN_FAMILY and not opened:  # a successful call carries `opened`: decoded
             body.append("    if not noreturn and ret >= 0: return None")
         args: list[tuple] = []
         names = []
