@@ -1,6 +1,6 @@
 """The baseline for bench/run.py: bcc's usual consumer pattern on the same BPF program and records.
 
-`open_perf_buffer` with a Python callback per record, the record cast to a ctypes struct (the sys_record
+`open_ring_buffer` with a Python callback per record, the record cast to a ctypes struct (the sys_record
 layout from bpf/record.h), then decoded into the same event dicts as tracer's stream. Everything else
 (program, configuration, filters, tracepoints) is tracer's own SyscallProbes, so only the consumer differs.
 """
@@ -8,7 +8,6 @@ layout from bpf/record.h), then decoded into the same event dicts as tracer's st
 from __future__ import annotations
 
 import ctypes as ct
-import struct
 from collections.abc import Callable
 
 from tracer.layout import struct_of
@@ -32,43 +31,33 @@ _RecPtr = ct.POINTER(SysRecord)
 
 
 class CallbackProbes(SyscallProbes):
-    """SyscallProbes whose `events` map is read by bcc's perf buffer, one callback per record."""
+    """SyscallProbes whose `events` ring buffer is read by bcc, one callback per record."""
 
     def __init__(self, *args, decode: Callable[[bytes, int], dict], **kw) -> None:
         self.decode = decode
         self.count = 0  # events decoded; only the last is kept, as a consumer that prints them would
         self.last: dict | None = None
-        self.lost = 0
         super().__init__(*args, **kw)
 
-    def open_output(self, map_name: str, pages: int) -> None:  # type: ignore[override]
-        """bcc's open_perf_buffer, done through bcc's library on the output map tracer loaded (SyscallProbes
-        holds no bcc BPF object on a warm start): one bcc perf reader per CPU, one C-to-Python callback per
-        record, in place of tracer's batched rings (bpfcache.ObjectOwner.open_output)."""
-        from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, bcc_perf_buffer_opts, lib
+    def open_ringbuf(self, map_name: str, lost_counts: Callable[[], list[int]]) -> None:  # type: ignore[override]
+        """bcc's ring buffer reader (what `BPF.open_ring_buffer` does), through bcc's library on the map tracer
+        loaded (SyscallProbes holds no bcc BPF object on a warm start): one C-to-Python callback per record,
+        in place of tracer's batched reader (tracer/ringbuf.py)."""
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
-        from tracer.perf import online_cpus
+        head = struct_of("ring_head").size
 
-        def on_lost(_cookie: object, count: int) -> None:
-            self.lost += count
+        def on_record(_ctx: object, data: int, size: int) -> int:
+            cpu = ct.cast(data, ct.POINTER(ct.c_uint32)).contents.value  # struct ring_head.cpu
+            rec = ct.cast(data + head, _RecPtr).contents  # the classic bcc cast
+            self.last = self.decode(ct.string_at(data + head, rec.size), cpu)
+            self.count += 1
+            return 0
 
-        self._cbs, readers = [], []
-        for cpu in online_cpus():
-            def on_record(_cookie: object, data: int, size: int, cpu: int = cpu) -> None:
-                rec = ct.cast(data, _RecPtr).contents  # the classic bcc cast
-                self.last = self.decode(ct.string_at(data, rec.size), cpu)
-                self.count += 1
-
-            fn, lost_fn = _RAW_CB_TYPE(on_record), _LOST_CB_TYPE(on_lost)
-            opts = bcc_perf_buffer_opts()
-            opts.pid, opts.cpu, opts.wakeup_events = -1, cpu, 1
-            reader = lib.bpf_open_perf_buffer_opts(fn, lost_fn, None, pages, ct.byref(opts))
-            if not reader:
-                raise OSError(f"bcc could not open a perf buffer on CPU {cpu}")
-            self._cbs.append((fn, lost_fn))
-            readers.append(reader)
-            self._map(map_name).update(struct.pack("<I", cpu), struct.pack("<I", lib.perf_reader_fd(reader)))
-        self._readers = (ct.c_void_p * len(readers))(*readers)
+        self._cb = _RINGBUF_CB_TYPE(on_record)
+        self._reader = lib.bpf_new_ringbuf(self._map(map_name).fd, self._cb, None)
+        if not self._reader:
+            raise OSError("bcc could not open the ring buffer")
 
     def consume(self, count: int, timeout_ms: int = 100) -> int:
         """Poll until `count` more events were decoded (or a poll finds nothing); returns how many were."""
@@ -77,15 +66,17 @@ class CallbackProbes(SyscallProbes):
         start = self.count
         while self.count - start < count:
             before = self.count
-            lib.perf_reader_poll(len(self._readers), self._readers, timeout_ms)
+            lib.bpf_consume_ringbuf(self._reader)  # what is there: the programs wake readers at a watermark only
             if self.count == before:
-                break
+                lib.bpf_poll_ringbuf(self._reader, timeout_ms)
+                if self.count == before:
+                    break
         return self.count - start
 
     def close(self) -> None:
         from bcc.libbcc import lib
 
-        for reader in getattr(self, "_readers", ()):
-            lib.perf_reader_free(ct.c_void_p(reader))
-        self._readers = ()
+        if getattr(self, "_reader", None):
+            lib.bpf_free_ringbuf(ct.c_void_p(self._reader))
+        self._reader = None
         super().close()

@@ -162,7 +162,8 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
     t = time.process_time()
     raws = []
     for _ in range(10_000):
-        got = [(b.cpu, b.samples) for b in (ring.drain() for ring in src.rings.rings) if b.samples]
+        got = [(list(b.sample_cpus())[:len(b.samples)], b.samples) for b in (ring.drain() for ring in src.rings.rings)
+               if b.samples]
         if not got:
             break
         raws += got
@@ -174,14 +175,15 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
     gc.disable()
     try:
         t = time.process_time()
-        runs = [list(map(src.decoder.decode, samples, [cpu] * len(samples))) for cpu, samples in raws]
+        runs = [list(map(src.decoder.decode, samples, cpus)) for cpus, samples in raws]
         decode = time.process_time() - t
         t = time.process_time()
         for run in runs:
             Stats().add_many(in_time_order([run]))
         stream = time.process_time() - t
         t = time.process_time()
-        generic = [src.decoder.decode_generic(raw, cpu) for cpu, samples in raws for raw in samples]
+        generic = [src.decoder.decode_generic(raw, cpu)
+                   for cpus, samples in raws for raw, cpu in zip(samples, cpus, strict=True)]
         ref = time.process_time() - t
         t = time.process_time()
         for run in runs:
@@ -189,8 +191,8 @@ def breakdown(lg: Loadgen, s: Session, records: int) -> None:
         js = time.process_time() - t
         enc = LineEncoder(src.decoder, 0)
         t = time.process_time()
-        for cpu, samples in raws:
-            enc.encode(samples, cpu)
+        for cpus, samples in raws:
+            enc.encode(samples, cpus)
         lines = time.process_time() - t
     finally:
         gc.enable()

@@ -25,19 +25,25 @@ static int (*copy_from_user_str)(void *dst, __u32 size, const void *src, __u64 f
 	(void *)KFUNC_COPY_FROM_USER_STR;
 #endif
 
-/* The filters of struct tracer_conf that need no map: uid and comm. */
-static __always_inline int conf_match(struct tracer_conf *c)
+/* The filters of struct tracer_conf that need no map: uid and comm. With CF_COMM, the task's comm is
+ * left in `comm` (the caller's record needs it too: one helper call, not two). */
+static __always_inline int conf_match_comm(struct tracer_conf *c, char *comm)
 {
 	if ((c->flags & CF_UID) && (__u32)bpf_get_current_uid_gid() != c->uid)
 		return 0;
 	if (c->flags & CF_COMM) {
-		char comm[TASK_COMM_LEN] = {};
-		bpf_get_current_comm(comm, sizeof(comm));
+		bpf_get_current_comm(comm, TASK_COMM_LEN);
 		__u64 *a = (__u64 *)comm, *b = (__u64 *)c->comm;
 		if (a[0] != b[0] || a[1] != b[1])
 			return 0;
 	}
 	return 1;
+}
+
+static __always_inline int conf_match(struct tracer_conf *c)
+{
+	char comm[TASK_COMM_LEN] = {};
+	return conf_match_comm(c, comm);
 }
 
 /* Read one pointer argument to data[at]. Returns the RS_* status; sets *err and *len. Structs are

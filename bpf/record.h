@@ -100,10 +100,11 @@
 			  * did (or before the task existed: a child's return from fork), or its entry is
 			  * in state_full. Not a lost call of its own. */
 #define ST_STATE_FULL 2  /* the in-flight table was full at entry: the call's record cannot be built */
-#define ST_SUBMIT_FAIL 3 /* bpf_perf_event_output failed: ring full (the ring counts those too) or other */
+#define ST_SUBMIT_FAIL 3 /* the record could not be sent: ring full or another error (every failed output) */
 #define ST_NO_EXIT 4     /* in-flight state dropped without its sys_exit: replaced by a newer entry, a
 			  * sys_exit of another syscall, or the thread exited */
-#define NSTATS 5
+#define ST_RING_FULL 5   /* of ST_SUBMIT_FAIL, the outputs refused for lack of room (BPF ring buffer: -EAGAIN) */
+#define NSTATS 6
 
 struct read_slot {
 	__u8 arg;          /* argument index 0..5 */
@@ -139,6 +140,13 @@ struct sys_record {
 	char comm[TASK_COMM_LEN];
 	struct read_slot reads[MAX_READS];
 	__u8 data[DATA_CAP];
+};
+
+/* bpf/trace.bpf.c sends each sys_record on a BPF ring buffer (one, shared by the CPUs) behind this header:
+ * the CPU that sent it (a per-CPU perf ring said that by being the CPU's ring). */
+struct ring_head {
+	__u32 cpu;
+	__u32 pad;
 };
 
 struct strv {

@@ -32,6 +32,33 @@ def test_markers_and_submit_fail_are_one_loss() -> None:
     assert 7 + 4 + sum(n for _, r, n in losses if r in ("ring_full", "submit_error")) == 15
 
 
+class SharedRing:
+    """The syscall records' one BPF ring buffer (tracer/ringbuf.py): no CPU of its own, no count of its own;
+    `seen`: the ring_full drops its drains reported, per CPU."""
+    cpu = None
+    lost_total = 0
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    def reported(self, cpu: int) -> int:
+        return self.seen[cpu] if cpu < len(self.seen) else 0
+
+    def kernel_lost(self) -> None:
+        return None
+
+
+def test_shared_ring_losses_from_the_programs_counters() -> None:
+    # CPU 0: 10 outputs failed, 9 for room (-EAGAIN), 6 of those reported by drains; 1 for another reason.
+    # CPU 1: 4 failed, all for room, all reported. CPU 2: nothing failed.
+    counters = {"submit_fail": [10, 4, 0], "ring_full": [9, 4, 0], "no_exit": [0, 0, 2]}
+    losses = syscall_losses([SharedRing([6, 4])], counters, in_flight=0)
+    assert sorted(losses, key=str) == sorted([(0, "ring_full", 3), (0, "submit_error", 1), (2, "no_exit", 2)],
+                                             key=str)
+    # Reported by drains (10) + reported now: every failed output once.
+    assert 6 + 4 + sum(n for _, r, n in losses if r in ("ring_full", "submit_error")) == 14
+
+
 def test_without_lost_samples_the_counter_decides() -> None:
     assert syscall_losses([FakeRing(0, 7, None)], {"submit_fail": [10]}, 0) == [(0, "ring_full", 3)]
 

@@ -258,7 +258,7 @@ def test_warm_start_neither_imports_bcc_nor_compiles(starts: Starts) -> None:
     out = json.loads(proc.stdout)
     assert out["warm"] is True
     assert out["bcc"] == [] and out["libs"] == []
-    assert out["stats"] == [0, 0, 0, 0, 0]
+    assert out["stats"] == [0, 0, 0, 0, 0, 0]
     assert out["attached"] == [f"syscalls:sys_{d}_{n}" for n in ("openat2", "execve") for d in ("enter", "exit")]
 
 
@@ -282,7 +282,7 @@ def test_refused_entry_falls_back_to_compiling_and_is_rewritten(
     p = SyscallProbes(syscalls.resolve(["openat2"]), Filters(pids=[os.getpid()]))
     try:
         assert not p.warm
-        assert p.stats() == [0, 0, 0, 0, 0]
+        assert p.stats() == [0, 0, 0, 0, 0, 0]
     finally:
         p.close()
     said = [r.getMessage() for r in caplog.records if r.name == "tracer.bpfcache"]

@@ -53,7 +53,7 @@ def check(recs: list[bytes], table: dict | None = None, cpu: int = 1) -> list[bo
     enc = LineEncoder(dec, OFFSET)
     fast = []
     for _ in range(2):  # and again, from the memos
-        got = enc.encode(recs, cpu)
+        got = enc.encode(recs, [cpu] * len(recs))
         fast = []
         for rec, item in zip(recs, got, strict=True):
             ev = ref_dec.decode(rec, cpu)

@@ -392,7 +392,8 @@ def test_openat2_summary(batch: Batch, all_cases) -> None:
     assert s["by_arg"] == {"openat2.filename": {"ok": 9, "missing": 1, "recovered": 3, "changed": 1},
                            "openat2.how": {"ok": 12, "recovered": 2}}
     assert s["wrong_without_recovery"] == 5 and s["events_with_reads"] == 14
-    assert s["kernel"] == {"emitted": 14, "no_state": 0, "state_full": 0, "submit_fail": 0, "no_exit": 0}
+    assert s["kernel"] == {"emitted": 14, "no_state": 0, "state_full": 0, "submit_fail": 0, "no_exit": 0,
+                           "ring_full": 0}
 
 
 def test_no_recover_shows_what_entry_reads_saw(batch: Batch) -> None:

@@ -6,7 +6,13 @@ exactly one of: emitted, submit_fail, state_full, no_exit, or still in flight wh
 without its entry began before tracing did: counted in no_state, not lost). Tracing starts and stops at
 one instant for every program (CF_OFF), so no call is half traced while programs attach or detach.
 
-A bpf_perf_event_output that failed for lack of room is counted twice by the kernel: in our submit_fail
+Syscall records go through one BPF ring buffer (tracer/ringbuf.py), which writes no marker: the programs
+count each failed output (submit_fail) and, among those, the ones refused for lack of room (ring_full,
+-EAGAIN), per CPU; each drain reports what ring_full added since the previous one, and at the end the
+rest is reported: ring_full not reported yet, and submit_fail minus ring_full as "submit_error".
+
+Sources with perf rings (uprobes): a bpf_perf_event_output that failed for lack of room is counted twice
+by the kernel: in our submit_fail
 counter and in the ring (kernel/events/ring_buffer.c __perf_output_begin: `local_inc(&rb->lost)` and
 `event->lost_samples`). The ring reports its count in a PERF_RECORD_LOST marker, but only in front of a
 later record that fits: drops after the last record that fitted are reported by no marker. So the
@@ -20,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 REASONS: dict[str, str] = {
-    "ring_full": "the CPU's perf ring had no room: the kernel could not write the record",
-    "submit_error": "the BPF program's perf output failed for another reason than a full ring",
+    "ring_full": "the ring had no room: the kernel could not write the record",
+    "submit_error": "the BPF program's output failed for another reason than a full ring",
     "discarded_at_exit": "in the ring when the session was interrupted, not read within the final drain",
     "state_full": "the in-flight table was full when the call entered: its record could not be built",
     "no_exit": "the call entered but its return was never seen (its state was replaced, or the thread "
@@ -30,7 +36,7 @@ REASONS: dict[str, str] = {
 }
 # Lost records in captures written before reasons were recorded (capture format 1).
 UNSPECIFIED = "unspecified"
-SHOWN = {"ring_full": "ring full", "submit_error": "perf output failed", "discarded_at_exit": "discarded at exit",
+SHOWN = {"ring_full": "ring full", "submit_error": "output failed", "discarded_at_exit": "discarded at exit",
          "state_full": "in-flight table full", "no_exit": "exit not seen", "in_flight_at_exit": "in flight at exit",
          UNSPECIFIED: "reason not recorded"}
 
@@ -54,7 +60,15 @@ def syscall_losses(rings: Sequence[object], per_cpu: dict[str, list[int]], in_fl
     out: list[Loss] = []
     fails = per_cpu.get("submit_fail", [])
     for ring in rings:
-        cpu: int = ring.cpu  # type: ignore[attr-defined]
+        cpu: int | None = ring.cpu  # type: ignore[attr-defined]
+        if cpu is None:  # the one BPF ring buffer: the programs' own counts, per CPU
+            full_counts = per_cpu.get("ring_full", [])
+            reported = ring.reported  # type: ignore[attr-defined]
+            for c, failed in enumerate(fails):
+                full = min(full_counts[c] if c < len(full_counts) else 0, failed)
+                out.append((c, "ring_full", max(full - reported(c), 0)))
+                out.append((c, "submit_error", failed - full))
+            continue
         failed = fails[cpu] if cpu < len(fails) else 0
         read = getattr(ring, "kernel_lost", None)
         total = read() if read is not None else None

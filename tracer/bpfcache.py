@@ -392,8 +392,18 @@ class ObjectOwner:
         assert self.obj is not None
         self.rings = output_rings(pages)
         out = self.obj.maps[map_name]
-        for ring in self.rings.rings:
-            out.update(ring.cpu.to_bytes(4, "little"), ring.fd.to_bytes(4, "little"))
+        for cpu, fd in self.rings.per_cpu():
+            out.update(cpu.to_bytes(4, "little"), fd.to_bytes(4, "little"))
+        return self.rings
+
+    def open_ringbuf(self, map_name: str, lost_counts: Callable[[], list[int]]) -> RingSet:
+        """The object's BPF ring buffer map, mmap'd (tracer/ringbuf.py); `lost_counts`: the programs'
+        per-CPU counts of records the ring had no room for."""
+        from .ringbuf import open_ringbuf
+
+        assert self.obj is not None
+        m = self.obj.maps[map_name]
+        self.rings = open_ringbuf(m.fd, m.info.max_entries, lost_counts)
         return self.rings
 
     def close(self) -> None:

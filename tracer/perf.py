@@ -16,6 +16,8 @@ import select
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
+from typing import Protocol
 
 PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
@@ -88,9 +90,22 @@ def perf_event_open(attr: bytes, pid: int, cpu: int) -> int:
 
 @dataclass
 class Batch:
-    cpu: int
+    cpu: int               # -1: a ring shared by the CPUs (see cpus)
     samples: list[bytes]   # the RAW payload of each sample (or the whole sample body, see Ring)
     lost: int              # records the kernel dropped on this CPU since the previous drain
+    # A ring shared by the CPUs (tracer/ringbuf.py): each sample's CPU, and the drops per CPU
+    cpus: list[int] | None = None
+    lost_by_cpu: dict[int, int] | None = None
+
+    def sample_cpus(self) -> Iterable[int]:
+        """The CPU of each sample, in order."""
+        return self.cpus if self.cpus is not None else repeat(self.cpu)
+
+    def losses(self) -> list[tuple[int, int]]:
+        """(cpu, records dropped) since the previous drain."""
+        if self.lost_by_cpu is not None:
+            return sorted(self.lost_by_cpu.items())
+        return [(self.cpu, self.lost)] if self.lost else []
 
 
 class Ring:
@@ -198,10 +213,29 @@ class Ring:
             os.close(self.fd)
 
 
+class RingLike(Protocol):
+    """What a session reads: a perf Ring, or the syscall records' BPF ring buffer (tracer/ringbuf.py)."""
+
+    fd: int  # polled for wake-ups
+    backlog: bool  # the last drain left records behind
+    lost_total: int  # drops reported by drains so far
+
+    @property
+    def cpu(self) -> int | None: ...  # None: a ring shared by the CPUs
+
+    def drain(self, max_bytes: int = 0) -> Batch: ...
+
+    def discard(self) -> tuple[int, int]: ...
+
+    def kernel_lost(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 class RingSet:
     """Rings on every online CPU, polled together."""
 
-    def __init__(self, rings: list[Ring]) -> None:
+    def __init__(self, rings: list[RingLike]) -> None:
         self.rings = rings
         self.poll = select.poll()
         self.by_fd = {r.fd: r for r in rings}
@@ -210,7 +244,7 @@ class RingSet:
 
     @classmethod
     def open(cls, cpus: Iterable[int], attr: bytes, pages: int, pid: int = -1, raw_only: bool = True) -> RingSet:
-        rings: list[Ring] = []
+        rings: list[RingLike] = []
         try:
             for cpu in cpus:
                 fd = perf_event_open(attr, pid, cpu)
@@ -224,6 +258,10 @@ class RingSet:
                 r.close()
             raise
         return cls(rings)
+
+    def per_cpu(self) -> list[tuple[int, int]]:
+        """(cpu, fd) of each CPU's perf ring: what a BPF_PERF_OUTPUT map is filled with."""
+        return [(r.cpu, r.fd) for r in self.rings if isinstance(r, Ring)]
 
     def enable(self) -> None:
         import fcntl

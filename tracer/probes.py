@@ -8,6 +8,7 @@ Configuration goes through bpfsys.Map (map fds) whichever way the object was loa
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ from . import attach, bpfcache, bpfsys, kstructs
 from .errors import EnvironmentProblem
 from .kenv import BPF_DIR
 from .layout import const, packer, struct_of
-from .perf import RingSet
+from .perf import RingSet, default_pages
+from .ringbuf import HEAD, ring_bytes
 from .syscalls import Syscall
 
-DEFAULT_PAGES = 256  # per CPU: 1 MiB rings absorb ~4,000 typical records per CPU between drains
 # From this many syscalls on, attach to raw_syscalls:sys_enter/sys_exit (2 tracepoints) instead of two
 # tracepoints per syscall: each perf event detach waits for an RCU-tasks grace period, one at a time
 # (~60 ms here: `trace %file`, 166 tracepoints, took 10 s to exit), and attaching costs as much again.
@@ -42,15 +43,18 @@ class Filters:
     recover: bool = True
 
 
-def trace_spec(sleepable_kind: str | None = None) -> bpfcache.Spec:
+def trace_spec(sleepable_kind: str | None = None, pages: int | None = None) -> bpfcache.Spec:
     """bpf/trace.bpf.c as this kernel gets it. The kernel-struct offsets of the opened-file walk are cflags:
-    a kernel with other offsets gets another program (and another cache entry)."""
-    extra = (*kstructs.offsets().cflags(), *(attach.syscall_cflags() if sleepable_kind else ()))
+    a kernel with other offsets gets another program (and another cache entry); so is the ring's size (its
+    map is defined in the source), from `pages` per CPU (tracer/ringbuf.py ring_bytes; default: the
+    memory budget, perf.default_pages(), as sessions use)."""
+    extra = (*kstructs.offsets().cflags(), *(attach.syscall_cflags() if sleepable_kind else ()),
+             f"-DRING_PAGES={ring_bytes(pages or default_pages()) // mmap.PAGESIZE}")
     return bpfcache.Spec(SPEC.source, (*SPEC.cflags, *extra))
 
 
 class SyscallProbes(bpfcache.ObjectOwner):
-    def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int = DEFAULT_PAGES,
+    def __init__(self, syscalls: list[Syscall], filters: Filters, pages: int | None = None,
                  sleepable_kind: str | None = None) -> None:
         self.syscalls = syscalls
         self.filters = filters
@@ -69,7 +73,8 @@ class SyscallProbes(bpfcache.ObjectOwner):
                 # execve argv/envp (bpf/strv.h): read at entry and exit by tail-called programs.
                 self._set("enter_tails", 0, _U32.pack(obj.prog_fd("sys_enter_exec")))
                 self._set("exit_tails", 1, _U32.pack(obj.prog_fd("sys_exit_exec")))
-            self.open_output("events", pages)
+            ring_full = const("ST_RING_FULL")
+            self.open_ringbuf("events", lambda: self.counter_per_cpu(ring_full))
             # -- sleepable syscall reads (tracer/attach.py): before _attach, whose entry programs
             # tp.s readers replace
             if sleepable_kind:
@@ -79,7 +84,7 @@ class SyscallProbes(bpfcache.ObjectOwner):
             self._set_conf(off=False)  # every program attached: tracing starts now, for all at once
 
         self.kfile = kstructs.offsets()
-        spec = trace_spec(sleepable_kind)
+        spec = trace_spec(sleepable_kind, pages)
         status_off = task_status_offset() if use_raw(len(syscalls), sleepable_kind) else None
         self.raw = status_off is not None  # attached to raw_syscalls (see RAW_MIN_SYSCALLS)
         if self.raw:
@@ -148,14 +153,16 @@ class SyscallProbes(bpfcache.ObjectOwner):
 
     def stats_per_cpu(self) -> list[list[int]]:
         """[counter][cpu] (record.h ST_*), for the possible CPUs."""
-        stats = self._map("stats")
-        return [[int.from_bytes(v[:8], "little") for v in stats.lookup_percpu(_U32.pack(i)) or ()]
-                for i in range(const("NSTATS"))]
+        return [self.counter_per_cpu(i) for i in range(const("NSTATS"))]
+
+    def counter_per_cpu(self, index: int) -> list[int]:
+        """One counter (record.h ST_*) per possible CPU."""
+        return [int.from_bytes(v[:8], "little") for v in self._map("stats").lookup_percpu(_U32.pack(index)) or ()]
 
     def in_flight(self) -> int:
         """Calls entered and not yet returned (after stop(): those that never will be traced)."""
         flag = const("RF_ACTIVE")
-        off = struct_of("sys_record").field("flags").offset
+        off = HEAD + struct_of("sys_record").field("flags").offset  # behind its struct ring_head
         return sum(1 for v in self._map("inflight").values() if v[off] & flag)
 
     def _attach(self) -> None:

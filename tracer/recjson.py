@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from json.encoder import encode_basestring_ascii as _enc  # json's escaper: json.dumps's bytes (ensure_ascii)
 from typing import NamedTuple
 
@@ -129,14 +130,17 @@ class LineEncoder:
         self._values: dict[tuple, str] = {}
         self._clock: list = [-1, ""]  # the second `time` was last made for, and its date and time of day
 
-    def encode(self, samples: list[bytes], cpu: int) -> list[tuple | dict]:
-        """Each record of one ring as its Line, or as its decoded event dict where it is not of the
-        common shape (see the module's docstring)."""
+    def encode(self, samples: list[bytes], cpus: Iterable[int] | int) -> list[tuple | dict]:
+        """Each record of one ring drain as its Line, or as its decoded event dict where it is not of the
+        common shape (see the module's docstring); `cpus`: each record's CPU (perf.Batch.sample_cpus), or
+        one CPU for all."""
+        if isinstance(cpus, int):
+            cpus = repeat(cpus)
         decode = self.decoder.decode
         layouts = self._layouts
         out: list[tuple | dict] = []
         append = out.append
-        for rec in samples:
+        for rec, cpu in zip(samples, cpus, strict=False):  # cpus may be itertools.repeat
             n = rec[6]  # sys_record.nreads
             if n > MAX_READS or len(rec) < _HDRS[n].size or rec[7] & RF_SLEEPABLE:
                 append(decode(rec, cpu))

@@ -17,7 +17,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
 from typing import TYPE_CHECKING
 
 from . import __version__, syscalls
@@ -383,10 +382,10 @@ class Session:
         began = time.monotonic_ns()
         for src, ring in self._rings:
             batch = ring.drain()
-            if batch.lost:  # the kernel's marker: records it could not write since the last one
-                out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
+            for cpu, n in batch.losses():  # records the ring could not take since the last drain
+                out.append(self._lost(src, cpu, n, "ring_full"))
             if batch.samples:
-                runs.append(list(map(self._decoders[src], batch.samples, repeat(batch.cpu))))
+                runs.append(list(map(self._decoders[src], batch.samples, batch.sample_cpus())))
                 partial.append(getattr(ring, "backlog", False))
         return self._deliver(out, self._order.order(runs, partial, began))
 
@@ -431,12 +430,12 @@ class Session:
         began = time.monotonic_ns()
         for src, ring in self._rings:
             batch = ring.drain()
-            if batch.lost:
-                out.append(self._lost(src, batch.cpu, batch.lost, "ring_full"))
+            for cpu, n in batch.losses():
+                out.append(self._lost(src, cpu, n, "ring_full"))
             if batch.samples:
                 enc = self._encoders.get(id(src))
-                runs.append(enc.encode(batch.samples, batch.cpu) if enc is not None else
-                            list(map(self._decoders[src], batch.samples, repeat(batch.cpu))))
+                runs.append(enc.encode(batch.samples, batch.sample_cpus()) if enc is not None else
+                            list(map(self._decoders[src], batch.samples, batch.sample_cpus())))
                 partial.append(getattr(ring, "backlog", False))
         return self._deliver(out, self._order.order(runs, partial, began))
 

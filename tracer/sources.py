@@ -81,7 +81,7 @@ class Source:
 
 class SyscallSource(Source):
     name = "syscalls"
-    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail", "no_exit")
+    STAT_NAMES = ("emitted", "no_state", "state_full", "submit_fail", "no_exit", "ring_full")  # record.h ST_*
 
     def __init__(self, specs: Sequence[syscalls.Syscall], opts: SourceOptions) -> None:
         self.syscalls = list(specs)

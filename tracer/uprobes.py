@@ -162,8 +162,8 @@ class UprobeSource(Source):
             self._configure(opts.filters)
             self.rings = output_rings(opts.pages)
             events = self.bpf[b"up_events"]
-            for ring in self.rings.rings:
-                events[ct.c_int(ring.cpu)] = ct.c_int(ring.fd)
+            for cpu, fd in self.rings.per_cpu():
+                events[ct.c_int(cpu)] = ct.c_int(fd)
             self._attach()
             self._tracing(True)  # every probe attached: calls are traced from this instant
         except BaseException:
