@@ -20,11 +20,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from . import opened
-from .decode import _DATA_OFF, _MEMO_MAX, RF_OPENED, RK_OPEN_HOW, RK_STR, RS_NONE, Decoder, _Plan, ret_str, text
+from .decode import _MEMO_MAX, RK_STR, RS_NONE, Decoder, _Plan, ret_str, text
 from .escape import escape_text
-from .events import VERIFIED_AT_EXIT, read_entry, unverified
-from .recjson import _REC, LineEncoder, _LineFn, _Shape
+from .recjson import LineEncoder, _LineFn, _Shape
 from .syscalls import OPEN_FAMILY
 
 if TYPE_CHECKING:
@@ -69,63 +67,24 @@ class ConsoleLineEncoder(LineEncoder):
 
     def _opened_code(self, ns: dict, plan: _Plan, shape: _Shape) -> list[str]:
         """Source for an open-family layout: a successful call's ` -> opened ...` (`op`), and its filename's
-        rendering and statistics key (`group`) as the opened file leaves them (tracer/opened.py: `same`
-        verifies the value, `conflict` makes it changed), memoised by what decides them: the filename's
-        bytes and whether they were verified at exit, the open flags (openat2: how's bytes), the struct
-        kfile's bytes."""
-        reads = {aname: (i, kind) for i, aname, kind, _symf in shape.args if kind is not None}
-        ints = {aname: i for i, aname, kind, _symf in shape.args if kind is None}
-        shape.fields.append((_REC.field("xoff").offset, "I", "xoff"))
-        fname = reads.get("filename")
-        if fname is not None and fname[1] != RK_STR:
-            fname = None
-        how = reads.get("how") if plan.name == "openat2" else None
-        if how is not None and how[1] != RK_OPEN_HOW:
-            how = None
-        fi = fname[0] if fname else None
-        key = ", ".join([f"raw{fi}, exit_status{fi} != {RS_NONE}" if fname else "None, False",
-                         f"raw{how[0]}, want{how[0]}" if how else
-                         f"a{ints['flags']}, 0" if "flags" in ints and plan.name != "openat2" else "None, 0"])
-        memo: dict = {}
-        ns.update({"OPENED": memo, "DATA_OFF": _DATA_OFF, "unpack_xoff": opened.unpack_xoff,
-                   "opened_frag": lambda *k: self._opened_frag(memo, plan, shape.names, *k)})
+        rendering and statistics key (`group`) as the opened file leaves them (LineEncoder._opened_source)."""
+        made, fi = self._opened_source(ns, plan, shape, self._opened_frag)
         body = ["    group = GROUP",
                 "    op = ''",
-                "    if not noreturn and ret >= 0:",
-                f"        kraw = unpack_xoff(rec, DATA_OFF, xoff) if flags & {RF_OPENED} else None",
-                f"        k = ({key}, kraw)",
-                "        o = OPENED.get(k) or opened_frag(*k)",
+                "    if not noreturn and ret >= 0:", *made,
                 "        op, group = o[0], o[1]"]
-        if fname:
+        if fi is not None:
             body += [f"        if o[2] is not None: v{fi}, u{fi} = o[2], ''"]
         return body
 
-    def _opened_frag(self, memo: dict, plan: _Plan, names: tuple, raw: bytes | None, verified: bool,
-                     fl: object, want: int, kraw: bytes | None) -> tuple:
+    def _opened_frag(self, plan: _Plan, names: tuple, raw: bytes | None, verified: bool, fl: object, want: int,
+                     kraw: bytes | None) -> tuple:
         """(` -> opened ...`, the statistics key, the filename's rendering or None) of a successful open,
-        made by the reference code (Decoder's read entry, opened.attach, ConsoleOutput's segments)."""
-        args: dict = {}
-        reads: dict = {}
-        if raw is not None:
-            info = read_entry("ok", "enter", 0, None, raw)
-            if verified:
-                info.update(VERIFIED_AT_EXIT)
-            else:
-                unverified(info, "no_exit")
-            args["filename"], reads["filename"] = text(raw), info
-        if plan.name == "openat2":
-            args["how"] = self.decoder.value(RK_OPEN_HOW, fl, want) if isinstance(fl, bytes) else 0
-        elif fl is not None:
-            args["flags"] = fl
-        ev: dict = {"syscall": plan.name, "args": args, "reads": reads}
-        opened.attach(ev, kraw, self.decoder.kfile_problem)
-        statuses = tuple(reads["filename"]["status"] if n == "filename" else "ok" for n in names)
-        group = ("syscall", "ok", plan.event, plan.name if names else None, names, statuses)
+        made by the reference code (LineEncoder._opened_event, ConsoleOutput's segments)."""
+        ev, group = self._opened_event(plan, names, raw, verified, fl, want, kraw, 0)
+        args, reads = ev["args"], ev["reads"]
         shown = self.out.render(self.out.read_segments(args["filename"], reads["filename"])) if reads else None
-        frag = (self.out.render(self.out.opened_segments(ev["opened"])), group, shown)
-        if len(memo) < _MEMO_MAX:
-            memo[(raw, verified, fl, want, kraw)] = frag
-        return frag
+        return self.out.render(self.out.opened_segments(ev["opened"])), group, shown
 
     def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
         """The source of `line(rec, cpu)` for this layout (LineEncoder._compile): checks that send an

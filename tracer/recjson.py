@@ -27,6 +27,7 @@ from itertools import repeat
 from json.encoder import encode_basestring_ascii as _enc  # json's escaper: json.dumps's bytes (ensure_ascii)
 from typing import NamedTuple
 
+from . import opened
 from .decode import (
     _CONV_NONE,
     _CONV_S32,
@@ -39,6 +40,7 @@ from .decode import (
     MAX_READS,
     RF_EXIT_READS,
     RF_NORETURN,
+    RF_OPENED,
     RF_SLEEPABLE,
     RK_OPEN_HOW,
     RK_SOCKADDR,
@@ -51,7 +53,7 @@ from .decode import (
     ret_str,
     text,
 )
-from .events import UNVERIFIED, VERIFIED_EQUAL, order_ts
+from .events import UNVERIFIED, VERIFIED_AT_EXIT, VERIFIED_EQUAL, order_ts, read_entry, unverified
 from .jsonenc import json_dumps
 from .layout import struct_of
 from .syscalls import OPEN_FAMILY
@@ -59,6 +61,7 @@ from .syscalls import OPEN_FAMILY
 _UNSET = object()
 _REC, _SLOT = struct_of("sys_record"), struct_of("read_slot")
 _READS_AT = _REC.field("reads").offset
+_ADDR_MARK = -0x7E57AD0E5  # an address no read has: where a memoised entry's own address goes
 _READ_HEAD = '{"status":"ok","source":"enter","errno":null,"addr":'
 _VERIFIED = f',"verified_at_exit":true,"verified":true,"verified_by":{_enc(VERIFIED_EQUAL)}}}'
 _UNVERIFIED = {0: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["no_exit"])}}}',
@@ -254,6 +257,61 @@ class LineEncoder:
         exec(compile("\n".join(src) + "\n", f"<{type(self).__name__} {plan.name}>", "exec"), ns)
         return ns["line"]
 
+    def _opened_source(self, ns: dict, plan: _Plan, shape: _Shape,
+                       frag: Callable[..., tuple]) -> tuple[list[str], int | None]:
+        """Source (inside `if not noreturn and ret >= 0:`) setting `o` to `frag`'s fragments of a successful
+        open-family call (the layout's _shape was made with opened=True), memoised by what decides the
+        opened file's verdict (tracer/opened.py): the filename's bytes and whether they were verified at
+        exit, the open flags (openat2: how's bytes), the struct kfile's bytes. `frag(plan, names, raw,
+        verified, flags, want, kraw)`; the index of the filename argument read as a string, or None."""
+        reads = {aname: (i, kind) for i, aname, kind, _symf in shape.args if kind is not None}
+        ints = {aname: i for i, aname, kind, _symf in shape.args if kind is None}
+        shape.fields.append((_REC.field("xoff").offset, "I", "xoff"))
+        fname = reads.get("filename")
+        if fname is not None and fname[1] != RK_STR:
+            fname = None
+        how = reads.get("how") if plan.name == "openat2" else None
+        if how is not None and how[1] != RK_OPEN_HOW:
+            how = None
+        fi = fname[0] if fname else None
+        key = ", ".join([f"raw{fi}, exit_status{fi} != {RS_NONE}" if fname else "None, False",
+                         f"raw{how[0]}, want{how[0]}" if how else
+                         f"a{ints['flags']}, 0" if "flags" in ints and plan.name != "openat2" else "None, 0"])
+        memo: dict = {}
+
+        def made(*k: object) -> tuple:
+            got = frag(plan, shape.names, *k)
+            if len(memo) < _MEMO_MAX:
+                memo[k] = got
+            return got
+
+        ns.update({"OPENED": memo, "DATA_OFF": _DATA_OFF, "unpack_xoff": opened.unpack_xoff, "opened_frag": made})
+        return [f"        kraw = unpack_xoff(rec, DATA_OFF, xoff) if flags & {RF_OPENED} else None",
+                f"        k = ({key}, kraw)",
+                "        o = OPENED.get(k) or opened_frag(*k)"], fi
+
+    def _opened_event(self, plan: _Plan, names: tuple, raw: bytes | None, verified: bool, fl: object, want: int,
+                      kraw: bytes | None, addr: int) -> tuple[dict, tuple]:
+        """A successful open's event as far as opened.attach looks at it (the filename read at `addr`, its
+        verification at exit, the flags), attached by the reference code; and its statistics key."""
+        args: dict = {}
+        reads: dict = {}
+        if raw is not None:
+            info = read_entry("ok", "enter", addr, None, raw)
+            if verified:
+                info.update(VERIFIED_AT_EXIT)
+            else:
+                unverified(info, "no_exit")
+            args["filename"], reads["filename"] = text(raw), info
+        if plan.name == "openat2":
+            args["how"] = self.decoder.value(RK_OPEN_HOW, fl, want) if isinstance(fl, bytes) else 0
+        elif fl is not None:
+            args["flags"] = fl
+        ev: dict = {"syscall": plan.name, "args": args, "reads": reads}
+        opened.attach(ev, kraw, self.decoder.kfile_problem)
+        statuses = tuple(reads["filename"]["status"] if n == "filename" else "ok" for n in names)
+        return ev, ("syscall", "ok", plan.event, plan.name if names else None, names, statuses)
+
     @staticmethod
     def _symbol(ns: dict, i: int, symf: Callable, var: str, frag: str) -> list[str]:
         """Source setting `var` to the fragment of argument i's symbol, memoised by a{i}; `frag`: its
@@ -269,7 +327,8 @@ class LineEncoder:
     def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
         """The source of `line(rec, cpu)` for this layout (`_compile`): checks that send an uncommon record
         back to the decoder (return None), then one f-string."""
-        shape = self._shape(plan, steps, rec)
+        is_open = plan.name in OPEN_FAMILY
+        shape = self._shape(plan, steps, rec, opened=is_open)
         if shape is None:
             return None
         ns: dict = {"enc": _enc, "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED,
@@ -289,7 +348,7 @@ class LineEncoder:
                 body += [f"    t{i} = VERIFIED if exit_status{i} != {RS_NONE} else UNVERIFIED[noreturn]",
                          f"    l{i} = len(raw{i})"]
                 args.append(f"{{K{i}}}{{v{i}}}")
-                reads.append(f'{{K{i}}}{_READ_HEAD.replace("{", "{{")}{{r{i}}},"len":{{l{i}}}{size}{{t{i}}}')
+                reads.append((i, f'{{K{i}}}{_READ_HEAD.replace("{", "{{")}{{r{i}}},"len":{{l{i}}}{size}{{t{i}}}'))
                 continue
             args.append(f"{{K{i}}}{{a{i}}}")
             if symf is not None:
@@ -308,8 +367,29 @@ class LineEncoder:
                  "    else:",
                  "        mid = f',\"ts_exit\":{te},\"duration_ns\":{te - ts}'",
                  "        rf = RETS.get(ret) or ret_frag(ret)"]
-        ret = [f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''",
-               "    return key, GROUP, (f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
-               "            f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{"
-               + ",".join(reads) + "}},\"missing\":[]{rc},\"time\":\"{day}.{str(ns // 1000).zfill(6)}Z\"}}')"]
+        line = ("(f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
+                "f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{", "READS",
+                "}},\"missing\":[]{rc}", "OPENED", ",\"time\":\"{day}.{str(ns // 1000).zfill(6)}Z\"}}')")
+        ret = [f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''"]
+        if is_open:  # a successful call's line: its filename's entry and `opened` as the reference makes them
+            made, fi = self._opened_source(ns, plan, shape, self._opened_frag)
+            ok = [f"{{K{i}}}{{o[0]}}{{r{i}}}{{o[1]}}" if i == fi else r for i, r in reads]
+            ret += ["    if not noreturn and ret >= 0:", *made,
+                    "        return key, o[3], " + _joined(line, ",".join(ok), ",\"opened\":{o[2]}")]
+        ret.append("    return key, GROUP, " + _joined(line, ",".join(r for _i, r in reads), ""))
         return self._compile(ns, shape, plan, body, ret)
+
+    def _opened_frag(self, plan: _Plan, names: tuple, raw: bytes | None, verified: bool, fl: object, want: int,
+                     kraw: bytes | None) -> tuple:
+        """(the filename entry's JSON before its address, after it, `opened`'s JSON, the statistics key) of
+        a successful open, made by the reference code (_opened_event, json_dumps)."""
+        ev, group = self._opened_event(plan, names, raw, verified, fl, want, kraw, _ADDR_MARK)
+        head, tail = "", ""
+        if raw is not None:  # the address comes before any text of the entry: the first match is it
+            head, tail = json_dumps(ev["reads"]["filename"]).split(str(_ADDR_MARK), 1)
+        return head, tail, json_dumps(ev["opened"]), group
+
+
+def _joined(line: tuple, reads: str, opened_json: str) -> str:
+    """The f-string source of a line (_generate's `line`), with the reads and the `opened` fragment in."""
+    return "".join(reads if p == "READS" else opened_json if p == "OPENED" else p for p in line)
