@@ -125,8 +125,8 @@ def live_options(only_missing: bool = True) -> list[Decorator]:
                      help="No exit re-reads: show what a plain entry-only tracer would have seen."),
         *([only_missing_option()] if only_missing else []),
         click.option("--buffer-pages", type=click.IntRange(min=1), default=None,
-                     help="Perf ring size per CPU, in pages (a power of two). Default: 128 MiB shared by the "
-                          "online CPUs, at least 256 pages each."),
+                     help="Ring memory per CPU, in pages (a power of two): syscall records share one ring of "
+                          "this times the online CPUs. Default: 128 MiB in all, at least 256 pages per CPU."),
     ]
 
 
