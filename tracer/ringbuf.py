@@ -15,7 +15,11 @@ size) would count in the tracer's RSS (256 MiB for the default ring; the window 
 Wake-ups: the programs send without waking the reader except at their own watermark (trace.bpf.c), but
 the map's poll() says "readable" whenever any byte is there, which would wake the session for every
 record. So the map fd is watched through an epoll of its own, edge-triggered: that epoll fd becomes
-readable only after a wake-up from the programs, and stays so until the ring is empty again.
+readable only after a wake-up from the programs, and each drain first takes that wake-up (epoll_wait
+with no timeout), so that the session's next poll waits for the next one, as with a perf ring's
+watermark (a wake-up coming during the drain stays pending). Without that the session's poll returned at
+once while any record was in the ring, and a busy ring was read in small batches (~6% more consumer CPU
+per event at 300,000 calls).
 
 Lost records: the ring writes no marker. A full ring makes bpf_ringbuf_output fail with -EAGAIN, which the
 programs count per CPU (record.h ST_RING_FULL); each drain reports what those counters added since the
@@ -36,7 +40,7 @@ BUSY = 1 << 31
 DISCARD = 1 << 30
 _HDR = struct.Struct("<II")  # length (and flags), page offset
 _POS = struct.Struct("<Q")
-_CPU = struct.Struct("<I")  # struct ring_head.cpu
+_REC = struct.Struct("<III")  # the header, then struct ring_head.cpu
 HEAD = struct_of("ring_head").size
 MAX_BYTES = 1 << 30  # a ring larger than this is a typo, not a budget
 
@@ -84,6 +88,7 @@ class RingBuf:
     def drain(self, max_bytes: int = 0) -> Batch:
         """The committed records up to `max_bytes` (DRAIN_MAX per CPU by default); `backlog` says whether
         more are waiting. Lost records counted since the last drain come in `lost_by_cpu`."""
+        self.ep.poll(0)  # take the wake-up that brought us here (if any) before reading the records
         lost = self._lost()
         cons = _POS.unpack_from(self.cons, 0)[0]
         prod = _POS.unpack_from(self.prod, 0)[0]
@@ -98,22 +103,22 @@ class RingBuf:
             n = limit  # records cut at the limit are left whole for the next drain (the parser stops)
         data = self._read(cons, n)
         pos = 0
-        unpack = _HDR.unpack_from
-        cpu_of = _CPU.unpack_from
+        unpack = _REC.unpack_from
         append, cpu_append = samples.append, cpus.append
-        while pos + 8 <= n:
-            ln, _pg = unpack(data, pos)
-            if ln & BUSY:
-                self.backlog = False  # the rest waits for its writer to commit: the next poll takes it
+        while pos + 12 <= n:  # a whole record is at least its header and a struct ring_head (16 bytes)
+            ln, _pg, cpu = unpack(data, pos)  # one unpack: the ring's header and ring_head.cpu
+            if ln >= DISCARD:  # BUSY or DISCARD set (rare)
+                if ln & BUSY:
+                    self.backlog = False  # the rest waits for its writer to commit: the next poll takes it
+                    break
+                pos += ((ln & ~DISCARD) + 8 + 7) & ~7
+                continue
+            end = pos + 8 + ln
+            if end > n:
                 break
-            body = ln & ~DISCARD
-            step = (body + 8 + 7) & ~7
-            if pos + step > n:
-                break
-            if not ln & DISCARD and body >= HEAD:
-                cpu_append(cpu_of(data, pos + 8)[0])
-                append(data[pos + 8 + HEAD: pos + 8 + body])
-            pos += step
+            cpu_append(cpu)
+            append(data[pos + 8 + HEAD: end])
+            pos = (end + 7) & ~7
         _POS.pack_into(self.cons, 0, cons + pos)  # x86 stores are ordered: the copy above happened first
         return Batch(-1, samples, 0, cpus, lost)
 
