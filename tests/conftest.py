@@ -29,7 +29,7 @@ os.environ["TRACER_CACHE_DIR"] = CACHE_DIR  # (TRACER_NO_CACHE=1 makes every loa
 KERNEL_FILES = ("test_trace_live.py", "test_sleepable.py", "test_caps.py", "test_user_events_live.py",
                 "test_uprobes.py", "test_monitor_live.py", "test_kenv.py", "test_truth_live.py",
                 "test_record_live.py", "test_attach_raw.py", "test_command_live.py", "test_console_live.py",
-                "test_symbols_live.py")
+                "test_symbols_live.py", "test_ringbuf.py")
 # Set by the VM lane: the features the booted kernel is known to have (e.g. "user_events,fentry.s"). A test
 # that needs one of them fails there when it is missing, instead of skipping.
 EXPECTED = frozenset(filter(None, os.environ.get("TRACER_EXPECT_FEATURES", "").split(",")))

@@ -77,10 +77,12 @@ def debian_kernel(series: str) -> tuple[Path | None, str]:
 # 15 minutes): those two files run on the host's kernel only, unless --full. The files below cover what differs
 # between kernels: header discovery and doctor's compile (test_kenv), the probes against the kernel's own
 # answers (test_caps), sleepable loading and refusals (test_sleepable), the kernel's opened file walked with
-# this kernel's BTF offsets (test_truth_live), and user_events end to end where the kernel has them.
+# this kernel's BTF offsets (test_truth_live), the BPF ring buffer map the syscall records go through
+# (test_ringbuf; test_truth_live reads them through it), and user_events end to end where the kernel has them.
 # test_uprobes.py compiles its program at every start (no cache): host only unless --full; uprobe.s itself is
 # probed and loaded on every kernel by test_caps and test_sleepable.
-CORE = ("tests/test_caps.py", "tests/test_kenv.py", "tests/test_sleepable.py", "tests/test_truth_live.py")
+CORE = ("tests/test_caps.py", "tests/test_kenv.py", "tests/test_sleepable.py", "tests/test_truth_live.py",
+        "tests/test_ringbuf.py")
 TRACER_KERNEL_FILES = (*CORE, "tests/test_user_events_live.py")
 
 
