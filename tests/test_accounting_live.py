@@ -245,3 +245,25 @@ def test_calls_begun_before_tracing_are_not_lost_calls(build_c) -> None:
     assert s["events"] > 100 and s["kernel"]["no_exit"] == 0, s
     # Only a call in progress when tracing stopped may be lost (one per thread at most).
     assert s["lost"] == s["lost_by_reason"]["in_flight_at_exit"] <= 2, s
+
+
+def test_start_is_once_so_each_call_is_shown_once() -> None:
+    """Session.start() inside `with` (which started it) attaches nothing more: each call is one event, not
+    one per set of attached programs (a second start showed every openat2 twice)."""
+    from tracer.session import Session
+
+    code = "import os, sys; sys.stdin.readline(); [os.path.exists('/nonexistent-twice') for _ in range(5)]"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+    try:
+        with Session(["newfstatat", "statx", "newstat"], pids=[proc.pid], duration=1.5) as s:
+            sources = list(s.sources)
+            s.start()
+            assert s.sources == sources
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            got = [ev.data for ev in s if ev.data.get("kind") == "syscall"
+                   and (ev.data.get("args") or {}).get("filename") == "/nonexistent-twice"]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(got) == 5, got

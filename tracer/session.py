@@ -130,6 +130,10 @@ class Session:
         self.close()
 
     def start(self) -> None:
+        """Load and attach the sources (the `with` statement does it). Once: a second call would attach a
+        second set of programs and show every call twice."""
+        if self.sources:
+            return
         self.resolver = None
         if self.explain:
             from .regions import RegionResolver
