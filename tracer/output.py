@@ -35,13 +35,11 @@ def _describe_region(region: dict | None) -> str:
 
 
 WRITE_BUFFER = 1 << 20
-WRITE_LINES = 256  # lines joined into one write (of at most WRITE_BUFFER / 2: a longer chunk goes line by line)
+# Lines joined into one write call by write_lines, each write at most a quarter of the buffer in characters
+# (so within it in bytes, whatever their encoding): a write call per line cost ~0.1 µs per JSON line and
+# ~0.4 µs per console line.
+WRITE_LINES, _CHUNK_MAX = 256, WRITE_BUFFER // 4
 _UNKNOWN = object()
-
-
-# ConsoleOutput writes a batch through fd_writer in chunks of lines, each at most a quarter of its buffer
-# in characters (so within it in bytes, whatever their encoding): a write per line cost ~0.4 µs per event.
-_CHUNK_LINES, _CHUNK_MAX = 256, WRITE_BUFFER // 4
 
 
 def fd_writer(stream: IO[str]) -> IO[str] | None:
@@ -57,6 +55,19 @@ def fd_writer(stream: IO[str]) -> IO[str] | None:
     return open(fd, "w", buffering=WRITE_BUFFER, closefd=False,
                 encoding=getattr(stream, "encoding", None) or "utf-8",
                 errors=getattr(stream, "errors", None) or "strict")
+
+
+def write_lines(big: IO[str], lines: list[str]) -> None:
+    """Lines (without their newlines) through an fd_writer, flushed: joined WRITE_LINES at a time into one
+    write, never one larger than _CHUNK_MAX (a chunk of long lines goes line by line)."""
+    for k in range(0, len(lines), WRITE_LINES):
+        chunk = lines[k:k + WRITE_LINES]
+        if sum(map(len, chunk)) + len(chunk) <= _CHUNK_MAX:  # joined in C: no per-line copy or write call
+            big.write("\n".join(chunk))
+            big.write("\n")
+        else:
+            big.writelines([line + "\n" for line in chunk])
+    big.flush()  # nothing is left behind in it: closing the stream still ends the output whole
 
 
 class JsonOutput:
@@ -96,8 +107,8 @@ class JsonOutput:
         (str: Session.batches(lines=True)). Batched, to a stream with a file descriptor, they go through a
         writer of its own with a WRITE_BUFFER buffer, flushed before returning: the stream's 8 KiB buffer
         made a write(2) per ~9 lines, ~10% of the consumer's CPU at 200k events/s. Lines are joined in
-        chunks of WRITE_LINES (one write call per chunk, not per line: ~0.1 µs per line less), never into a
-        write larger than half the buffer: CPython 3.11's BufferedWriter garbles a write larger than its
+        chunks (write_lines: one write call per chunk, not per line: ~0.1 µs per line less), never into a
+        write larger than a quarter of the buffer: CPython 3.11's BufferedWriter garbles a write larger than its
         buffer when a signal (Ctrl-C, SIGTERM) interrupts it part way (reproduced here, ~1 line in 7,000)."""
         if not objs:
             return
@@ -111,14 +122,7 @@ class JsonOutput:
                 self.stream.flush()
             return
         self.stream.flush()  # what went through the stream (the header, a notice) comes first
-        for k in range(0, len(texts), WRITE_LINES):
-            chunk = texts[k:k + WRITE_LINES]
-            if sum(map(len, chunk)) < WRITE_BUFFER // 2:  # joined in C: no per-line copy or write call
-                big.write("\n".join(chunk))
-                big.write("\n")
-            else:  # never a write larger than the buffer (see above)
-                big.writelines([t + "\n" for t in chunk])
-        big.flush()  # nothing is left behind in it: closing the stream still ends the output whole
+        write_lines(big, texts)
 
     def _big(self) -> IO[str] | None:
         """The large-buffer writer on the stream's file descriptor (None: it has none, a StringIO)."""
@@ -311,13 +315,7 @@ class ConsoleOutput:
             f.flush()
             return
         f.flush()  # what went through the file itself (a notice) comes first
-        for k in range(0, len(lines), _CHUNK_LINES):  # each write well within the writer's buffer
-            chunk = "\n".join(lines[k:k + _CHUNK_LINES]) + "\n"
-            if len(chunk) <= _CHUNK_MAX:
-                big.write(chunk)
-            else:  # long lines: one at a time
-                big.writelines([line + "\n" for line in lines[k:k + _CHUNK_LINES]])
-        big.flush()
+        write_lines(big, lines)
 
     def render(self, segs: Segments) -> str:
         """Segments as the console writes them: plain, or each in its style's ANSI codes."""
