@@ -398,7 +398,7 @@ class ObjectOwner:
 
     def open_ringbuf(self, map_name: str, lost_counts: Callable[[], list[int]]) -> RingSet:
         """The object's BPF ring buffer map, mmap'd (tracer/ringbuf.py); `lost_counts`: the programs'
-        per-CPU counts of records the ring had no room for."""
+        per-CPU counts of records the ring refused (-EAGAIN)."""
         from .ringbuf import open_ringbuf
 
         assert self.obj is not None
