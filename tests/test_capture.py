@@ -6,7 +6,6 @@ every byte never raise; the chrome export has Trace Event Format's shape.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,6 +24,7 @@ from tracer.contract import WallClock, clock_info, stream_header
 from tracer.decode import Decoder
 from tracer.events import Event, Stats, summary_of
 from tracer.export import write_chrome, write_jsonl
+from tracer.layout import layout_digest, parse_header
 from tracer.perf import Batch
 from tracer.probes import Filters
 from tracer.session import session_header
@@ -168,7 +168,8 @@ def test_header_is_self_describing(capfile, tracefs: Path) -> None:
     (src,) = h["sources"]
     assert src["name"] == "syscalls" and src["replay"] == "tracer.sources:SyscallSource"
     desc = src["desc"]
-    assert desc["layout"]["sha256"] == hashlib.sha256((REPO / "bpf" / "record.h").read_bytes()).hexdigest()
+    assert desc["layout"]["sha256_of"] == "parsed-layout/1"  # tests/test_layout_identity.py: what it covers
+    assert desc["layout"]["sha256"] == layout_digest(parse_header((REPO / "bpf" / "record.h").read_text()))
     assert desc["layout"]["sizes"]["sys_record"] > 0 and desc["layout"]["sizes"]["read_slot"] > 0
     sc = {d["name"]: d for d in desc["syscalls"]}
     assert sc["openat2"]["nr"] == 437 and "field:const char * filename" in sc["openat2"]["enter_format"]

@@ -116,15 +116,18 @@ def check_trailer(trailer: object) -> dict:
     return check_fields(trailer, TRAILER, "trailer")
 
 
-def check_layout_identity(identity: object) -> tuple[str, tuple[str, ...], str]:
-    """(header, structs, sha256) of a capture's layout identity; Invalid unless the header is one of
-    tracer's own and the structs are that header's."""
+def check_layout_identity(identity: object) -> tuple[str, tuple[str, ...], str, str | None]:
+    """(header, structs, sha256, sha256_of) of a capture's layout identity; Invalid unless the header is
+    one of tracer's own and the structs are that header's. sha256_of says what the sha256 is of (None:
+    the header's text, as tracers before layout.LAYOUT_SCHEME wrote it)."""
     d = check_fields(identity, {}, "layout")
-    header, sizes, sha = d.get("header"), d.get("sizes"), d.get("sha256")
+    header, sizes, sha, scheme = d.get("header"), d.get("sizes"), d.get("sha256"), d.get("sha256_of")
     if type(header) is not str or header not in LAYOUTS:
         raise Invalid(f"layout header {shown(header)} is not one of tracer's ({', '.join(sorted(LAYOUTS))})")
     if type(sizes) is not dict or not all(k in LAYOUTS[header] and _int(v, 0, 1 << 32) for k, v in sizes.items()):
         raise Invalid(f"layout sizes {shown(sizes)} are not {header}'s structs")
     if type(sha) is not str or not _SHA256.fullmatch(sha):
         raise Invalid(f"layout sha256 {shown(sha)} is not a sha256")
-    return header, tuple(sizes), sha
+    if scheme is not None and type(scheme) is not str:
+        raise Invalid(f"layout sha256_of {shown(scheme)} is not a string")
+    return header, tuple(sizes), sha, scheme

@@ -7,13 +7,14 @@ into `struct.Struct` formats. tests/test_layout.py checks every offset against t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, reduce
 
-from .capture_check import Invalid, check_layout_identity
+from .capture_check import Invalid, check_layout_identity, shown
 from .errors import CaptureError
 from .kenv import bpf_source
 
@@ -73,12 +74,16 @@ class Layout:
     structs: dict[str, Struct]
 
 
-def parse_header(text: str) -> Layout:
+def parse_header(text: str, base: Layout | None = None) -> Layout:
+    """The #defines and structs `text` defines; array sizes and nested structs it takes from a header it
+    includes are looked up in `base` (what that header defines)."""
     consts: dict[str, int] = {}
     for line in text.splitlines():
         m = _DEFINE.match(line.strip())
         if m:
             consts[m.group(1)] = int(m.group(2).strip("()"), 0)
+    dims = {**base.consts, **consts} if base else consts
+    known = dict(base.structs) if base else {}
     body = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     structs: dict[str, Struct] = {}
     for name, members in _STRUCT.findall(body):
@@ -92,9 +97,9 @@ def parse_header(text: str) -> Layout:
             if not m:
                 raise ValueError(f"record.h: struct {name}: cannot parse {decl!r}")
             ctype, fname, dim = m.groups()
-            count = (consts[dim] if dim in consts else int(dim)) if dim else 1
+            count = (dims[dim] if dim in dims else int(dim)) if dim else 1
             if ctype.startswith("struct "):
-                inner = structs[ctype.split()[1]]
+                inner = known[ctype.split()[1]]
                 code, size, al, sname = "", inner.size, inner.align, inner.name
             else:
                 code, size = _TYPES[ctype]
@@ -106,17 +111,32 @@ def parse_header(text: str) -> Layout:
             align = max(align, al)
         if off % align:
             raise ValueError(f"record.h: struct {name} needs tail padding to {align}")
-        structs[name] = Struct(name, off, align, tuple(fields))
+        structs[name] = known[name] = Struct(name, off, align, tuple(fields))
     return Layout(consts, structs)
 
 
-# Headers holding record layouts, parsed as one text: uprobe.h builds on record.h's structs.
+def _merged(a: Layout, b: Layout) -> Layout:
+    return Layout({**a.consts, **b.consts}, {**a.structs, **b.structs})
+
+
+# Headers holding record layouts, in include order: uprobe.h builds on record.h's structs and constants.
 HEADERS = ("record.h", "uprobe.h", "uevents_watch.h")
 
 
 @cache
+def headers() -> dict[str, Layout]:
+    """What each header of HEADERS defines itself (parsed after the ones before it)."""
+    out: dict[str, Layout] = {}
+    seen = Layout({}, {})
+    for h in HEADERS:
+        out[h] = parse_header(bpf_source(h).read_text(), seen)
+        seen = _merged(seen, out[h])
+    return out
+
+
+@cache
 def layout() -> Layout:
-    return parse_header("\n".join(bpf_source(h).read_text() for h in HEADERS))
+    return reduce(_merged, headers().values(), Layout({}, {}))
 
 
 def const(name: str) -> int:
@@ -133,22 +153,61 @@ def packer(name: str, upto: str | None = None) -> struct.Struct:
 
 # -- identity: what a record's bytes mean, carried by capture files ----------------------------------
 
+# A capture's layout identity is the sha256 of this canonical form of what its header defines, parsed:
+# every struct (name, size, alignment, and per field its name, offset, element size, count, struct code,
+# nested struct in full) and the #define constants, as sorted compact JSON. Comments, whitespace and the
+# order of the text do not change it; anything the decoder reads does. Defines count, all of them but
+# the stats counters (ST_*, NSTATS; UE_ST_*, UE_NSTATS): the decoder, the read plans rebuilt at replay
+# (caps) and the status/kind/flag tables all read constants by name, so leaving one out would need a
+# list to keep right by hand, and a wrong guess decodes wrongly. The counters only index the live
+# per-CPU stats maps, which a capture never holds (its trailer names its counters), and they are what
+# grows as accounting does (ST_RING_FULL did): counting them would refuse captures whose bytes decode
+# alike. tests/test_layout_identity.py checks that the modules which decode captures never use them.
+LAYOUT_SCHEME = "parsed-layout/1"  # the value of an identity's "sha256_of"; change it with the form
+_COUNTER = re.compile(r"(UE_)?(ST_\w+|NSTATS)")
+
+
+def layout_digest(own: Layout, context: Layout | None = None) -> str:
+    """sha256 of the canonical form of `own` (one header's parse); nested structs it takes from an
+    included header are looked up in `context` and serialized in full."""
+    structs = {**context.structs, **own.structs} if context else own.structs
+
+    def canon(s: Struct) -> list:
+        return [s.size, s.align, [[f.name, f.offset, f.size, f.count, f.code,
+                                   canon(structs[f.struct]) if f.struct else None] for f in s.fields]]
+
+    form = {"consts": {k: v for k, v in own.consts.items() if not _COUNTER.fullmatch(k)},
+            "structs": {name: canon(s) for name, s in own.structs.items()}}
+    return hashlib.sha256(json.dumps(form, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@cache
+def _digest(header: str) -> str:
+    return layout_digest(headers()[header], layout())
+
 
 def layout_identity(header: str = "record.h", structs: Sequence[str] = ("sys_record", "read_slot")) -> dict:
-    """What a record's bytes mean: the hash of the C header that defines them and the struct sizes."""
-    text = bpf_source(header).read_bytes()
-    return {"header": header, "sha256": hashlib.sha256(text).hexdigest(),
+    """What a record's bytes mean: the digest of the header's parsed layout, and the struct sizes."""
+    return {"header": header, "sha256_of": LAYOUT_SCHEME, "sha256": _digest(header),
             "sizes": {s: struct_of(s).size for s in structs}}
 
 
 def check_layout(identity: object) -> None:
     """Refuse records whose layout differs from the one this tracer decodes. The header named must be
-    one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path."""
+    one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path.
+    An identity without "sha256_of" comes from a tracer that hashed the header's text (before
+    LAYOUT_SCHEME): the same text is still the same layout, so that capture replays; other text is
+    refused, as then, since a text hash cannot tell a comment from a field."""
     try:
-        header, structs, sha = check_layout_identity(identity)
+        header, structs, sha, scheme = check_layout_identity(identity)
     except Invalid as e:
         raise CaptureError(f"the capture's record layout is not valid: {e}") from None
     mine = layout_identity(header, structs)
-    if mine["sha256"] != sha or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
-        raise CaptureError(f"the capture's record layout ({header} sha256 {sha[:12]}) differs from this tracer's "
-                           f"({mine['sha256'][:12]}); replay it with the tracer version that recorded it")
+    if scheme is None:
+        same = sha == hashlib.sha256(bpf_source(header).read_bytes()).hexdigest()
+    else:
+        same = scheme == LAYOUT_SCHEME and sha == mine["sha256"]
+    if not same or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
+        what = {None: "text sha256", LAYOUT_SCHEME: "sha256"}.get(scheme, f"sha256 of {shown(scheme)}")
+        raise CaptureError(f"the capture's record layout ({header} {what} {sha[:12]}) differs from this "
+                           f"tracer's ({mine['sha256'][:12]}); replay it with the tracer version that recorded it")
