@@ -2,9 +2,12 @@
 # the top of the repository by the project's layout) and the demo's workload are copied into the built
 # package as tracer/bpf/ and tracer/examples/, so a wheel or a non-editable `pip install .` has them
 # (tracer.kenv.BPF_DIR looks there first, then beside the package in a source checkout).
+# It also builds tracer._recline (tracer/_recline.c: `trace --json`'s line in C) against bpf/record.h, the
+# one record layout. Optional: where it cannot be built (no compiler, no Python.h) the install still
+# succeeds and tracer uses its Python line functions (`tracer doctor` says which).
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -27,4 +30,7 @@ class BuildWithBpf(build_py):
         return super().get_outputs(include_bytecode) + extra
 
 
-setup(cmdclass={"build_py": BuildWithBpf})
+RECLINE = Extension("tracer._recline", sources=["tracer/_recline.c"], depends=["bpf/record.h"], include_dirs=["bpf"],
+                    extra_compile_args=["-O2", "-Wall", "-Wextra"], optional=True)
+
+setup(cmdclass={"build_py": BuildWithBpf}, ext_modules=[RECLINE])

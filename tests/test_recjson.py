@@ -1,7 +1,10 @@
 """tracer/recjson.py, `--json` lines straight from the record, against the reference: the event Decoder.decode
 makes, with its `time`, encoded by jsonenc.dumps (json.dumps's bytes). Every entry x exit read status, slot
 order, return value and the records it hands back to the decoder; the statistics key of each line is the
-one Stats.add_many gives its event. Records are synthesized as in test_decode.py (no BPF)."""
+one Stats.add_many gives its event. Records are synthesized as in test_decode.py (no BPF).
+
+Every test runs on both line paths: the C module's (tracer/_recline.c) and the generated Python functions
+(TRACER_PY_LINES=1, and where the module is not built); with CI=true the C module must be there."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from test_decode import (
     slot,
 )
 
-from tracer import layout
+from tracer import layout, recline
 from tracer.contract import WallClock
 from tracer.decode import Decoder
 from tracer.events import Stats
@@ -44,21 +47,45 @@ OFFSET = 1_764_000_000_123_456_789  # mono -> wall: times in 2025
 C = layout.const
 
 
+def _no_c(spec: dict) -> None:
+    return None
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def line_path(request, monkeypatch) -> str:
+    """Each test on the C line functions, then on the Python ones."""
+    if request.param == "python":
+        monkeypatch.setattr(recline, "c_line", _no_c)
+    elif not recline.status()[0]:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: the C line encoder is not available: {recline.status()[1]}")
+        pytest.skip(recline.status()[1])
+    return request.param
+
+
+def test_c_module_is_built_in_ci() -> None:
+    """CI builds tracer._recline (setup.py; ./bootstrap installs gcc and python3-dev): a missing or stale
+    module would silently make --json ~3x slower."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("CI=true only")
+    assert recline.status()[0], recline.status()[1]
+
+
 def compact(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def check(recs: list[bytes], table: dict | None = None, cpu: int = 1) -> list[bool]:
+def check(recs: list[bytes], table: dict | None = None, cpu: int = 1, offset: int = OFFSET) -> list[bool]:
     """Each record's output against the reference; which of them took the line path."""
     ref_dec, dec = Decoder(table or TABLE), Decoder(table or TABLE)
-    enc = LineEncoder(dec, OFFSET)
+    enc = LineEncoder(dec, offset)
     fast = []
     for _ in range(2):  # and again, from the memos
         got = enc.encode(recs, [cpu] * len(recs))
         fast = []
         for rec, item in zip(recs, got, strict=True):
             ev = ref_dec.decode(rec, cpu)
-            WallClock(OFFSET).stamp([ev])
+            WallClock(offset).stamp([ev])
             if type(item) is Line:
                 assert item[2] == compact(ev), ev
                 assert item[0] == (ev.get("ts_exit") or ev["ts"])
@@ -70,6 +97,10 @@ def check(recs: list[bytes], table: dict | None = None, cpu: int = 1) -> list[bo
             else:
                 assert compact(item) == compact({k: v for k, v in ev.items() if k != "time"})
                 fast.append(False)
+    c = recline.c_line is not _no_c and recline.status()[0]
+    # the line functions are the C module's on the C path, Python's otherwise
+    assert all(type(fn).__name__ == ("builtin_function_or_method" if c else "function")
+               for fn in enc._layouts.values() if fn is not None)
     return fast
 
 
@@ -286,3 +317,119 @@ def test_opened_files() -> None:
                 for ev in map(Decoder(TABLE).decode, recs, [1] * len(recs))}
     assert {("ok", "same", "ok"), ("changed", "conflict", "ok"), ("ok", "undecided", "ok"), ("ok", None, "truncated"),
             ("ok", None, "unavailable")} <= verdicts  # every verdict was made
+
+
+def named(name: bytes, **kw) -> bytes:
+    """A failing openat2 whose filename read (at entry, the same at exit) is `name`."""
+    d = Data()
+    f, h = d.add(name), d.add(HOW_BYTES)
+    return openat2_rec(slot(1, RK_STR, C("RS_OK"), C("RS_OK"), enter=f, exit=f, same=1),
+                       slot(2, RK_OPEN_HOW, C("RS_OK"), enter=h, want=24), d, **kw)
+
+
+def test_strings_are_escaped_as_json_escapes_them() -> None:
+    """Every control character, DEL, quotes and backslashes, non-ASCII text (BMP and astral: \\uXXXX and
+    surrogate pairs), in paths and comms: the bytes json.dumps writes."""
+    texts = ["".join(map(chr, range(0x80))), "\u00e9\u202e\u2028\ufeff\uffff", "\U0001f600 \U0010ffff \U00010000",
+             "\"\\/\b\f\n\r\t\x00\x1f\x7f", "plain"]
+    recs = [named(t.encode(), comm=c) for t in texts
+            for c in (b"cat", "\u00e9\x7f\"".encode(), b"\xff\xfe", b"sixteen-bytes-xx")]
+    assert all(check(recs))
+
+
+def test_invalid_utf8_goes_to_the_decoder() -> None:
+    """Bytes bytes.decode('utf-8') refuses (overlong forms, surrogates, beyond U+10FFFF, cut sequences, stray
+    continuation bytes) are decoded into their event (kept with `hex`); those it accepts take the line."""
+    bad = [b"\xc0\xaf", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+           b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xe2\x82", b"a\x80", b"\xff", b"\xc2"]
+    good = [b"\xc2\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xf0\x90\x80\x80", b"\xe2\x82\xac"]
+    assert check([named(b"/tmp/" + b + b"/x") for b in bad + good]) == [False] * len(bad) + [True] * len(good)
+
+
+def test_numbers_times_and_records_out_of_the_ordinary() -> None:
+    """Negative return values and arguments, each integer conversion at its edges, noreturn, the `time`
+    field's microseconds zero-padded and across a second boundary, times beyond 63 bits, pid/uid at
+    2**32-1; and records the line cannot hold: shorter than their slots, data offsets beyond the record."""
+    lseek = Syscall("lseek", 8, (Arg("fd", "unsigned int"), Arg("offset", "off_t"), Arg("whence", "int")))
+    table = {**TABLE, 8: lseek}
+    edges = [0, 1, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+    recs = [record(8, [a, b, b], ret=ret) for a in edges for b in edges[::2] for ret in (-1, -4095, 0, 1 << 62)]
+    recs += [record(8, [1, 2, 3], ts=ts, pid=(1 << 32) - 1, tid=0, uid=(1 << 32) - 1)
+             for ts in ((999_999_000 - OFFSET % 10**9, 999_999_001 - OFFSET % 10**9 + 10**9),  # .999999 -> .000000
+                        (1_000 - OFFSET % 10**9 + 10**9, 2_000), (5, 0), ((1 << 63) + 5, (1 << 63) + 9),
+                        (1, (1 << 64) - 1), (1 << 40, 1))]  # duration negative
+    recs += [record(231, [(1 << 64) - 1], flags=C("RF_NORETURN"), ret=0, ts=(7, 0))]
+    assert all(check(recs, table))
+    assert all(check(recs[:8], table, offset=-(10**18)))  # times before 1970
+    d = Data()
+    f = d.add(b"/etc/hosts")
+    beyond = slot(1, RK_STR, C("RS_OK"), enter=(f[0] + 4000, 20))  # past the record's end: sliced as Python does
+    assert check([record(257, [AT_FDCWD_U64, FNAME, 0, 0], ret=-2, slots=(beyond,), data=bytes(d.buf))])
+
+
+def encoded(recs: list[bytes], c: bool) -> list:
+    """Each record's Line, decoded event or exception, through one LineEncoder on the C or Python path."""
+    import unittest.mock
+
+    with unittest.mock.patch.object(recline, "c_line", recline.c_line if c else _no_c):
+        enc = LineEncoder(Decoder(TABLE), OFFSET)
+        out: list = []
+        for rec in recs:
+            try:
+                out += enc.encode([rec], 1)
+            except Exception as e:  # what the Python path raises on a malformed record, the C path must too
+                out.append(type(e))
+    return out
+
+
+def test_malformed_records_give_what_the_python_path_gives(line_path: str) -> None:
+    """Records are untrusted (capture files replay through this path): cut short at every length, and with
+    random bytes written over their header, slots and data, the C path gives what the Python path gives."""
+    import random
+
+    if line_path != "c":
+        pytest.skip("compares the C path with the Python path")
+    rng = random.Random(18)
+    base = [named(b"/etc/hosts"), named("/tmp/\u00e9".encode(), ret=3), several_layouts()[-2]]
+    recs = [r[:n] for r in base for n in range(0, len(r) + 1, 7)]
+    for _ in range(3000):
+        r = bytearray(rng.choice(base))
+        for _k in range(rng.randrange(1, 6)):
+            r[rng.randrange(len(r))] = rng.choice((0, 1, 3, 0x7F, 0x80, 0xFF, rng.randrange(256)))
+        recs.append(bytes(r))
+    assert encoded(recs, True) == encoded(recs, False)
+
+
+def test_c_module_refuses_another_record_layout(monkeypatch) -> None:
+    """A module built from another bpf/record.h (an editable install not rebuilt) is not used: it would
+    read records at the old offsets."""
+    if not recline.status()[0]:
+        pytest.skip(recline.status()[1])
+    from tracer import _recline
+
+    monkeypatch.setitem(_recline.OFFSETS, "sys_record.pid", _recline.OFFSETS["sys_record.pid"] + 4)
+    recline._load.cache_clear()
+    try:
+        ok, why = recline.status()
+        assert not ok and "sys_record.pid" in why
+    finally:
+        monkeypatch.undo()
+        recline._load.cache_clear()
+    assert recline.status()[0]
+
+
+def test_doctor_says_which_line_encoder(monkeypatch) -> None:
+    """`tracer doctor` names the line encoder in use, and why the C one is not."""
+    from tracer import caps
+
+    if recline.status()[0]:
+        check = caps.check_line_encoder()
+        assert (check.ok, check.verdict) == (True, "C") and "_recline" in check.detail
+    monkeypatch.setenv("TRACER_PY_LINES", "1")
+    recline._load.cache_clear()
+    try:
+        check = caps.check_line_encoder()
+        assert (check.ok, check.verdict) == (False, "Python") and "TRACER_PY_LINES=1" in check.detail
+    finally:
+        monkeypatch.undo()
+        recline._load.cache_clear()

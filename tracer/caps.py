@@ -129,6 +129,15 @@ def check_seccomp() -> Check:
     return Check("seccomp", "python3-seccomp", True, "ok", f"from {seccomp.__file__}")
 
 
+def check_line_encoder() -> Check:
+    """Which line encoder `trace --json` uses: the C module (tracer/_recline.c) or Python's (~3x the CPU)."""
+    from tracer import recline
+
+    ok, why = recline.status()
+    return Check("line_encoder", "--json line encoder", ok, "C" if ok else "Python", why,
+                 None if ok else "./bootstrap (installs gcc and python3-dev, then builds it), or pip install -e .")
+
+
 HEADERS_FIX = ("run ./bootstrap (it installs the distribution's headers package for this kernel, or links "
                "generic headers), or set BCC_KERNEL_SOURCE to the running kernel's header tree")
 GENERIC_NOTE = ("generic headers for another kernel: syscall tracepoints work, anything that walks kernel structs "
@@ -240,6 +249,7 @@ def base_checks(mount: bool = False) -> list[Check]:
     return [
         check_privileges(), check_tracefs(mount), check_bcc(), check_seccomp(), check_headers(),
         check_syscall_tracepoints(), check_btf(), check_opened_file(), check_lockdown(), check_user_events(),
+        check_line_encoder(),
     ]
 
 

@@ -114,7 +114,7 @@ class ConsoleLineEncoder(LineEncoder):
             if symf is None:
                 body.append(f"    v{i} = {number}")
             else:
-                body += self._symbol(ns, i, symf, f"v{i}", f"{number} if sym is None else sym")
+                body += self._symbol(ns, i, symf, f"v{i}", _shown)
             shown.append(f"{{K{i}}}{{v{i}}}")
         group, op = "GROUP", ""
         if is_open:
@@ -126,3 +126,8 @@ class ConsoleLineEncoder(LineEncoder):
                "f'{day}{ns // 1000:06d}{DIM_OFF} {comm}{PID_ON}{pid}/{tid}{PID_OFF}'",
                "                        f'{NAME}" + "".join(shown) + "{CLOSE}{tail}')"]
         return self._compile(ns, shape, plan, body, ret)
+
+
+def _shown(a: int, sym: object) -> object:
+    """An integer argument as ConsoleOutput shows it: its symbol, else the number (hex above 65535)."""
+    return (hex(a) if a > 65535 else str(a)) if sym is None else sym

@@ -27,7 +27,7 @@ from itertools import repeat
 from json.encoder import encode_basestring_ascii as _enc  # json's escaper: json.dumps's bytes (ensure_ascii)
 from typing import NamedTuple
 
-from . import opened
+from . import opened, recline
 from .decode import (
     _CONV_NONE,
     _CONV_S32,
@@ -66,6 +66,11 @@ _READ_HEAD = '{"status":"ok","source":"enter","errno":null,"addr":'
 _VERIFIED = f',"verified_at_exit":true,"verified":true,"verified_by":{_enc(VERIFIED_EQUAL)}}}'
 _UNVERIFIED = {0: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["no_exit"])}}}',
                RF_NORETURN: f',"verified":false,"unverified_reason":{_enc(UNVERIFIED["noreturn"])}}}'}
+# The fragments a line chooses among by the record (the generated code and the C code both take them from here)
+_FRAGS = {"MID0": ',"ts_exit":', "MID1": ',"duration_ns":', "RC": ',"recovery":true',
+          "NORET_RF": ',"ret":null,"ret_str":null', "SIZE": ',"size":', "ARGS_STR": ',"args_str":{',
+          "VERIFIED": _VERIFIED, "UNVERIFIED0": _UNVERIFIED[0], "UNVERIFIED1": _UNVERIFIED[RF_NORETURN]}
+_CONV_NAMES = {_CONV_NONE: "none", _CONV_S32: "s32", _CONV_U32: "u32", _CONV_U16: "u16", _CONV_S64: "s64"}
 
 # Decoder's integer conversions (decode.int_value) as the lines `var = <expression>` of generated code,
 # given the variable and the expression of the raw 64-bit value.
@@ -114,6 +119,35 @@ class _Shape(NamedTuple):
     body: list[str]
     args: list  # per argument: (index, name, the read's kind or None, its symbol function or None)
     names: tuple  # the arguments read, in order
+    slots: dict  # argument index -> the index of the read slot that reads it
+    convs: dict  # argument index -> its integer conversion (decode._CONV_*), of the arguments not read
+
+
+class Var(NamedTuple):
+    """A value in a line's template (the rest are literal fragments): a local of the generated function
+    (or a constant of its namespace), and the C code's value of the same name (_c_item)."""
+    name: str
+
+
+def _sep(parts: list[list], sep: str = ",") -> list:
+    """Templates one after another, `sep` between them."""
+    out: list = []
+    for n, p in enumerate(parts):
+        out += ([sep] if n else []) + p
+    return out
+
+
+def _fstring(tmpl: list) -> str:
+    """The f-string source of a template. Its literals are this module's constants, never a name or a
+    string from elsewhere (those are Vars: values in the function's namespace)."""
+    out = []
+    for p in tmpl:
+        if isinstance(p, Var):
+            out.append("{" + p.name + "}")
+        else:
+            assert not set(p) & set("'\\\n"), p
+            out.append(p.replace("{", "{{").replace("}", "}}"))
+    return "f'" + "".join(out) + "'"
 
 
 def order_key(item: object) -> int:
@@ -217,10 +251,11 @@ class LineEncoder:
             body.append("    if not noreturn and ret >= 0: return None")
         args: list[tuple] = []
         names = []
+        slots, convs = {}, {}
         for i, aname, conv, _memo, symf, k in steps:
             fields.append((args_at + 8 * i, "Q", f"r{i}"))
             if k:
-                j = (k - _HDR_SLOTS_AT) // _HDR_SLOT  # the slot's index in the record
+                j = slots[i] = (k - _HDR_SLOTS_AT) // _HDR_SLOT  # the slot's index in the record
                 kind = rec[_slot_field(j, "kind")]
                 if kind not in (RK_STR, RK_OPEN_HOW, RK_SOCKADDR):
                     return None
@@ -236,9 +271,10 @@ class LineEncoder:
                 args.append((i, aname, kind, None))
                 continue
             body += [f"    a{i} = {line}" for line in CONVERSIONS[conv](f"a{i}", f"r{i}")]
+            convs[i] = conv
             args.append((i, aname, None, symf))
         body.append("    key = ts if noreturn else te or ts")
-        return _Shape(fields, body, args, tuple(names))
+        return _Shape(fields, body, args, tuple(names), slots, convs)
 
     def _compile(self, ns: dict, shape: _Shape, plan: _Plan, body: list[str], ret: list[str]) -> _LineFn:
         """`line(rec, cpu)`: one unpack into locals, the shape's checks and values, `body`, the comm and the
@@ -313,71 +349,100 @@ class LineEncoder:
         return ev, ("syscall", "ok", plan.event, plan.name if names else None, names, statuses)
 
     @staticmethod
-    def _symbol(ns: dict, i: int, symf: Callable, var: str, frag: str) -> list[str]:
-        """Source setting `var` to the fragment of argument i's symbol, memoised by a{i}; `frag`: its
-        expression, given `sym` (the symbol, or None where the value has none)."""
-        ns[f"SYM{i}"] = {}
-        ns[f"symf{i}"] = symf
+    def _symbol(ns: dict, i: int, symf: Callable, var: str, frag: Callable[[int, object], object]) -> list[str]:
+        """Source setting `var` to the fragment of argument i's symbol, memoised by a{i} in SYM{i} (a miss:
+        symmiss{i}, which the C line function calls too); `frag(a, sym)` makes it from the symbol (None
+        where the value has none)."""
+        memo: dict = {}
+
+        def miss(a: int) -> object:
+            got = frag(a, symf(a))
+            if len(memo) < _MEMO_MAX:
+                memo[a] = got
+            return got
+
+        ns[f"SYM{i}"], ns[f"symmiss{i}"] = memo, miss
         return [f"    {var} = SYM{i}.get(a{i}, UNSET)",
-                f"    if {var} is UNSET:",
-                f"        sym = symf{i}(a{i})",
-                f"        {var} = {frag}",
-                f"        if len(SYM{i}) < {_MEMO_MAX}: SYM{i}[a{i}] = {var}"]
+                f"    if {var} is UNSET: {var} = symmiss{i}(a{i})"]
 
     def _generate(self, plan: _Plan, steps: tuple, rec: bytes) -> _LineFn | None:
-        """The source of `line(rec, cpu)` for this layout (`_compile`): checks that send an uncommon record
-        back to the decoder (return None), then one f-string."""
+        """The line function of this layout: the C module's (tracer/_recline.c) where it is built, else
+        the generated Python source (`_compile`): checks that send an uncommon record back to the decoder
+        (return None), then one f-string. Both follow one template of the line (_template)."""
         is_open = plan.name in OPEN_FAMILY
         shape = self._shape(plan, steps, rec, opened=is_open)
         if shape is None:
             return None
-        ns: dict = {"enc": _enc, "VERIFIED": _VERIFIED, "UNVERIFIED": _UNVERIFIED,
+        ns: dict = {"enc": _enc, "UNVERIFIED": _UNVERIFIED, **_FRAGS,
                     "HEAD": f'{{"kind":"syscall","syscall":{_enc(plan.name)},"event":{_enc(plan.event)},"ts":'}
         body: list[str] = []
         args, reads, syms = [], [], []
         for i, aname, kind, symf in shape.args:
-            ns[f"K{i}"] = _enc(aname) + ":"
+            k = ns[f"K{i}"] = _enc(aname) + ":"
             if kind is not None:
                 if kind == RK_STR:
                     body += ["    try:", f"        v{i} = enc(raw{i}.decode('utf-8'))",
                              "    except UnicodeDecodeError:", "        return None"]  # kept with `hex`
-                    size = ""
+                    size = []
                 else:
-                    body.append(f"    z{i} = f',\"size\":{{want{i}}}' if want{i} else ''")
-                    size = f"{{z{i}}}"
+                    body.append(f"    z{i} = f'{{SIZE}}{{want{i}}}' if want{i} else ''")
+                    size = [Var(f"z{i}")]
                 body += [f"    t{i} = VERIFIED if exit_status{i} != {RS_NONE} else UNVERIFIED[noreturn]",
                          f"    l{i} = len(raw{i})"]
-                args.append(f"{{K{i}}}{{v{i}}}")
-                reads.append((i, f'{{K{i}}}{_READ_HEAD.replace("{", "{{")}{{r{i}}},"len":{{l{i}}}{size}{{t{i}}}'))
+                args.append([Var(f"K{i}"), Var(f"v{i}")])
+                reads.append((i, [Var(f"K{i}"), _READ_HEAD, Var(f"r{i}"), ',"len":', Var(f"l{i}"), *size,
+                                  Var(f"t{i}")]))
                 continue
-            args.append(f"{{K{i}}}{{a{i}}}")
+            args.append([Var(f"K{i}"), Var(f"a{i}")])
             if symf is not None:
-                body += self._symbol(ns, i, symf, f"s{i}", f"None if sym is None else K{i} + enc(sym)")
+                body += self._symbol(ns, i, symf, f"s{i}",
+                                     lambda a, sym, k=k: None if sym is None else k + _enc(sym))  # type: ignore[misc]
                 syms.append(f"s{i}")
         if len(syms) == 1:
-            body.append(f"    sy = '' if {syms[0]} is None else ',\"args_str\":{{' + {syms[0]} + '}}'")
+            body.append(f"    sy = '' if {syms[0]} is None else ARGS_STR + {syms[0]} + '}}'")
         elif syms:
             body += [f"    sy = ','.join(filter(None, ({', '.join(syms)},)))",
-                     "    sy = ',\"args_str\":{' + sy + '}' if sy else ''"]
+                     "    sy = ARGS_STR + sy + '}' if sy else ''"]
         else:
             body.append("    sy = ''")
         body += ["    if noreturn:",
                  "        mid = ''",
-                 "        rf = ',\"ret\":null,\"ret_str\":null'",
+                 "        rf = NORET_RF",
                  "    else:",
-                 "        mid = f',\"ts_exit\":{te},\"duration_ns\":{te - ts}'",
+                 "        mid = f'{MID0}{te}{MID1}{te - ts}'",
                  "        rf = RETS.get(ret) or ret_frag(ret)"]
-        line = ("(f'{HEAD}{ts},\"cpu\":{cpu},\"pid\":{pid},\"tid\":{tid},\"comm\":{comm},'",
-                "f'\"uid\":{uid}{mid},\"args\":{{" + ",".join(args) + "}}{sy}{rf},\"reads\":{{", "READS",
-                "}},\"missing\":[]{rc}", "OPENED", ",\"time\":\"{day}.{str(ns // 1000).zfill(6)}Z\"}}')")
-        ret = [f"    rc = ',\"recovery\":true' if flags & {RF_EXIT_READS} else ''"]
+        ret = [f"    rc = RC if flags & {RF_EXIT_READS} else ''", "    us = str(ns // 1000).zfill(6)"]
+        tmpl = _template(args, [r for _i, r in reads], [])
         if is_open:  # a successful call's line: its filename's entry and `opened` as the reference makes them
             made, fi = self._opened_source(ns, plan, shape, self._opened_frag)
-            ok = [f"{{K{i}}}{{o[0]}}{{r{i}}}{{o[1]}}" if i == fi else r for i, r in reads]
+            ok = [[Var(f"K{i}"), Var("o[0]"), Var(f"r{i}"), Var("o[1]")] if i == fi else r for i, r in reads]
             ret += ["    if not noreturn and ret >= 0:", *made,
-                    "        return key, o[3], " + _joined(line, ",".join(ok), ",\"opened\":{o[2]}")]
-        ret.append("    return key, GROUP, " + _joined(line, ",".join(r for _i, r in reads), ""))
-        return self._compile(ns, shape, plan, body, ret)
+                    "        return key, o[3], " + _fstring(_template(args, ok, [',"opened":', Var("o[2]")]))]
+        ret.append("    return key, GROUP, " + _fstring(tmpl))
+        fn = self._compile(ns, shape, plan, body, ret)
+        return recline.c_line(self._c_spec(ns, shape, tmpl, fn, is_open)) or fn
+
+    def _c_spec(self, ns: dict, shape: _Shape, tmpl: list, fn: _LineFn, is_open: bool) -> dict:
+        """What the C line function of a layout follows (tracer/_recline.c's Line): the template, its
+        values named as the C code names them, the memos and miss functions the generated function uses,
+        `fn` for the records the C code leaves to it."""
+        kinds = {i: kind for i, _a, kind, _s in shape.args}
+
+        def item(v: object) -> object:  # a Var of the generated code as the C code's (name, argument)
+            if not isinstance(v, Var):
+                return v
+            base, i = v.name.rstrip("0123456789"), int(v.name[len(v.name.rstrip("0123456789")):] or 0)
+            if base in ("HEAD", "K"):
+                return ns[v.name]
+            if base == "v":
+                return ("str" if kinds[i] == RK_STR else "val", i)
+            return ({"a": "arg", "r": "addr", "l": "len", "z": "size", "t": "verif"}.get(base, base), i)
+
+        return {**{k: ns[k] for k in ("COMMS", "comm_frag", "RETS", "ret_frag", "VALUES", "value_frag", "CLOCK",
+                                      "when", "GROUP", *_FRAGS)},
+                "pyfn": fn, "open": is_open, "offset": int(self.offset), "template": [item(p) for p in tmpl],
+                "reads": [(i, j, kinds[i]) for i, j in shape.slots.items()],
+                "ints": [(i, _CONV_NAMES[c], ns.get(f"SYM{i}"), ns.get(f"symmiss{i}")) for i, c in shape.convs.items()]}
 
     def _opened_frag(self, plan: _Plan, names: tuple, raw: bytes | None, verified: bool, fl: object, want: int,
                      kraw: bytes | None) -> tuple:
@@ -390,6 +455,10 @@ class LineEncoder:
         return head, tail, json_dumps(ev["opened"]), group
 
 
-def _joined(line: tuple, reads: str, opened_json: str) -> str:
-    """The f-string source of a line (_generate's `line`), with the reads and the `opened` fragment in."""
-    return "".join(reads if p == "READS" else opened_json if p == "OPENED" else p for p in line)
+def _template(args: list[list], reads: list[list], opened: list) -> list:
+    """A line (literal fragments and Vars, in order) from the templates of its arguments and reads, and
+    a successful open's `opened`."""
+    return [Var("HEAD"), Var("ts"), ',"cpu":', Var("cpu"), ',"pid":', Var("pid"), ',"tid":', Var("tid"), ',"comm":',
+            Var("comm"), ',"uid":', Var("uid"), Var("mid"), ',"args":{', *_sep(args), "}", Var("sy"), Var("rf"),
+            ',"reads":{', *_sep(reads), '},"missing":[]', Var("rc"), *opened, ',"time":"', Var("day"), ".",
+            Var("us"), 'Z"}']

@@ -1,0 +1,6 @@
+# Type stub of the C extension tracer/_recline.c (used through tracer/recline.py).
+OFFSETS: dict[str, int]
+
+class Line:
+    def __init__(self, spec: dict) -> None: ...
+    def line(self, rec: bytes, cpu: int) -> tuple | None: ...
