@@ -1,6 +1,7 @@
 """A capture's layout identity (tracer/layout.py): the digest of the record headers' PARSED layout, so
 that comments, whitespace and the order of the text keep it and anything the decoder reads changes it;
-captures of the previous scheme (sha256 of record.h's text) still replay when that text is today's;
+captures of the previous scheme (sha256 of record.h's text) still replay when that text is today's or a
+shipped text of today's layout (tracer/layout_texts.py, recomputed here from git history);
 a different layout is one error line. Header variants are made on copies of the text, through
 layout's own parser (the real files are never edited).
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tracer import layout
 from tracer.capture import Capture, CaptureError
 from tracer.cli import cli
 from tracer.kenv import BPF_DIR
+from tracer.layout_texts import TEXT_LAYOUTS
 
 RECORD_H = (BPF_DIR / "record.h").read_text()
 UPROBE_H = (BPF_DIR / "uprobe.h").read_text()
@@ -199,3 +203,46 @@ def test_an_unknown_or_malformed_scheme_is_one_line(capfile, scheme: object, mes
     with pytest.raises(CaptureError, match=message):
         list(Capture(path))
     assert "\x1b" not in one_error_line(path)
+
+
+# -- captures of the text-hash scheme, by the texts tracer shipped (tracer/layout_texts.py) -------------
+
+SCHEME_COMMIT = "d84241f"  # the commit that made the identity the parsed layout's: texts before it count
+
+
+def shipped_texts(header: str) -> dict[str, bytes] | None:
+    """sha256 -> text of every version of bpf/`header` in git history before SCHEME_COMMIT; None without
+    that history (an unpacked release)."""
+    git = ["git", "-C", str(BPF_DIR.parent)]
+    if shutil.which("git") is None or subprocess.run([*git, "cat-file", "-e", f"{SCHEME_COMMIT}^{{commit}}"],
+                                                     capture_output=True).returncode:
+        return None
+    commits = subprocess.run([*git, "log", "--format=%H", f"{SCHEME_COMMIT}^", "--", f"bpf/{header}"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    texts = (subprocess.run([*git, "show", f"{c}:bpf/{header}"], capture_output=True, check=True).stdout
+             for c in commits)
+    return {hashlib.sha256(t).hexdigest(): t for t in texts}
+
+
+@pytest.mark.parametrize("header", ["record.h", "uevents_watch.h", "uprobe.h"])
+def test_the_table_of_shipped_texts_is_git_history(header: str) -> None:
+    texts = shipped_texts(header)
+    if texts is None:
+        pytest.skip(f"no git history with {SCHEME_COMMIT} beside {BPF_DIR}: the table cannot be recomputed")
+    if header == "uprobe.h":  # left out of the table: one text only, today's
+        assert list(texts) == [hashlib.sha256((BPF_DIR / header).read_bytes()).hexdigest()]
+        return
+    assert TEXT_LAYOUTS[header] == {k: layout.layout_digest(layout.parse_header(t.decode())) for k, t in texts.items()}
+
+
+E927032 = "2dd869e44e373bd9400117d349adbfae990f73ebb432c32eb614d85b252ded3f"  # ST_RING_FULL's comment differs
+C3332AD6 = "38883ac364b8682b38aa47cb3d478dc716259c3e7510bee0d4061d3d0eba6cd6"  # no struct ring_head yet
+
+
+def test_a_shipped_text_of_the_same_layout_replays_another_is_refused(capfile) -> None:
+    path, delivered = capfile
+    assert TEXT_LAYOUTS["record.h"][E927032] == layout.layout_identity()["sha256"]
+    set_layout(path, {**old_identity(b""), "sha256": E927032})
+    assert [ev.data for ev in Capture(path)] == delivered
+    set_layout(path, {**old_identity(b""), "sha256": C3332AD6})
+    assert f"record layout (record.h text sha256 {C3332AD6[:12]}) differs" in one_error_line(path)

@@ -17,6 +17,7 @@ from functools import cache, reduce
 from .capture_check import Invalid, check_layout_identity, shown
 from .errors import CaptureError
 from .kenv import bpf_source
+from .layout_texts import TEXT_LAYOUTS
 
 _TYPES = {  # C type -> (struct code, size)
     "__u8": ("B", 1), "__s8": ("b", 1), "char": ("c", 1),
@@ -196,15 +197,17 @@ def check_layout(identity: object) -> None:
     """Refuse records whose layout differs from the one this tracer decodes. The header named must be
     one of tracer's own (capture_check.LAYOUTS): a name from the file is never opened as a path.
     An identity without "sha256_of" comes from a tracer that hashed the header's text (before
-    LAYOUT_SCHEME): the same text is still the same layout, so that capture replays; other text is
-    refused, as then, since a text hash cannot tell a comment from a field."""
+    LAYOUT_SCHEME): it replays when that text is this tracer's header, or one of the texts tracer shipped
+    (layout_texts) whose parse is this layout; any other text is refused, as a text hash cannot tell a
+    comment from a field."""
     try:
         header, structs, sha, scheme = check_layout_identity(identity)
     except Invalid as e:
         raise CaptureError(f"the capture's record layout is not valid: {e}") from None
     mine = layout_identity(header, structs)
     if scheme is None:
-        same = sha == hashlib.sha256(bpf_source(header).read_bytes()).hexdigest()
+        same = (sha == hashlib.sha256(bpf_source(header).read_bytes()).hexdigest()
+                or TEXT_LAYOUTS.get(header, {}).get(sha) == mine["sha256"])
     else:
         same = scheme == LAYOUT_SCHEME and sha == mine["sha256"]
     if not same or mine["sizes"] != identity["sizes"]:  # type: ignore[index]
