@@ -47,26 +47,29 @@ OFFSET = 1_764_000_000_123_456_789  # mono -> wall: times in 2025
 C = layout.const
 
 
-def _no_c(spec: dict) -> None:
+def _no_c(*_args: object) -> None:
     return None
 
 
-@pytest.fixture(autouse=True, params=["c", "python"])
+@pytest.fixture(autouse=True, params=["c", "c-loop", "python"])
 def line_path(request, monkeypatch) -> str:
-    """Each test on the C line functions, then on the Python ones."""
+    """Each test on the C loop and line functions; on the C loop with the Python line functions (as the
+    console's); on the Python loop and line functions."""
     if request.param == "python":
+        monkeypatch.setattr(recline, "c_encode", _no_c)
+    if request.param != "c":
         monkeypatch.setattr(recline, "c_line", _no_c)
-    elif not recline.status()[0]:
+    if request.param != "python" and not recline.status()[0]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: the C line encoder is not available: {recline.status()[1]}")
         pytest.skip(recline.status()[1])
     return request.param
 
 
-def test_c_module_is_built_in_ci() -> None:
+def test_c_module_is_built_in_ci(line_path: str) -> None:
     """CI builds tracer._recline (setup.py; ./bootstrap installs gcc and python3-dev): a missing or stale
     module would silently make --json ~3x slower."""
-    if os.environ.get("CI") != "true":
+    if os.environ.get("CI") != "true" or line_path != "c":
         pytest.skip("CI=true only")
     assert recline.status()[0], recline.status()[1]
 
@@ -97,7 +100,7 @@ def check(recs: list[bytes], table: dict | None = None, cpu: int = 1, offset: in
             else:
                 assert compact(item) == compact({k: v for k, v in ev.items() if k != "time"})
                 fast.append(False)
-    c = recline.c_line is not _no_c and recline.status()[0]
+    c = recline.c_line is not _no_c
     # the line functions are the C module's on the C path, Python's otherwise
     assert all(type(fn).__name__ == ("builtin_function_or_method" if c else "function")
                for fn in enc._layouts.values() if fn is not None)
@@ -371,7 +374,8 @@ def encoded(recs: list[bytes], c: bool) -> list:
     """Each record's Line, decoded event or exception, through one LineEncoder on the C or Python path."""
     import unittest.mock
 
-    with unittest.mock.patch.object(recline, "c_line", recline.c_line if c else _no_c):
+    with unittest.mock.patch.object(recline, "c_line", recline.c_line if c else _no_c), \
+            unittest.mock.patch.object(recline, "c_encode", recline.c_encode if c else _no_c):
         enc = LineEncoder(Decoder(TABLE), OFFSET)
         out: list = []
         for rec in recs:

@@ -88,9 +88,11 @@ typedef struct {
 	char last_comm_raw[TASK_COMM_LEN];
 	PyObject *last_comm, *last_ret, *last_day;
 	long long last_ret_v, last_sec;
-	char *buf;
+	char *buf, *lits; /* the output buffer; the template's literals, joined */
 	size_t cap;
 } LineObject;
+
+static PyTypeObject LineType;
 
 /* -- the output buffer --------------------------------------------------------------------------------- */
 
@@ -116,16 +118,28 @@ static int grow(LineObject *self, size_t need)
 			goto fail; \
 	} while (0)
 
+static const char DIGITS2[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+			      "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+			      "8081828384858687888990919293949596979899";
+
 static size_t put_u64(char *out, __u64 v)
 {
 	char tmp[24];
-	size_t n = 0, k;
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	for (k = 0; k < n; k++)
-		out[k] = tmp[n - 1 - k];
+	size_t at = sizeof(tmp), n;
+	while (v >= 100) { /* two digits per division */
+		unsigned d = (unsigned)(v % 100) * 2;
+		v /= 100;
+		tmp[--at] = DIGITS2[d + 1];
+		tmp[--at] = DIGITS2[d];
+	}
+	if (v >= 10) {
+		tmp[--at] = DIGITS2[v * 2 + 1];
+		tmp[--at] = DIGITS2[v * 2];
+	} else {
+		tmp[--at] = (char)('0' + v);
+	}
+	n = sizeof(tmp) - at;
+	memcpy(out, tmp + at, n);
 	return n;
 }
 
@@ -191,8 +205,15 @@ static int put_str(LineObject *self, size_t *len, const unsigned char *p, Py_ssi
 		ENSURE(self, *len, 6 * (size_t)n + 2);
 		at = *len;
 		self->buf[at++] = '"';
-		for (k = 0; k < n; k++)
-			at += put_char(self->buf + at, p[k]);
+		for (k = 0; k < n; k++) {
+			Py_ssize_t run = k;
+			while (run < n && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\')
+				run++; /* what needs no escape, copied at once */
+			memcpy(self->buf + at, p + k, (size_t)(run - k));
+			at += (size_t)(run - k);
+			if ((k = run) < n)
+				at += put_char(self->buf + at, p[k]);
+		}
 		self->buf[at++] = '"';
 		*len = at;
 		return 1;
@@ -595,6 +616,129 @@ fail:
 	return NULL;
 }
 
+/* -- the records of one ring drain ----------------------------------------------------------------------- */
+
+static PyObject *decode_one(PyObject *decode, PyObject *rec, PyObject *cpu)
+{
+	PyObject *args[2] = {rec, cpu};
+	return PyObject_Vectorcall(decode, args, 2, NULL);
+}
+
+/* A layout's line function: Line_line itself where it is a Line's (no Python call), else a call. */
+static PyObject *call_line(PyObject *fn, PyObject *rec, PyObject *cpu)
+{
+	PyObject *args[2] = {rec, cpu};
+	if (PyCFunction_Check(fn) && PyCFunction_GET_SELF(fn) && Py_IS_TYPE(PyCFunction_GET_SELF(fn), &LineType))
+		return Line_line((LineObject *)PyCFunction_GET_SELF(fn), args, 2);
+	return PyObject_Vectorcall(fn, args, 2, NULL);
+}
+
+/* encode(samples, cpus, layouts, layout_of, decode): recjson.LineEncoder.encode's loop. `layouts` maps a
+ * record's layout key (its slot count, syscall number and each slot's argument, as one int) to its line
+ * function or None; `layout_of(rec, key)` makes a missing one (and may store it in `layouts`). */
+static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *samples, *cpus, *layouts, *layout_of, *decode, *out, *it = NULL, *cpu = NULL;
+	Py_ssize_t k, n;
+	if (nargs != 5) {
+		PyErr_SetString(PyExc_TypeError, "encode(samples, cpus, layouts, layout_of, decode)");
+		return NULL;
+	}
+	samples = args[0];
+	cpus = args[1];
+	layouts = args[2];
+	layout_of = args[3];
+	decode = args[4];
+	if (!PyList_Check(samples) || !PyDict_Check(layouts)) {
+		PyErr_SetString(PyExc_TypeError, "encode: samples is a list, layouts a dict");
+		return NULL;
+	}
+	if (PyLong_Check(cpus))
+		cpu = Py_NewRef(cpus);
+	else if (!(it = PyObject_GetIter(cpus)))
+		return NULL;
+	n = PyList_GET_SIZE(samples);
+	if (!(out = PyList_New(0)))
+		goto fail;
+	for (k = 0; k < n && k < PyList_GET_SIZE(samples); k++) {
+		PyObject *rec = PyList_GET_ITEM(samples, k), *got = NULL, *fn, *key;
+		const unsigned char *p;
+		Py_ssize_t len;
+		unsigned nr_reads, j;
+		__u64 lkey;
+		Py_INCREF(rec);
+		if (it) {
+			Py_XSETREF(cpu, PyIter_Next(it));
+			if (!cpu) { /* zip(samples, cpus): the shorter ends it */
+				Py_DECREF(rec);
+				if (PyErr_Occurred())
+					goto fail;
+				break;
+			}
+		}
+		if (!PyBytes_Check(rec) || PyBytes_GET_SIZE(rec) < 8) {
+			if (PyBytes_Check(rec) && PyBytes_GET_SIZE(rec) <= 6) { /* rec[6], as Python would fail */
+				PyErr_SetString(PyExc_IndexError, "index out of range");
+				Py_DECREF(rec);
+				goto fail;
+			}
+			got = decode_one(decode, rec, cpu);
+			goto append;
+		}
+		p = (const unsigned char *)PyBytes_AS_STRING(rec);
+		len = PyBytes_GET_SIZE(rec);
+		nr_reads = p[offsetof(struct sys_record, nreads)];
+		if (nr_reads > MAX_READS || (size_t)len < HDR_END(nr_reads) ||
+		    (p[offsetof(struct sys_record, flags)] & RF_SLEEPABLE)) {
+			got = decode_one(decode, rec, cpu);
+			goto append;
+		}
+		lkey = nr_reads | (__u64)(p[offsetof(struct sys_record, nr)] | p[offsetof(struct sys_record, nr) + 1] << 8) << 8;
+		for (j = 0; j < nr_reads; j++)
+			lkey |= (__u64)p[offsetof(struct sys_record, reads) + j * sizeof(struct read_slot) +
+					 offsetof(struct read_slot, arg)] << (24 + 8 * j);
+		if (!(key = PyLong_FromUnsignedLongLong(lkey))) {
+			Py_DECREF(rec);
+			goto fail;
+		}
+		fn = PyDict_GetItemWithError(layouts, key);
+		if (fn) {
+			Py_INCREF(fn);
+		} else if (!PyErr_Occurred()) {
+			PyObject *a[2] = {rec, key};
+			fn = PyObject_Vectorcall(layout_of, a, 2, NULL);
+		}
+		Py_DECREF(key);
+		if (!fn) {
+			Py_DECREF(rec);
+			goto fail;
+		}
+		got = fn == Py_None ? Py_NewRef(Py_None) : call_line(fn, rec, cpu);
+		Py_DECREF(fn);
+		if (got == Py_None) {
+			Py_DECREF(got);
+			got = decode_one(decode, rec, cpu);
+		}
+append:
+		Py_DECREF(rec);
+		if (!got)
+			goto fail;
+		if (PyList_Append(out, got) < 0) {
+			Py_DECREF(got);
+			goto fail;
+		}
+		Py_DECREF(got);
+	}
+	Py_XDECREF(it);
+	Py_XDECREF(cpu);
+	return out;
+fail:
+	Py_XDECREF(out);
+	Py_XDECREF(it);
+	Py_XDECREF(cpu);
+	return NULL;
+}
+
 /* -- construction from recjson's spec ------------------------------------------------------------------ */
 
 static PyObject *get(PyObject *spec, const char *name)
@@ -638,6 +782,36 @@ static int check_arg(long i)
 		PyErr_Format(PyExc_ValueError, "line spec: argument index %ld", i);
 		return -1;
 	}
+	return 0;
+}
+
+/* Adjacent literals of the template as one (its constant names and fragments lie between its values). */
+static int join_literals(LineObject *self)
+{
+	Py_ssize_t k, at = 0, size = 0;
+	char *text, *w;
+	for (k = 0; k < self->nitems; k++)
+		if (self->items[k].op == OP_LIT)
+			size += self->items[k].n;
+	if (!(self->lits = w = text = PyMem_Malloc((size_t)size + 1))) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (k = 0; k < self->nitems; k++) {
+		struct item it = self->items[k];
+		if (it.op == OP_LIT) {
+			memcpy(w, it.s, (size_t)it.n);
+			if (at > 0 && self->items[at - 1].op == OP_LIT) {
+				self->items[at - 1].n += it.n;
+				w += it.n;
+				continue;
+			}
+			it.s = w;
+			w += it.n;
+		}
+		self->items[at++] = it;
+	}
+	self->nitems = at;
 	return 0;
 }
 
@@ -750,7 +924,7 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 			item->op = OP_LIT;
 			item->s = (const char *)PyUnicode_DATA(x);
 			item->n = PyUnicode_GET_LENGTH(x);
-			continue;
+			continue; /* adjacent literals are joined below */
 		}
 		if (!PyArg_ParseTuple(x, "Ul", &name, &i) || check_arg(i) ||
 		    (item->op = name_index(name, OP_NAMES, (int)(sizeof(OP_NAMES) / sizeof(*OP_NAMES)))) < 0)
@@ -764,6 +938,8 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 	}
 	Py_DECREF(tmpl); /* the literals stay alive in spec's template */
 	self->nitems = n;
+	if (join_literals(self) < 0)
+		return -1;
 	if (!PyCallable_Check(self->pyfn) || !PyCallable_Check(self->comm_miss) || !PyCallable_Check(self->ret_miss) ||
 	    !PyCallable_Check(self->value_miss) || !PyCallable_Check(self->when)) {
 		PyErr_SetString(PyExc_TypeError, "line spec: miss functions are callable");
@@ -802,6 +978,7 @@ static void Line_dealloc(LineObject *self)
 	PyObject_GC_UnTrack(self);
 	Line_clear(self);
 	PyMem_Free(self->items);
+	PyMem_Free(self->lits);
 	PyMem_Free(self->buf);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -826,10 +1003,16 @@ static PyTypeObject LineType = {
 	.tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef module_methods[] = {
+	{"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+	 "encode(samples, cpus, layouts, layout_of, decode) -> list: recjson.LineEncoder.encode's loop"},
+	{NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
 	PyModuleDef_HEAD_INIT, "tracer._recline",
 	"trace --json's line of a common-shape record, in C (see tracer/_recline.c and tracer/recjson.py)", -1,
-	NULL, NULL, NULL, NULL, NULL,
+	module_methods, NULL, NULL, NULL, NULL,
 };
 
 static int add_offset(PyObject *d, const char *name, size_t value)

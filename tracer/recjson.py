@@ -166,11 +166,15 @@ class LineEncoder:
         self._rets: dict[int, str] = {}
         self._values: dict[tuple, str] = {}
         self._clock: list = [-1, ""]  # the second `time` was last made for, and its date and time of day
+        self._c_encode = recline.c_encode()  # encode's loop in C (tracer/_recline.c), or None
+        self._by_key: dict[int, _LineFn | None] = {}  # its layouts, by the C code's int key (_layout_of)
 
     def encode(self, samples: list[bytes], cpus: Iterable[int] | int) -> list[tuple | dict]:
         """Each record of one ring drain as its Line, or as its decoded event dict where it is not of the
         common shape (see the module's docstring); `cpus`: each record's CPU (perf.Batch.sample_cpus), or
         one CPU for all."""
+        if self._c_encode is not None and type(samples) is list:  # the same loop in C: ~0.4 µs less per record
+            return self._c_encode(samples, cpus, self._by_key, self._layout_of, self.decoder.decode)
         if isinstance(cpus, int):
             cpus = repeat(cpus)
         decode = self.decoder.decode
@@ -190,6 +194,17 @@ class LineEncoder:
             line = None if fn is None else fn(rec, cpu)
             append(decode(rec, cpu) if line is None else line)
         return out
+
+    def _layout_of(self, rec: bytes, key: int) -> _LineFn | None:
+        """The C loop's miss: the line function of `rec`'s layout (whose int key is `key`), or None."""
+        pkey = _KEYS[rec[6]].unpack_from(rec)
+        try:
+            fn = self._layouts[pkey]
+        except KeyError:
+            fn = self._layout(pkey, rec)
+        if len(self._by_key) < _MEMO_MAX:
+            self._by_key[key] = fn
+        return fn
 
     def _when(self, sec: int) -> str:
         """The date and time of day of `sec` (wall clock), as the event's `time` starts; made once per second."""

@@ -52,3 +52,9 @@ def c_line(spec: dict) -> Callable[[bytes, int], tuple | None] | None:
     """The C line function of one layout (recjson.LineEncoder._c_spec's spec), or None: no C module."""
     mod = _load()[0]
     return None if mod is None else mod.Line(spec).line
+
+
+def c_encode() -> Callable[[list, object, dict, Callable, Callable], list] | None:
+    """The C module's loop over one drain's records (recjson.LineEncoder.encode), or None: no C module."""
+    mod = _load()[0]
+    return None if mod is None else mod.encode
