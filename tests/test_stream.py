@@ -23,6 +23,7 @@ def fake_ring(pages: int = 2) -> perf.Ring:
     ring.map = mmap.mmap(-1, (pages + 1) * PAGE)
     ring.size, ring.lost_total, ring.backlog = pages * PAGE, 0, False
     struct.pack_into("<QQ", ring.map, perf._META_OFF + 16, PAGE, pages * PAGE)  # data_offset, data_size
+    ring.meta = perf.u64_view(ring.map, perf._META_OFF, 4)
     return ring
 
 

@@ -42,8 +42,7 @@ _libc.syscall.restype = ctypes.c_long
 _HDR = struct.Struct("<IHH")
 _SAMPLE = struct.Struct("<IHHI")  # perf_event_header + u32 size of PERF_SAMPLE_RAW
 _LOST = struct.Struct("<QQ")
-# struct perf_event_mmap_page: data_head, data_tail, data_offset, data_size.
-_META = struct.Struct("<QQQQ")
+# struct perf_event_mmap_page: data_head, data_tail, data_offset, data_size from here.
 _META_OFF = 1024
 DRAIN_MAX = 512 * 1024  # bytes parsed per ring per drain: about 2,000 syscall records
 # Default ring memory for one source, all CPUs together (kernel memory, not in the tracer's RSS): on a
@@ -52,6 +51,15 @@ DRAIN_MAX = 512 * 1024  # bytes parsed per ring per drain: about 2,000 syscall r
 BUFFER_BUDGET = 128 << 20
 MIN_PAGES = 256  # per CPU, whatever the budget: 1 MiB, ~3,600 typical records
 WAKEUP_MAX = 1 << 20  # wake the reader at a quarter of the ring, but never later than 1 MiB of records
+
+
+def u64_view(m: mmap.mmap, offset: int, count: int) -> memoryview:
+    """`count` unsigned 64-bit words of a shared mapping from `offset`, each read or written in one aligned
+    8-byte load or store. Positions the kernel reads from a ring's mapping (a perf ring's data_tail, a BPF
+    ring's consumer_pos) must be written this way: struct.pack_into zeroes its destination, then writes the
+    integer byte by byte, and the kernel reads the 0 or the half-written value in between (tracer/ringbuf.py
+    says what that did). The view must be released before the mapping is closed."""
+    return memoryview(m)[offset: offset + 8 * count].cast("Q")
 
 
 def default_pages(budget: int = BUFFER_BUDGET, ncpus: int | None = None) -> int:
@@ -118,6 +126,7 @@ class Ring:
         self.page = mmap.PAGESIZE
         self.map = mmap.mmap(fd, (pages + 1) * self.page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.size = pages * self.page
+        self.meta = u64_view(self.map, _META_OFF, 4)  # data_head, data_tail, data_offset, data_size
         self.lost_total = 0
         self.backlog = False  # the last drain left records behind (see DRAIN_MAX)
 
@@ -126,7 +135,7 @@ class Ring:
         are waiting. Bounded batches keep the decoder's live objects few: a 32 MiB ring drained at once
         would make the garbage collector rescan ~100,000 young events over and over."""
         m = self.map
-        head, tail, off, size = _META.unpack_from(m, _META_OFF)
+        head, tail, off, size = self.meta
         off = off or self.page
         size = size or self.size
         samples: list[bytes] = []
@@ -166,8 +175,8 @@ class Ring:
             elif typ == PERF_RECORD_LOST:
                 lost += _LOST.unpack_from(data, pos + 8)[1]
             pos += rsize
-        # Release what we consumed (x86 stores are ordered; the copy above happened first).
-        struct.pack_into("<Q", m, _META_OFF + 8, tail + pos)
+        # Release what we consumed, in one store (x86 stores are ordered; the copy above happened first).
+        self.meta[1] = tail + pos
         self.lost_total += lost
         return Batch(self.cpu, samples, lost)
 
@@ -185,7 +194,7 @@ class Ring:
         """Release everything the ring holds, unread; returns (samples released, the kernel's lost
         counts among them). Headers only: ~0.3 µs per record."""
         m = self.map
-        head, tail, off, size = _META.unpack_from(m, _META_OFF)
+        head, tail, off, size = self.meta
         off = off or self.page
         size = size or self.size
         unpack = _HDR.unpack_from
@@ -201,13 +210,14 @@ class Ring:
                 lost += _LOST.unpack_from(m[at + 8: at + 24] if (tail + pos) % size + 24 <= size else
                                           bytes(m[at + 8: off + size]) + bytes(m[off: off + 24]), 0)[1]
             pos += rsize
-        struct.pack_into("<Q", m, _META_OFF + 8, tail + pos)
+        self.meta[1] = tail + pos
         self.backlog = False
         self.lost_total += lost
         return count, lost
 
     def close(self) -> None:
         try:
+            self.meta.release()
             self.map.close()
         finally:
             os.close(self.fd)
