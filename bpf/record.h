@@ -103,8 +103,7 @@
 #define ST_SUBMIT_FAIL 3 /* the record could not be sent: ring full or another error (every failed output) */
 #define ST_NO_EXIT 4     /* in-flight state dropped without its sys_exit: replaced by a newer entry, a
 			  * sys_exit of another syscall, or the thread exited */
-#define ST_RING_FULL 5   /* of ST_SUBMIT_FAIL, the outputs the BPF ring buffer refused (-EAGAIN): no room, or
-			  * (6.15+) its resilient spinlock gave up: README Performance */
+#define ST_RING_FULL 5   /* of ST_SUBMIT_FAIL, the outputs the BPF ring buffer refused (-EAGAIN): no room */
 #define NSTATS 6
 
 struct read_slot {

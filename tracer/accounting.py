@@ -8,9 +8,8 @@ one instant for every program (CF_OFF), so no call is half traced while programs
 
 Syscall records go through one BPF ring buffer (tracer/ringbuf.py), which writes no marker: the programs
 count each failed output (submit_fail) and, among those, the ones the ring refused (ring_full, -EAGAIN:
-no room, or on 6.18 here a few with room left, see REASONS), per CPU; each drain reports what ring_full
-added since the previous one, and at the end the rest is reported: ring_full not reported yet, and
-submit_fail minus ring_full as "submit_error".
+no room), per CPU; each drain reports what ring_full added since the previous one, and at the end the
+rest is reported: ring_full not reported yet, and submit_fail minus ring_full as "submit_error".
 
 Sources with perf rings (uprobes): a bpf_perf_event_output that failed for lack of room is counted twice
 by the kernel: in our submit_fail
@@ -27,8 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 REASONS: dict[str, str] = {
-    "ring_full": "the ring refused the record: no room (on 6.15+ kernels the BPF ring buffer was seen refusing "
-                 "a few records with room left, once it had wrapped: README Performance)",
+    "ring_full": "the ring had no room for the record: the consumer was a whole ring behind",
     "submit_error": "the BPF program's output failed for another reason than a full ring",
     "discarded_at_exit": "in the ring when the session was interrupted, not read within the final drain",
     "state_full": "the in-flight table was full when the call entered: its record could not be built",
