@@ -34,7 +34,7 @@ def _load() -> tuple[ModuleType | None, str]:
     try:
         from . import _recline
     except ImportError as e:
-        return None, f"tracer._recline not built ({e}): pip install -e . (or ./bootstrap) with gcc and python3-dev"
+        return None, f"tracer._recline is not built ({e}): the Python line functions (~5x the CPU)"
     stale = sorted(k for k, v in _recline.OFFSETS.items() if _expected(k) != v)
     if stale:
         return None, (f"tracer._recline was built from another bpf/record.h ({', '.join(stale)} differ): "
