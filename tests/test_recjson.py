@@ -337,6 +337,7 @@ def test_strings_are_escaped_as_json_escapes_them() -> None:
              "\"\\/\b\f\n\r\t\x00\x1f\x7f", "plain"]
     recs = [named(t.encode(), comm=c) for t in texts
             for c in (b"cat", "\u00e9\x7f\"".encode(), b"\xff\xfe", b"sixteen-bytes-xx")]
+    recs += [named(b"\x01" * 4000), named("\U0001f600".encode() * 2000)]  # lines of 25-30 kB (C: off its stack)
     assert all(check(recs))
 
 

@@ -88,27 +88,38 @@ typedef struct {
 	char last_comm_raw[TASK_COMM_LEN];
 	PyObject *last_comm, *last_ret, *last_day;
 	long long last_ret_v, last_sec;
-	char *buf, *lits; /* the output buffer; the template's literals, joined */
-	size_t cap;
+	char *lits; /* the template's literals, joined */
 } LineObject;
 
 static PyTypeObject LineType;
 
 /* -- the output buffer --------------------------------------------------------------------------------- */
 
-static int grow(LineObject *self, size_t need)
+/* One call's output: on the stack, moved to the heap if a line outgrows it. Not the Line's own: a memo's
+ * miss function runs Python, which may (another thread) use the same Line meanwhile. */
+struct out {
+	char *buf;
+	size_t cap;
+	int heap;
+	char stack[16384];
+};
+
+static int grow(struct out *self, size_t need)
 {
-	size_t cap = self->cap ? self->cap : 4096;
+	size_t cap = self->cap;
 	char *b;
 	while (cap < need)
 		cap *= 2;
-	b = PyMem_Realloc(self->buf, cap);
+	b = self->heap ? PyMem_Realloc(self->buf, cap) : PyMem_Malloc(cap);
 	if (!b) {
 		PyErr_NoMemory();
 		return -1;
 	}
+	if (!self->heap)
+		memcpy(b, self->buf, self->cap);
 	self->buf = b;
 	self->cap = cap;
+	self->heap = 1;
 	return 0;
 }
 
@@ -191,7 +202,7 @@ static size_t put_char(char *out, Py_UCS4 c)
 
 /* The JSON string of UTF-8 bytes, quoted, appended at *len. 1: done; 0: not valid UTF-8 (as
  * bytes.decode('utf-8') judges it: the record is decoded instead); -1: error. */
-static int put_str(LineObject *self, size_t *len, const unsigned char *p, Py_ssize_t n)
+static int put_str(struct out *self, size_t *len, const unsigned char *p, Py_ssize_t n)
 {
 	Py_ssize_t k;
 	int ascii = 1;
@@ -249,7 +260,7 @@ fail:
 }
 
 /* A memo's fragment (an ASCII str) appended; -1: error, 0: not an ASCII str (the line is left to Python). */
-static int put_frag(LineObject *self, size_t *len, PyObject *s)
+static int put_frag(struct out *self, size_t *len, PyObject *s)
 {
 	Py_ssize_t n;
 	if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s))
@@ -263,7 +274,7 @@ fail:
 	return -1;
 }
 
-static inline int put_lit(LineObject *self, size_t *len, const struct lit *l)
+static inline int put_lit(struct out *self, size_t *len, const struct lit *l)
 {
 	ENSURE(self, *len, (size_t)l->n);
 	memcpy(self->buf + *len, l->s, (size_t)l->n);
@@ -349,7 +360,7 @@ static PyObject *delegate(LineObject *self, PyObject *rec, PyObject *cpu)
 }
 
 /* line(rec, cpu) -> (order key, statistics key, line) | None, as recjson's generated function returns. */
-static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *line_into(LineObject *self, PyObject *const *args, Py_ssize_t nargs, struct out *o)
 {
 	struct sys_record h;
 	const unsigned char *p;
@@ -419,62 +430,62 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 	for (it = 0; it < self->nitems; it++) {
 		const struct item *item = &self->items[it];
 		int i = item->i;
-		ENSURE(self, len, 48); /* room for any number and the fixed fragments below */
+		ENSURE(o, len, 48); /* room for any number and the fixed fragments below */
 		switch (item->op) {
 		case OP_LIT:
-			ENSURE(self, len, (size_t)item->n);
-			memcpy(self->buf + len, item->s, (size_t)item->n);
+			ENSURE(o, len, (size_t)item->n);
+			memcpy(o->buf + len, item->s, (size_t)item->n);
 			len += (size_t)item->n;
 			break;
-		case OP_TS: len += put_u64(self->buf + len, ts); break;
-		case OP_CPU: len += put_s64(self->buf + len, cpu); break;
-		case OP_PID: len += put_u64(self->buf + len, h.pid); break;
-		case OP_TID: len += put_u64(self->buf + len, h.tid); break;
-		case OP_UID: len += put_u64(self->buf + len, h.uid); break;
-		case OP_ADDR: len += put_u64(self->buf + len, h.args[i]); break;
-		case OP_LEN: len += put_u64(self->buf + len, (__u64)rawlen[i]); break;
-		case OP_ARG: len += put_arg(self->buf + len, self->conv[i], h.args[i]); break;
+		case OP_TS: len += put_u64(o->buf + len, ts); break;
+		case OP_CPU: len += put_s64(o->buf + len, cpu); break;
+		case OP_PID: len += put_u64(o->buf + len, h.pid); break;
+		case OP_TID: len += put_u64(o->buf + len, h.tid); break;
+		case OP_UID: len += put_u64(o->buf + len, h.uid); break;
+		case OP_ADDR: len += put_u64(o->buf + len, h.args[i]); break;
+		case OP_LEN: len += put_u64(o->buf + len, (__u64)rawlen[i]); break;
+		case OP_ARG: len += put_arg(o->buf + len, self->conv[i], h.args[i]); break;
 		case OP_MID:
 			if (noreturn)
 				break;
-			if (put_lit(self, &len, &self->mid0) < 0)
+			if (put_lit(o, &len, &self->mid0) < 0)
 				goto fail;
-			ENSURE(self, len, 48);
-			len += put_u64(self->buf + len, te);
-			if (put_lit(self, &len, &self->mid1) < 0)
+			ENSURE(o, len, 48);
+			len += put_u64(o->buf + len, te);
+			if (put_lit(o, &len, &self->mid1) < 0)
 				goto fail;
-			ENSURE(self, len, 48);
-			len += put_s64(self->buf + len, (long long)te - (long long)ts);
+			ENSURE(o, len, 48);
+			len += put_s64(o->buf + len, (long long)te - (long long)ts);
 			break;
 		case OP_SIZE: {
 			__u32 want = h.reads[self->reads[i].j].want;
 			if (!want)
 				break;
-			if (put_lit(self, &len, &self->size) < 0)
+			if (put_lit(o, &len, &self->size) < 0)
 				goto fail;
-			ENSURE(self, len, 24);
-			len += put_u64(self->buf + len, want);
+			ENSURE(o, len, 24);
+			len += put_u64(o->buf + len, want);
 			break;
 		}
 		case OP_VERIF:
-			if (put_lit(self, &len, h.reads[self->reads[i].j].exit_status != RS_NONE ? &self->verified
+			if (put_lit(o, &len, h.reads[self->reads[i].j].exit_status != RS_NONE ? &self->verified
 										    : &self->unverified[noreturn]) < 0)
 				goto fail;
 			break;
 		case OP_RC:
-			if ((h.flags & RF_EXIT_READS) && put_lit(self, &len, &self->rc) < 0)
+			if ((h.flags & RF_EXIT_READS) && put_lit(o, &len, &self->rc) < 0)
 				goto fail;
 			break;
 		case OP_US: { /* microseconds, zero-padded to 6 digits */
 			long long us = sub / 1000;
 			int d;
 			for (d = 5; d >= 0; d--, us /= 10)
-				self->buf[len + (size_t)d] = (char)('0' + us % 10);
+				o->buf[len + (size_t)d] = (char)('0' + us % 10);
 			len += 6;
 			break;
 		}
 		case OP_STR:
-			r = put_str(self, &len, raw[i], rawlen[i]);
+			r = put_str(o, &len, raw[i], rawlen[i]);
 			if (r < 0)
 				goto fail;
 			if (r == 0)
@@ -489,12 +500,12 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 				Py_XSETREF(self->last_comm, v);
 				memcpy(self->last_comm_raw, h.comm, TASK_COMM_LEN);
 			}
-			if ((r = put_frag(self, &len, self->last_comm)) <= 0)
+			if ((r = put_frag(o, &len, self->last_comm)) <= 0)
 				goto bail;
 			break;
 		case OP_RF:
 			if (noreturn) {
-				if (put_lit(self, &len, &self->noret_rf) < 0)
+				if (put_lit(o, &len, &self->noret_rf) < 0)
 					goto fail;
 				break;
 			}
@@ -505,7 +516,7 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 				Py_XSETREF(self->last_ret, v);
 				self->last_ret_v = h.ret;
 			}
-			if ((r = put_frag(self, &len, self->last_ret)) <= 0)
+			if ((r = put_frag(o, &len, self->last_ret)) <= 0)
 				goto bail;
 			break;
 		case OP_VAL: {
@@ -528,7 +539,7 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 				Py_XSETREF(rd->last_val, v);
 				rd->last_want = want;
 			}
-			if ((r = put_frag(self, &len, rd->last_val)) <= 0)
+			if ((r = put_frag(o, &len, rd->last_val)) <= 0)
 				goto bail;
 			break;
 		}
@@ -553,17 +564,17 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 					Py_DECREF(s);
 					continue;
 				}
-				if (put_lit(self, &len, any ? &(struct lit){",", 1} : &self->args_str) < 0) {
+				if (put_lit(o, &len, any ? &(struct lit){",", 1} : &self->args_str) < 0) {
 					Py_DECREF(s);
 					goto fail;
 				}
 				any = 1;
-				r = put_frag(self, &len, s);
+				r = put_frag(o, &len, s);
 				Py_DECREF(s);
 				if (r <= 0)
 					goto bail;
 			}
-			if (any && put_lit(self, &len, &(struct lit){"}", 1}) < 0)
+			if (any && put_lit(o, &len, &(struct lit){"}", 1}) < 0)
 				goto fail;
 			break;
 		}
@@ -585,7 +596,7 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 				Py_XSETREF(self->last_day, v);
 				self->last_sec = sec;
 			}
-			if ((r = put_frag(self, &len, self->last_day)) <= 0)
+			if ((r = put_frag(o, &len, self->last_day)) <= 0)
 				goto bail;
 			break;
 		}
@@ -593,7 +604,7 @@ static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t n
 	line = PyUnicode_New((Py_ssize_t)len, 127);
 	if (!line)
 		return NULL;
-	memcpy(PyUnicode_1BYTE_DATA(line), self->buf, len);
+	memcpy(PyUnicode_1BYTE_DATA(line), o->buf, len);
 	key = PyLong_FromUnsignedLongLong(okey);
 	if (!key) {
 		Py_DECREF(line);
@@ -614,6 +625,19 @@ bail: /* r == 0: a memo gave a value that is not an ASCII str: the line is Pytho
 		return delegate(self, rec, cpuobj);
 fail:
 	return NULL;
+}
+
+static PyObject *Line_line(LineObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct out o;
+	PyObject *res;
+	o.buf = o.stack;
+	o.cap = sizeof(o.stack);
+	o.heap = 0;
+	res = line_into(self, args, nargs, &o);
+	if (o.heap)
+		PyMem_Free(o.buf);
+	return res;
 }
 
 /* -- the records of one ring drain ----------------------------------------------------------------------- */
@@ -979,7 +1003,6 @@ static void Line_dealloc(LineObject *self)
 	Line_clear(self);
 	PyMem_Free(self->items);
 	PyMem_Free(self->lits);
-	PyMem_Free(self->buf);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
