@@ -69,8 +69,10 @@ def line_path(request, monkeypatch) -> str:
 def test_c_module_is_built_in_ci(line_path: str) -> None:
     """CI builds tracer._recline (setup.py; ./bootstrap installs gcc and python3-dev): a missing or stale
     module would silently make --json ~3x slower."""
-    if os.environ.get("CI") != "true" or line_path != "c":
+    if os.environ.get("CI") != "true":
         pytest.skip("CI=true only")
+    if line_path != "c":
+        pytest.skip("once, on the C path")
     assert recline.status()[0], recline.status()[1]
 
 
