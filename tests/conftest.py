@@ -72,6 +72,19 @@ def workload_reports(stderr: str) -> list[dict]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith('{"kind":"workload"')]
 
 
+def sb_dev(path: str) -> str:
+    """MAJ:MIN of the superblock holding path, from /proc/self/mountinfo (the mount with the longest mount
+    point that contains it). stat's st_dev is not always the superblock's: overlayfs and btrfs report
+    another device for files."""
+    best, dev = "", ""
+    for line in open("/proc/self/mountinfo"):
+        f = line.split()
+        mnt = f[4].encode().decode("unicode_escape")
+        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, dev = mnt, f[2]
+    return dev
+
+
 def require(present: bool, what: str) -> None:
     """A capability these tests need: a failure when CI=true, else a skip with the reason."""
     if present:

@@ -13,6 +13,7 @@ import stat
 from collections.abc import Iterator
 
 import pytest
+from conftest import sb_dev
 from test_trace_live import Run, expect_ok, run_parallel, workload_env
 
 from tracer.events import UNVERIFIED
@@ -53,19 +54,6 @@ def truth(build_c, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         assert len(match) == 1, (case, run.describe())
         by_case[case] = (r, match[0])
     yield by_case
-
-
-def sb_dev(path: str) -> str:
-    """MAJ:MIN of the superblock holding path, from /proc/self/mountinfo (the mount with the longest mount
-    point that contains it). stat's st_dev is not always the superblock's: overlayfs and btrfs report
-    another device for files."""
-    best, dev = "", ""
-    for line in open("/proc/self/mountinfo"):
-        f = line.split()
-        mnt = f[4].encode().decode("unicode_escape")
-        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, dev = mnt, f[2]
-    return dev
 
 
 def opened_of(r: dict, path: str) -> dict:
