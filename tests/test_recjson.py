@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from typing import ClassVar
 
 import pytest
 from test_decode import (
@@ -440,3 +441,114 @@ def test_doctor_says_which_line_encoder(monkeypatch) -> None:
     finally:
         monkeypatch.undo()
         recline._load.cache_clear()
+
+
+class _CommFrag(str):
+    """A comm's fragment that drops its memo's reference to itself when the line asks whether it is empty
+    (`COMMS.get(raw) or ...`), and says when it is freed."""
+
+    freed: ClassVar[list[str]] = []
+    encoder: ClassVar[LineEncoder | None] = None
+
+    def __bool__(self) -> bool:
+        assert self.encoder is not None
+        self.encoder._comms.clear()
+        return True
+
+    def __del__(self) -> None:
+        self.freed.append(str(self))
+
+
+class _CommObj:
+    """A comm's fragment that is no str (the line falls back to Python's) and refers to its encoder."""
+
+    def __init__(self, text: str, encoder: LineEncoder) -> None:
+        self.text, self.encoder = text, encoder
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_memo_values_are_held_while_the_line_uses_them(line_path: str) -> None:
+    """A memo's value is held before anything about it runs Python: here its truth test frees it (the C line
+    used it after that: a use after free, found by ASan with PYTHONMALLOC=malloc)."""
+
+    class Enc(LineEncoder):
+        def _comm_text(self, comm: str) -> str:
+            return _CommFrag(super()._comm_text(comm))
+
+    recs = [named(b"/etc/hosts", comm=c, ret=-2) for c in (b"a", b"b", b"a", b"b")]  # a memo hit after a miss
+    ref = [x[2] for x in LineEncoder(Decoder(TABLE), OFFSET).encode(recs, 1)]
+    _CommFrag.encoder = enc = Enc(Decoder(TABLE), OFFSET)
+    _CommFrag.freed.clear()
+    got = []
+    for r, comm in zip(recs, ("a", "b", "a", "b"), strict=True):
+        _CommFrag.freed.clear()
+        got += [x[2] for x in enc.encode([r], 1)]
+        # the line was made with the value it read: that was not freed before, or while, it was in use
+        assert line_path != "c" or json.dumps(comm) not in _CommFrag.freed
+    assert got == ref
+    _CommFrag.encoder = None
+
+
+def test_encoder_with_lines_made_is_garbage_collected(line_path: str) -> None:
+    """The C Line tells the garbage collector about every object it holds, the values it keeps from the
+    last record included: a value that refers back to its encoder makes a cycle gc must be able to free."""
+    import gc
+    import weakref
+
+    class Enc(LineEncoder):
+        def _comm_text(self, comm: str) -> str:
+            return _CommObj(super()._comm_text(comm), self)  # type: ignore[return-value]
+
+    enc = Enc(Decoder(TABLE), OFFSET)
+    rec = named(b"/etc/hosts", ret=-2)  # a failed call: the C line asks for its comm
+    ref = LineEncoder(Decoder(TABLE), OFFSET).encode([rec], 1)
+    assert enc.encode([rec], 1) == ref
+    gone = weakref.ref(enc)
+    del enc
+    gc.collect()
+    assert gone() is None
+
+
+def test_c_line_refuses_a_spec_it_cannot_follow(line_path: str, monkeypatch) -> None:
+    """A Line whose __init__ failed refuses to make lines (it crashed on what init left half-made); a spec
+    naming an argument twice in its integers is refused (each took a place in an array of MAX_ARGS)."""
+    if line_path != "c":
+        pytest.skip("the C module's Line")
+    from tracer import _recline
+
+    half = _recline.Line.__new__(_recline.Line)
+    with pytest.raises(KeyError):
+        half.__init__({})
+    with pytest.raises(RuntimeError):
+        half.line(named(b"/etc/hosts", ret=-2), 1)
+    specs: list[dict] = []
+    real = recline.c_line
+    monkeypatch.setattr(recline, "c_line", lambda spec: specs.append(spec) or real(spec))
+    rec = record(257, [AT_FDCWD_U64, FNAME, 0o2000000, 0o644], ret=-2)  # dfd, flags, mode: 3 symbols
+    line = LineEncoder(Decoder(TABLE), OFFSET).encode([rec], 1)[0]
+    assert type(line) is Line and len(specs) == 1 and len(specs[0]["ints"]) == 4
+    again = _recline.Line(specs[0]).line(rec, 1)
+    assert again == line
+    with pytest.raises(ValueError, match="twice"):
+        _recline.Line({**specs[0], "ints": specs[0]["ints"] * 2})
+
+
+def test_c_module_says_every_record_h_name_it_uses() -> None:
+    """_recline.OFFSETS holds every field offset and constant of bpf/record.h that _recline.c reads, so that
+    recline refuses a module built from another record.h than the one tracer/layout.py parses."""
+    import re
+    from pathlib import Path
+
+    if not recline.status()[0]:
+        pytest.skip(recline.status()[1])
+    from tracer import _recline
+
+    src = (Path(recline.__file__).parent / "_recline.c").read_text()
+    used = {f"{s}.{f}" for s, f in re.findall(r"offsetof\(struct (sys_record|read_slot), (\w+)\)", src)}
+    used |= {f"sys_record.{f}" for f in re.findall(r"\bh\.(\w+)", src)}
+    used |= {f"read_slot.{f}" for f in re.findall(r"(?:\bsl->|\bh\.reads\[(?:[^][]|\[[^]]*\])*\]\.)(\w+)", src)}
+    used |= set(re.findall(r"\b((?:RS|RF|RK)_[A-Z_]+|MAX_ARGS|MAX_READS|TASK_COMM_LEN)\b", src))
+    assert "read_slot.arg" in used and "RF_SLEEPABLE" in used and "sys_record.ts_enter" in used
+    assert used - set(_recline.OFFSETS) == set()

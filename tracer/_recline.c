@@ -291,10 +291,15 @@ static PyObject *memo_get(PyObject *memo, PyObject *key, PyObject *miss, PyObjec
 	if (!key)
 		return NULL;
 	v = PyDict_GetItemWithError(memo, key);
-	if (v && PyObject_IsTrue(v) == 1) {
-		Py_DECREF(key);
-		Py_INCREF(v);
-		return v;
+	if (v) {
+		int t;
+		Py_INCREF(v); /* before its truth test: that may run Python, which may drop the memo's reference */
+		t = PyObject_IsTrue(v);
+		if (t == 1) {
+			Py_DECREF(key);
+			return v;
+		}
+		Py_DECREF(v);
 	}
 	if (PyErr_Occurred()) {
 		Py_DECREF(key);
@@ -381,7 +386,7 @@ static PyObject *line_into(LineObject *self, PyObject *const *args, Py_ssize_t n
 	rec = args[0];
 	cpuobj = args[1];
 	if (!self->spec) {
-		PyErr_SetString(PyExc_RuntimeError, "line function cleared");
+		PyErr_SetString(PyExc_RuntimeError, "Line not made (its __init__ failed) or cleared");
 		return NULL;
 	}
 	if (!PyBytes_CheckExact(rec) || !PyLong_CheckExact(cpuobj))
@@ -843,6 +848,7 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 {
 	PyObject *spec, *tmpl, *reads, *ints, *v;
 	Py_ssize_t k, n;
+	unsigned seen = 0; /* the arguments of `ints` so far */
 	static char *kwlist[] = {"spec", NULL};
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!", kwlist, &PyDict_Type, &spec))
 		return -1;
@@ -850,10 +856,19 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 		PyErr_SetString(PyExc_RuntimeError, "Line is made once");
 		return -1;
 	}
-	self->spec = Py_NewRef(spec);
+	/* self->spec is set last, once all is checked: a Line whose __init__ failed (it may be called again) has
+	 * none, and its line() refuses to run on what init left half-made */
+	PyMem_Free(self->items);
+	PyMem_Free(self->lits);
+	self->items = NULL;
+	self->lits = NULL;
+	self->nitems = 0;
+	self->nslots = 0;
+	self->nsyms = 0;
 	for (k = 0; k < MAX_ARGS; k++) {
 		self->reads[k].j = -1;
 		self->conv[k] = CONV_NONE;
+		self->syms[k].memo = self->syms[k].miss = NULL;
 	}
 #define OBJ(field, name) \
 	if (!(self->field = get(spec, name))) \
@@ -880,7 +895,8 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 		return -1;
 	if (!(v = get(spec, "open")))
 		return -1;
-	self->is_open = PyObject_IsTrue(v);
+	if ((self->is_open = PyObject_IsTrue(v)) < 0)
+		return -1;
 	/* reads: [(argument index, slot index, kind)] */
 	if (!(reads = get(spec, "reads")) || !(reads = PySequence_Fast(reads, "reads")))
 		return -1;
@@ -914,6 +930,12 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 			Py_DECREF(ints);
 			return -1;
 		}
+		if (seen & 1u << i) { /* sym_order holds each argument once (at most MAX_ARGS) */
+			PyErr_Format(PyExc_ValueError, "line spec: argument %ld twice in ints", i);
+			Py_DECREF(ints);
+			return -1;
+		}
+		seen |= 1u << i;
 		if (memo != Py_None) {
 			if (!PyDict_Check(memo) || !PyCallable_Check(miss)) {
 				PyErr_SetString(PyExc_TypeError, "line spec: a symbol's memo is a dict, its miss callable");
@@ -969,15 +991,27 @@ static int Line_init(LineObject *self, PyObject *args, PyObject *kwds)
 		PyErr_SetString(PyExc_TypeError, "line spec: miss functions are callable");
 		return -1;
 	}
+	self->spec = Py_NewRef(spec);
 	return 0;
 bad:
 	Py_DECREF(tmpl);
 	return -1;
 }
 
+/* Every reference the Line holds: the spec, and the caches of the last values the memos and miss functions
+ * gave (any object a subclass's renderer returns; one that refers back to its encoder makes a cycle). */
 static int Line_traverse(LineObject *self, visitproc visit, void *arg)
 {
+	int k;
 	Py_VISIT(self->spec);
+	Py_VISIT(self->last_comm);
+	Py_VISIT(self->last_ret);
+	Py_VISIT(self->last_day);
+	for (k = 0; k < MAX_ARGS; k++) {
+		Py_VISIT(self->reads[k].last_raw);
+		Py_VISIT(self->reads[k].last_val);
+		Py_VISIT(self->syms[k].last);
+	}
 	return 0;
 }
 
@@ -1060,13 +1094,14 @@ PyMODINIT_FUNC PyInit__recline(void)
 	if (!off || OFF(sys_record, nr) || OFF(sys_record, nreads) || OFF(sys_record, flags) || OFF(sys_record, pid) ||
 	    OFF(sys_record, tid) || OFF(sys_record, uid) || OFF(sys_record, ts_enter) || OFF(sys_record, ts_exit) ||
 	    OFF(sys_record, ret) || OFF(sys_record, args) || OFF(sys_record, comm) || OFF(sys_record, reads) ||
-	    OFF(sys_record, data) || OFF(read_slot, kind) || OFF(read_slot, enter_status) ||
+	    OFF(sys_record, data) || OFF(read_slot, arg) || OFF(read_slot, kind) || OFF(read_slot, enter_status) ||
 	    OFF(read_slot, exit_status) || OFF(read_slot, enter_off) || OFF(read_slot, enter_len) ||
 	    OFF(read_slot, exit_same) || OFF(read_slot, want) || add_offset(off, "read_slot", sizeof(struct read_slot)) ||
 	    add_offset(off, "sys_record", sizeof(struct sys_record)) || add_offset(off, "MAX_ARGS", MAX_ARGS) ||
 	    add_offset(off, "MAX_READS", MAX_READS) || add_offset(off, "TASK_COMM_LEN", TASK_COMM_LEN) ||
 	    add_offset(off, "RS_OK", RS_OK) || add_offset(off, "RS_NONE", RS_NONE) || add_offset(off, "RS_TRUNC", RS_TRUNC) ||
 	    add_offset(off, "RF_NORETURN", RF_NORETURN) || add_offset(off, "RF_EXIT_READS", RF_EXIT_READS) ||
+	    add_offset(off, "RF_SLEEPABLE", RF_SLEEPABLE) ||
 	    PyModule_AddObject(m, "OFFSETS", off) < 0) {
 #undef OFF
 		Py_XDECREF(off);
