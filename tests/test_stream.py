@@ -199,3 +199,20 @@ def test_wakeup_watermark_is_capped() -> None:
     attr = perf.bpf_output_attr(64 << 20)
     assert struct.unpack_from("<I", attr, 48)[0] == perf.WAKEUP_MAX
     assert struct.unpack_from("<I", perf.bpf_output_attr(4096), 48)[0] == 4096
+
+
+def test_the_first_event_is_polled_for_often(monkeypatch) -> None:
+    """The programs wake the reader only at a watermark: until the first event of its first second, a session
+    polls every FIRST_POLL_MS, so that its start is confirmed at once; then every POLL_MS."""
+    from tracer import session as sess
+
+    s = sess.Session(["openat2"])
+    s.started = 1000.0
+    now = [1000.5]
+    monkeypatch.setattr(sess.time, "monotonic", lambda: now[0])
+    assert s._poll_ms() == sess.FIRST_POLL_MS < sess.POLL_MS
+    now[0] = 1000.0 + sess.FIRST_S
+    assert s._poll_ms() == sess.POLL_MS  # a quiet start: no faster polling for ever
+    now[0] = 1000.5
+    s.stats.events = 1
+    assert s._poll_ms() == sess.POLL_MS

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .recjson import LineEncoder
 
 POLL_MS = 100  # longest time a record waits in a ring before it is shown
+# Until the first event, in the first second: the programs wake the reader only at a watermark, so a
+# start would otherwise be confirmed by its first event up to POLL_MS late.
+FIRST_POLL_MS, FIRST_S = 10, 1.0
 # Longest time spent showing what the rings hold once the session is interrupted (Ctrl-C, SIGTERM);
 # what is left then is counted lost as discarded_at_exit. When -- CMD or --duration ends the session,
 # everything is read, however long it takes.
@@ -252,7 +255,7 @@ class Session:
         self._lines_mode(lines)
         deadline = self.started + self.duration if self.duration else None
         while not self._stop or self._command_ending():
-            self._wait(0 if self._backlog() else POLL_MS)
+            self._wait(0 if self._backlog() else self._poll_ms())
             batch = self._drain()  # never more than --count events in all
             if batch:
                 yield batch
@@ -351,6 +354,13 @@ class Session:
         if self.recorder is not None:
             self.recorder.flush()
         return out
+
+    def _poll_ms(self) -> int:
+        """How long the next poll may wait for a wake-up: FIRST_POLL_MS before the first event of the
+        first FIRST_S seconds, POLL_MS after."""
+        if not self.stats.events and time.monotonic() - self.started < FIRST_S:
+            return FIRST_POLL_MS
+        return POLL_MS
 
     def _backlog(self) -> bool:
         """A ring still holds records after a bounded drain (perf.DRAIN_MAX)."""
