@@ -125,7 +125,7 @@ class _Shape(NamedTuple):
 
 class Var(NamedTuple):
     """A value in a line's template (the rest are literal fragments): a local of the generated function
-    (or a constant of its namespace), and the C code's value of the same name (_c_item)."""
+    (or a constant of its namespace), and the C code's value of the same name (LineEncoder._c_spec)."""
     name: str
 
 

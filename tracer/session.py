@@ -250,8 +250,7 @@ class Session:
         Or, given a function that makes another LineEncoder for a decoder (ConsoleOutput.line_encoder:
         console lines, tracer/recconsole.py), what that one makes.
         Only where nothing else needs the dicts: no recorder or callback, no --only-missing/-Z filter."""
-        if not self.sources:
-            self.start()
+        self.start()  # once (start() says so): a session used without `with`
         self._lines_mode(lines)
         deadline = self.started + self.duration if self.duration else None
         while not self._stop or self._command_ending():
