@@ -81,8 +81,9 @@ def debian_kernel(series: str) -> tuple[Path | None, str]:
 # (test_ringbuf; test_truth_live reads them through it), and user_events end to end where the kernel has them.
 # test_uprobes.py compiles its program at every start (no cache): host only unless --full; uprobe.s itself is
 # probed and loaded on every kernel by test_caps and test_sleepable. The 6.12-tracer VM also runs
-# test_trace_live.py (~12-15 minutes under TCG): there `--read-mode auto` loads a fentry.s reader, so the live
-# runs, filters and clean detach run beside a program kind the host and Debian's kernels never load.
+# test_trace_live.py (under TCG: +140 s in a quiet CI run, 15 minutes at a load of 6-8): there `--read-mode auto`
+# loads a fentry.s reader, so the live runs, filters and clean detach run beside a program kind the host and
+# Debian's kernels never load.
 CORE = ("tests/test_caps.py", "tests/test_kenv.py", "tests/test_sleepable.py", "tests/test_truth_live.py",
         "tests/test_ringbuf.py")
 TRACER_KERNEL_FILES = (*CORE, "tests/test_user_events_live.py", "tests/test_trace_live.py")
