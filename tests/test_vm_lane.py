@@ -80,6 +80,31 @@ def test_a_kernel_must_show_its_features(tmp_path: Path) -> None:
     assert "demo: output lacks '4 events, 0 lost'" in res.problems
 
 
+def test_a_vm_that_ends_mid_run_says_where_and_why(tmp_path: Path) -> None:
+    """The guest script never finished pytest (the 6.12 VM once powered off during the last test): the lane
+    names the test pytest -v had started and quotes the kernel's last messages from the --verbose console."""
+    guest_output(tmp_path, DOCTOR, steps="doctor 0 30\ndemo 0 20\n")
+    (tmp_path / "pytest.out").write_text(
+        "tests/test_trace_live.py::test_clean_detach_and_exit[sigterm] PASSED      [ 98%]\n"
+        "tests/test_trace_live.py::test_session_close_releases_everything_in_process ")
+    (tmp_path / "console.log").write_text(
+        "$ vng ...\n[    6.08] virtme-ng-init: starting script\nlane guest: doctor exit 0\n"
+        "[  540.10] Out of memory: Killed process 812 (python)\n[  541.20] Kernel panic - not syncing: x\n")
+    k = kernel()
+    res = lane.Result(k)
+    lane.read_results(k, tmp_path, res)
+    assert ("pytest did not finish (last test it started: "
+            "tests/test_trace_live.py::test_session_close_releases_everything_in_process)") in res.problems
+    assert lane.ended_early(res, 0, tmp_path) == (
+        "the VM ended before the guest script did (vng exit 0); the kernel's last messages: [    6.08] "
+        "virtme-ng-init: starting script | [  540.10] Out of memory: Killed process 812 (python) | [  541.20] "
+        "Kernel panic - not syncing: x")
+    (tmp_path / "steps").write_text("booted 1\ndoctor 0 1\ndemo 0 1\npytest 0 1\n")
+    res = lane.Result(k)
+    lane.read_results(k, tmp_path, res)
+    assert lane.ended_early(res, 0, tmp_path) is None
+
+
 def test_never_booted(tmp_path: Path) -> None:
     res = lane.Result(kernel())
     lane.read_results(kernel(), tmp_path, res)

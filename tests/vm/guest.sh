@@ -2,6 +2,7 @@
 # Runs inside one VM of the lane (tests/vm/lane.py boots it with virtme-ng): doctor, demo, then the
 # kernel-dependent tests (pytest -m kernel), each step's output and timing into OUT (a --rwdir shared
 # with the host). The host's root filesystem is the guest's, read-only: only OUT and /tmp are written.
+# pytest -v names each test as it starts: if the VM ends mid-run, the lane says which test was running.
 # usage: guest.sh OUT [test files...]
 set -uo pipefail
 out=$1; shift
@@ -25,5 +26,5 @@ printf 'booted %s\n' "$(cut -d' ' -f1 /proc/uptime)" >"$out/steps"
 step doctor .venv/bin/tracer doctor --json
 step demo .venv/bin/tracer demo
 [ $# -gt 0 ] || set -- tests  # the files to run; all of the kernel-dependent ones by default
-step pytest .venv/bin/python -m pytest "$@" -m kernel -q -p no:cacheprovider --durations=20 \
+step pytest .venv/bin/python -m pytest "$@" -m kernel -v -p no:cacheprovider --durations=20 \
     --junitxml="$out/junit.xml"

@@ -128,8 +128,9 @@ def vng_command(k: Kernel, out: Path) -> list[str]:
            "TRACER_TIMEOUT_SCALE": "1" if kvm() else str(TCG_TIMEOUT_SCALE), "TERM": "dumb", "COLUMNS": "160"}
     inner = " ".join(f"{n}={shlex.quote(v)}" for n, v in env.items())
     inner += f" bash {shlex.quote(str(GUEST))} {shlex.quote(str(out))} {' '.join(map(shlex.quote, k.pytest_args))}"
-    return [vng, *([] if kvm() else ["--disable-kvm"]), "--run", str(k.image), "--memory", "2G", "--cpus", "2",
-            "--cwd", str(ROOT), "--rwdir", str(out), "--exec", inner]
+    # --verbose: the kernel's messages go to console.log too, so a VM that ends early says why (panic, OOM).
+    return [vng, *([] if kvm() else ["--disable-kvm"]), "--verbose", "--run", str(k.image), "--memory", "2G",
+            "--cpus", "2", "--cwd", str(ROOT), "--rwdir", str(out), "--exec", inner]
 
 
 def tool_path() -> str:
@@ -240,7 +241,8 @@ def check(k: Kernel, res: Result, outcomes: dict[str, str], out: Path) -> None:
         return
     for step in ("doctor", "demo", "pytest"):
         if step not in res.steps:
-            p.append(f"{step} did not finish")
+            last = last_test(out / "pytest.out") if step == "pytest" else None
+            p.append(f"{step} did not finish" + (f" (last test it started: {last})" if last else ""))
         elif res.steps[step][0] != 0:
             p.append(f"{step} exited {res.steps[step][0]}: {tail(out / (step + '.err'), out / (step + '.out'))}")
     if res.steps.get("demo", (1,))[0] == 0:
@@ -269,6 +271,35 @@ def features(doc: dict) -> dict[str, bool | None]:
             **{kind: sl.get(kind, {}).get("ok") for kind in ("tp.s", "fentry.s", "uprobe.s")}}
 
 
+def ended_early(res: Result, rc: int, out: Path) -> str | None:
+    """The problem line of a VM that ended (not timed out) before its guest script finished every step."""
+    if res.boot is None or {"doctor", "demo", "pytest"} <= res.steps.keys():
+        return None
+    return (f"the VM ended before the guest script did (vng exit {rc}); the kernel's last messages: "
+            f"{kernel_tail(out / 'console.log')}")
+
+
+def last_test(path: Path) -> str | None:
+    """The last test pytest -v named in its output: the one running when a VM ended mid-run."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((x.split()[0] for x in reversed(lines) if x.startswith("tests/") and "::" in x), None)
+
+
+def kernel_tail(console: Path, n: int = 4) -> str:
+    """The kernel's last messages in a --verbose console (lines stamped `[ seconds]`)."""
+    try:
+        lines = console.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no console)"
+    return " | ".join([x.strip() for x in lines if KERNEL_LINE.match(x)][-n:]) or "(no kernel messages)"
+
+
+KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] ")
+
+
 def tail(*paths: Path, n: int = 3) -> str:
     for path in paths:
         try:
@@ -294,6 +325,8 @@ def run_kernel(k: Kernel, base: Path) -> Result:
     read_results(k, out, res)
     if rc is None:
         res.problems.insert(0, f"timed out after {k.timeout:.0f}s (VM killed)")
+    elif (early := ended_early(res, rc, out)) is not None:
+        res.problems.append(early)
     elif rc != 0 and not res.problems:
         res.problems.append(f"vng exited {rc}: {tail(out / 'console.log')}")
     if res.problems:
