@@ -105,6 +105,16 @@ def test_a_vm_that_ends_mid_run_says_where_and_why(tmp_path: Path) -> None:
     assert lane.ended_early(res, 0, tmp_path) is None
 
 
+def test_tcg_runs_both_vcpus_on_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Multi-threaded TCG panics the guest when it patches code another vCPU runs (lane.TCG_ACCEL): under TCG
+    the VM runs single-threaded; with KVM, QEMU's own defaults."""
+    monkeypatch.delenv("TRACER_VM_KVM", raising=False)
+    cmd = lane.vng_command(kernel(), tmp_path)
+    assert "--disable-kvm" in cmd and "--qemu-opts=-accel tcg,thread=single" in cmd and "--verbose" in cmd
+    monkeypatch.setenv("TRACER_VM_KVM", "1")
+    assert not {"--disable-kvm", "--qemu-opts=-accel tcg,thread=single"} & set(lane.vng_command(kernel(), tmp_path))
+
+
 def test_never_booted(tmp_path: Path) -> None:
     res = lane.Result(kernel())
     lane.read_results(kernel(), tmp_path, res)

@@ -37,6 +37,14 @@ VM_DIR = Path(os.environ.get("TRACER_VM_DIR") or ROOT.parent / "shared" / "vm")
 TRACER_IMAGE = "bzImage-6.12.117-tracer"
 # bcc compiles run 5-10x slower under TCG: the tests' timeouts scale by this much (conftest.scaled).
 TCG_TIMEOUT_SCALE = 8
+# Both vCPUs on one host thread. Multi-threaded TCG (QEMU's default) crashes the guest kernel when it patches
+# code another vCPU is running: "Oops: int3" at the patch site (text_poke_bp's breakpoint, executed after the
+# patch was complete and synced), then "Kernel panic - not syncing: Fatal exception in interrupt". Measured on
+# the 6.12-tracer kernel with a thread calling openat2 back to back while a Session attached and detached:
+# a panic in the 2nd cycle (at syscall_trace_enter's static branch); the Session test of test_trace_live.py
+# alone panicked in its 7th run (at __x64_sys_openat2's fentry site), and one CI run lost its 6.12 VM so.
+# With thread=single: no panic in 30 cycles. Real CPUs serialise after the patch; MTTCG's stale code does not.
+TCG_ACCEL = "-accel tcg,thread=single"
 # The whole lane's wall-clock budget (CI allows 90 minutes for host tests and lane together): a VM gets at most
 # what is left of it, and kernels it cannot reach are failures, not silently dropped.
 BUDGET = float(os.environ.get("TRACER_LANE_BUDGET") or 55 * 60)
@@ -129,8 +137,8 @@ def vng_command(k: Kernel, out: Path) -> list[str]:
     inner = " ".join(f"{n}={shlex.quote(v)}" for n, v in env.items())
     inner += f" bash {shlex.quote(str(GUEST))} {shlex.quote(str(out))} {' '.join(map(shlex.quote, k.pytest_args))}"
     # --verbose: the kernel's messages go to console.log too, so a VM that ends early says why (panic, OOM).
-    return [vng, *([] if kvm() else ["--disable-kvm"]), "--verbose", "--run", str(k.image), "--memory", "2G",
-            "--cpus", "2", "--cwd", str(ROOT), "--rwdir", str(out), "--exec", inner]
+    return [vng, *([] if kvm() else ["--disable-kvm", f"--qemu-opts={TCG_ACCEL}"]), "--verbose", "--run",
+            str(k.image), "--memory", "2G", "--cpus", "2", "--cwd", str(ROOT), "--rwdir", str(out), "--exec", inner]
 
 
 def tool_path() -> str:
