@@ -96,9 +96,13 @@ def test_a_vm_that_ends_mid_run_says_where_and_why(tmp_path: Path) -> None:
     assert ("pytest did not finish (last test it started: "
             "tests/test_trace_live.py::test_session_close_releases_everything_in_process)") in res.problems
     assert lane.ended_early(res, 0, tmp_path) == (
-        "the VM ended before the guest script did (vng exit 0); the kernel's last messages: [    6.08] "
-        "virtme-ng-init: starting script | [  540.10] Out of memory: Killed process 812 (python) | [  541.20] "
-        "Kernel panic - not syncing: x")
+        "the VM ended before the guest script did (vng exit 0); the kernel's last messages: Out of memory: "
+        "Killed process 812 (python) | Kernel panic - not syncing: x")
+    (tmp_path / "console.log").write_text("$ vng ...\n[    6.08] virtme-ng-init: starting script\n[  9.5] reboot: "
+                                          "Power down\nlane guest: doctor exit 0\n")
+    assert lane.ended_early(res, 3, tmp_path) == (
+        "the VM ended before the guest script did (vng exit 3); the kernel's last messages: [    6.08] "
+        "virtme-ng-init: starting script | [  9.5] reboot: Power down")
     (tmp_path / "steps").write_text("booted 1\ndoctor 0 1\ndemo 0 1\npytest 0 1\n")
     res = lane.Result(k)
     lane.read_results(k, tmp_path, res)

@@ -43,7 +43,8 @@ TCG_TIMEOUT_SCALE = 8
 # the 6.12-tracer kernel with a thread calling openat2 back to back while a Session attached and detached:
 # a panic in the 2nd cycle (at syscall_trace_enter's static branch); the Session test of test_trace_live.py
 # alone panicked in its 7th run (at __x64_sys_openat2's fentry site), and one CI run lost its 6.12 VM so.
-# With thread=single: no panic in 30 cycles. Real CPUs serialise after the patch; MTTCG's stale code does not.
+# With thread=single: no panic in 150 cycles (two runs). Our reading: real CPUs serialise after each patch
+# step, and a multi-threaded TCG vCPU can still run its stale translation of the patched code.
 TCG_ACCEL = "-accel tcg,thread=single"
 # The whole lane's wall-clock budget (CI allows 90 minutes for host tests and lane together): a VM gets at most
 # what is left of it, and kernels it cannot reach are failures, not silently dropped.
@@ -297,15 +298,19 @@ def last_test(path: Path) -> str | None:
 
 
 def kernel_tail(console: Path, n: int = 4) -> str:
-    """The kernel's last messages in a --verbose console (lines stamped `[ seconds]`)."""
+    """What the kernel said last in a --verbose console (lines stamped `[ seconds]`): its oops, BUG, panic
+    and OOM lines where there are any, else its last messages."""
     try:
         lines = console.read_text(errors="replace").splitlines()
     except OSError:
         return "(no console)"
-    return " | ".join([x.strip() for x in lines if KERNEL_LINE.match(x)][-n:]) or "(no kernel messages)"
+    said = [x.strip() for x in lines if KERNEL_LINE.match(x)]
+    notable = list(dict.fromkeys(x.split("] ", 1)[1] for x in said if KERNEL_DIED.search(x)))
+    return " | ".join(notable[-n:] or said[-n:]) or "(no kernel messages)"
 
 
 KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] ")
+KERNEL_DIED = re.compile(r"Oops|BUG|Kernel panic|RIP: 0010|Out of memory|Killed process")
 
 
 def tail(*paths: Path, n: int = 3) -> str:
