@@ -844,9 +844,10 @@ def test_session_close_releases_everything_in_process(build_c) -> None:
     assert calls and {e.pid for e in calls} == {looper.pid}
     # A call of either looper thread may be under way when the 0.5 s end: counted, with its reason, never
     # shown as an event (the lane's TCG VM, where each call is slow, met one).
-    assert {x["reason"] for x in lost} <= {"in_flight_at_exit"} and sum(x["count"] for x in lost) <= 2, lost
+    n_lost = sum(x["count"] for x in lost)
+    assert {x["reason"] for x in lost} <= {"in_flight_at_exit"} and n_lost <= 2, lost
     summary = s.summary()
-    assert (summary["events"], summary["lost"]) == (len(calls), sum(x["count"] for x in lost)), summary
+    assert (summary["events"], summary["lost"]) == (len(calls), n_lost), summary
     assert during["prog"] - before["prog"], "the session's programs were seen while it ran"
     assert {link for _, link in during["fds"] - before["fds"]} >= {
         "anon_inode:bpf-prog", "anon_inode:bpf-map", "anon_inode:[perf_event]"}

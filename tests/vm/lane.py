@@ -50,6 +50,8 @@ TCG_ACCEL = "-accel tcg,thread=single"
 # what is left of it, and kernels it cannot reach are failures, not silently dropped.
 BUDGET = float(os.environ.get("TRACER_LANE_BUDGET") or 55 * 60)
 OUTCOMES = ("passed", "failed", "skipped", "errors")
+# The steps tests/vm/guest.sh runs, in order, each reported in OUT/steps when it ends.
+GUEST_STEPS = ("doctor", "demo", "pytest")
 # What `tracer demo` must print on every kernel: its four openat2 calls traced, the bad pointer missing.
 DEMO_SHOWS = ("4 events, 0 lost", "filename=<missing: errno 14 at 0x1")
 
@@ -248,7 +250,7 @@ def check(k: Kernel, res: Result, outcomes: dict[str, str], out: Path) -> None:
     if res.boot is None:
         p.append("the VM never ran the lane's guest script (see console.log)")
         return
-    for step in ("doctor", "demo", "pytest"):
+    for step in GUEST_STEPS:
         if step not in res.steps:
             last = last_test(out / "pytest.out") if step == "pytest" else None
             p.append(f"{step} did not finish" + (f" (last test it started: {last})" if last else ""))
@@ -282,7 +284,7 @@ def features(doc: dict) -> dict[str, bool | None]:
 
 def ended_early(res: Result, rc: int, out: Path) -> str | None:
     """The problem line of a VM that ended (not timed out) before its guest script finished every step."""
-    if res.boot is None or {"doctor", "demo", "pytest"} <= res.steps.keys():
+    if res.boot is None or set(GUEST_STEPS) <= res.steps.keys():
         return None
     return (f"the VM ended before the guest script did (vng exit {rc}); the kernel's last messages: "
             f"{kernel_tail(out / 'console.log')}")
