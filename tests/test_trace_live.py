@@ -131,6 +131,12 @@ def workload_env(tmp: Path, **extra: str) -> dict:
     return {"WORKLOAD_DIR": str(tmp), "LINGER_MS": "1000", **extra}
 
 
+def mask_pid(text: str, pid: int | str) -> str:
+    """text with the workload's pid, where it stands as a whole number (its files are named NAME.PID), as PID.
+    Not any run of those digits: the pid's digits also turn up inside hex strings and other numbers."""
+    return re.sub(rf"(?<![0-9A-Za-z]){pid}(?![0-9A-Za-z])", "PID", text)
+
+
 def paired(run: Run, cases: list[str] | None = None) -> list[tuple[dict, dict]]:
     """(workload report, tracer event) pairs, in call order; checks that every call was traced once."""
     reports = run.workload
