@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,6 +41,28 @@ TIMEOUT_SCALE = max(1.0, float(os.environ.get("TRACER_TIMEOUT_SCALE") or 1))
 def scaled(seconds: float) -> float:
     """A timeout that covers BPF compiles: longer where the lane says the machine is slow."""
     return seconds * TIMEOUT_SCALE
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10) -> None:
+    """Poll pred until it is true; fail after `timeout` seconds (scaled)."""
+    end = time.monotonic() + scaled(timeout)
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def blocked_in(pid: int, nr: int) -> bool:
+    """Task `pid` sleeps inside syscall `nr` (/proc/PID/syscall starts with the number only while blocked)."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[:1] == [str(nr)]
+    except OSError:
+        return False
+
+
+def workload_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """A workload's environment: its directory, and how long it lingers after its calls (scaled), since
+    addresses and dfds are explained from /proc/PID when the events are decoded, not at the call."""
+    return {"WORKLOAD_DIR": str(tmp), "LINGER_MS": str(round(scaled(1000))), **extra}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

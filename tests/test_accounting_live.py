@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import blocked_in, wait_for
 from test_trace_live import ROOT, TIMEOUT, Run, expect_ok, finish, run_parallel, start_looper, tracer_argv
 
 from tracer.accounting import REASONS
@@ -206,7 +207,7 @@ def test_call_in_flight_when_tracing_stops_is_counted() -> None:
         with Session(["clock_nanosleep"], pids=[sleeper.pid]) as s:
             sleeper.stdin.write("go\n")
             sleeper.stdin.flush()
-            time.sleep(0.5)
+            wait_for(lambda: blocked_in(sleeper.pid, 230))  # clock_nanosleep (x86_64)
             s.stop()
             out = [ev.data for ev in s]
         summary = s.summary()

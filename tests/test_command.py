@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from tracer.command import KILL_GRACE_S, Command, CommandError, descendants, lookup_user
 
@@ -22,11 +23,17 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_for(pred, timeout: float = 10) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
+def sleeping_child(pid: int) -> int:
+    """The shell's one background `sleep`, once it runs sleep: until its exec the shell may not yet have set
+    its signal dispositions (a non-interactive shell's background job ignores SIGINT)."""
+    def comms() -> list[str]:
+        try:
+            return [Path(f"/proc/{kid}/comm").read_text().strip() for kid in descendants(pid)]
+        except OSError:
+            return []
+    wait_for(lambda: comms() == ["sleep"])
+    (child,) = descendants(pid)
+    return child
 
 
 def test_gate_holds_the_command_until_admitted(tmp_path: Path) -> None:
@@ -79,8 +86,7 @@ def test_user() -> None:
 def test_sigterm_ignored_by_a_shell_and_its_child_ends_with_sigkill() -> None:
     cmd = Command(["sh", "-c", 'trap "" TERM; sleep 30 & wait'])
     pid = cmd.spawn(lambda p: None)
-    wait_for(lambda: len(descendants(pid)) == 1)
-    (child,) = descendants(pid)
+    child = sleeping_child(pid)
     started = time.monotonic()
     cmd.finish(signal.SIGTERM)
     assert KILL_GRACE_S <= time.monotonic() - started < KILL_GRACE_S + 5
@@ -91,8 +97,7 @@ def test_sigterm_ignored_by_a_shell_and_its_child_ends_with_sigkill() -> None:
 def test_forwarded_signal_ends_a_stopped_command_and_descendants_are_not_left() -> None:
     cmd = Command(["sh", "-c", "sleep 30 & wait"])
     pid = cmd.spawn(lambda p: None)
-    wait_for(lambda: len(descendants(pid)) == 1)
-    (child,) = descendants(pid)
+    child = sleeping_child(pid)
     os.kill(pid, signal.SIGSTOP)
     cmd.end(signal.SIGINT)
     wait_for(cmd.poll)  # continued, then ended by SIGINT: no SIGKILL needed

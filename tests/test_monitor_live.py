@@ -79,7 +79,7 @@ def monitored(build_c, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
         "triggers": (("monitor", "openat2", "--json", "--no-aggregate", "--", exe, "triggers"),
                      workload_env(dirs["triggers"], EXIT_CODE="5", LINGER_MS=LINGER)),
         "benign": (("monitor", "openat2", "--json", "--all", "--", exe, "benign"),
-                   workload_env(dirs["benign"], EXIT_CODE="5")),
+                   workload_env(dirs["benign"], EXIT_CODE="5", LINGER_MS=LINGER)),
         "console": (("monitor", "openat2", "--", exe, "escape"), console_env),
         "family": (("monitor", "--json", "--all", "--", exe, "family"), workload_env(dirs["family"], LINGER_MS=LINGER)),
         "cat": (("monitor", "--", "cat", "/etc/shadow"), {**console_env, "TERM": "dumb"}),

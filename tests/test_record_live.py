@@ -42,7 +42,9 @@ class Recorded:
 
 
 def record_then_kill(capture: Path, looper: Looper) -> str:
-    """`tracer record -p LOOPER`, killed with SIGKILL once a few records are in the file."""
+    """`tracer record -p LOOPER`, killed with SIGKILL once a few records are in the file and the looper is
+    stopped and the file has stopped growing (a SIGKILL inside a multi-page write(2) can cut a frame: replay
+    then says the file is truncated, which is another test's subject)."""
     argv = [sys.executable, "-m", "tracer", "record", "-o", str(capture), "openat2", "-p", str(looper.pid)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
@@ -56,9 +58,15 @@ def record_then_kill(capture: Path, looper: Looper) -> str:
                 pass
             time.sleep(0.1)
         assert proc.poll() is None, f"record ended early: {proc.communicate()}"
+        os.kill(looper.pid, signal.SIGSTOP)
+        sizes = [-1]
+        while time.monotonic() < deadline and sizes[-3:] != [capture.stat().st_size] * 3:
+            sizes.append(capture.stat().st_size)
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
+        os.kill(looper.pid, signal.SIGCONT)
     return err
 
 

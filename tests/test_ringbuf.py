@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import require
+from conftest import require, scaled
 
 from tracer import bpfsys
 from tracer.ringbuf import HEAD, RingBuf, ring_bytes
@@ -64,8 +64,10 @@ def test_empty_ring_and_lost_counts_reported_once(ring_fd: int) -> None:
 # or zeroed first, is neither.
 POS_A, POS_B = 0x0123456789ABCDE8, 0x7EDCBA9876543210
 _I = struct.Struct("<BBhI")  # code, registers, offset, immediate (as its 32 bits)
-# The sampled side: syscalls as fast as Python makes them, for 0.5 s, on the CPU given.
-SYSCALLS = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\nend = time.monotonic() + 0.5\n"
+# The sampled side: syscalls as fast as Python makes them, for 0.5 s (scaled: under TCG each is slow), on the
+# CPU given.
+SYSCALLS = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "end = time.monotonic() + float(sys.argv[2])\n"
             "while time.monotonic() < end:\n    os.getppid()\n")
 
 
@@ -113,7 +115,7 @@ def test_the_kernel_sees_only_the_consumer_positions_written(ring_fd: int) -> No
                                     prog_name="test_cons_pos"))
         fds.append(bpfsys.raw_tracepoint_open(fds[0], "sys_enter"))
         os.sched_setaffinity(0, {cpus[0]})
-        child = subprocess.Popen([sys.executable, "-c", SYSCALLS, str(cpus[1])])
+        child = subprocess.Popen([sys.executable, "-c", SYSCALLS, str(cpus[1]), str(scaled(0.5))])
         try:
             while child.poll() is None:
                 for _ in range(1000):

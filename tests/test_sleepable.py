@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import need_feature, require, scaled, workload_reports
+from conftest import need_feature, require, scaled, workload_env, workload_reports
 from test_decode import FNAME, HOW_BYTES, OPENAT2, TABLE, Data, ok_how, openat2_rec, slot
 
 from tracer import attach, bpfload, bpfsys, btf, layout, sleepable
@@ -341,7 +341,7 @@ def test_live_sleepable_syscall_reads(bpf_env, build_c, kinds: dict[str, dict], 
     cases = build_c("openat2_cases")
     proc = subprocess.run([sys.executable, "-m", "tracer", "trace", "openat2", "--json", "--no-summary",
                            "--read-mode", "sleepable", "--", str(cases), "untouched"], cwd=ROOT,
-                          env={**os.environ, "WORKLOAD_DIR": str(tmp_path)}, capture_output=True, text=True,
+                          env={**os.environ, **workload_env(tmp_path)}, capture_output=True, text=True,
                           timeout=scaled(120))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]

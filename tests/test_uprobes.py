@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import require, scaled, workload_reports
+from conftest import require, scaled, workload_env, workload_reports
 from elftools.elf.elffile import ELFFile
 
 from tracer import elfsyms, uprobes
@@ -236,7 +236,7 @@ def live(bpf_env, pie: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
             "nofault": ["trace", "--json", "--read-mode", "nofault", target, "--", str(pie)]}
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
-        futs = {k: pool.submit(_run, v, {"WORKLOAD_DIR": str(tmp), "LINGER_MS": "300"}) for k, v in jobs.items()}
+        futs = {k: pool.submit(_run, v, workload_env(tmp)) for k, v in jobs.items()}
         out = {k: f.result() for k, f in futs.items()}
     assert time.monotonic() - started < TIMEOUT
     return out

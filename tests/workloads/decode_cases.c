@@ -117,8 +117,7 @@ int main(void)
 	 * is blocked in wait4, so the parent's wait4 completes after a line it began before */
 	long c3 = syscall(SYS_clone, CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | SIGCHLD, 0, NULL, &st, 0);
 	if (c3 == 0) {
-		struct timespec pause_ts = {0, 100 * 1000 * 1000};
-		nanosleep(&pause_ts, NULL);
+		wait_blocked(getppid(), SYS_wait4);
 		syscall(SYS_kill, getpid(), 0);
 		syscall(SYS_exit, 0);
 	}

@@ -48,13 +48,13 @@ static inline int mapped(const volatile void *p)
 	return (int)(e >> 63);
 }
 
-/* Wait until thread `tid` of this process sleeps inside syscall `nr` (its /proc .../syscall line starts
+/* Wait until task `tid` (a thread, or another process) sleeps inside syscall `nr` (its /proc/TID/syscall line starts
  * with the number only while it is blocked in a call; "running" otherwise), then 20 ms more: the races
  * rewrite memory after the kernel has copied it and blocked, which a fixed sleep only hopes for. */
 static inline void wait_blocked(int tid, long nr)
 {
 	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", tid);
+	snprintf(path, sizeof(path), "/proc/%d/syscall", tid); /* any task: a thread, or another process */
 	const struct timespec tick = {0, 2 * 1000 * 1000}, settle = {0, 20 * 1000 * 1000};
 	for (int i = 0; i < 30000; i++) { /* a minute at most: then the test sees what happened */
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
