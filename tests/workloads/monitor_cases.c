@@ -30,14 +30,6 @@ static const char *dir = "/tmp";
 static char files[8][512];
 static int nfiles;
 
-/* Sleep LINGER_MS (default 1000), so that /proc/PID/{cwd,fd} can still be read when events are decoded. */
-static void linger(void)
-{
-	long ms = getenv("LINGER_MS") ? atol(getenv("LINGER_MS")) : 1000;
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
-
 static long openat2_at(int dfd, const char *path, void *how)
 {
 	long r = syscall(SYS_openat2, dfd, path, how, sizeof(struct open_how));
@@ -130,7 +122,7 @@ static void c_cwd_mem(void)
 		if (chdir("/proc/self"))
 			die("chdir /proc/self");
 		call("cwd_mem", AT_FDCWD, "mem", O_RDONLY | O_CLOEXEC, 0, 0);
-		linger(); /* a zombie's cwd cannot be read: stay alive as long as the parent does */
+		linger(1000); /* a zombie's cwd cannot be read: stay alive as long as the parent does */
 		_exit(0);
 	}
 }
@@ -146,7 +138,7 @@ static void c_cwd_deleted(void)
 		if (mkdir(d, 0700) || chdir(d) || rmdir(d))
 			die("mkdir/chdir/rmdir");
 		call("cwd_deleted", AT_FDCWD, "mem", O_RDONLY | O_CLOEXEC, 0, 0);
-		linger(); /* a zombie's cwd cannot be read: stay alive as long as the parent does */
+		linger(1000); /* a zombie's cwd cannot be read: stay alive as long as the parent does */
 		_exit(0);
 	}
 }
@@ -404,7 +396,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	linger();
+	linger(1000);
 	while (wait(NULL) > 0)
 		;
 	for (int i = 0; i < nfiles; i++) {

@@ -310,9 +310,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	long linger = getenv("LINGER_MS") ? atol(getenv("LINGER_MS")) : 600;
-	struct timespec ts = {linger / 1000, (linger % 1000) * 1000000};
-	nanosleep(&ts, NULL);
+	linger(600);
 	for (int i = 0; i < ncleanup; i++)
 		unlink(cleanup[i]);
 	return 0;

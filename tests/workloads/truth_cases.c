@@ -58,12 +58,6 @@ static char *untouched(const void *bytes, size_t len)
 	return m;
 }
 
-static void pause_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-	nanosleep(&ts, NULL);
-}
-
 /* --- openat of a FIFO, rewritten while it blocks ----------------------------------------------------- */
 
 static char fifo_path[256], decoy_path[256];
@@ -373,6 +367,6 @@ int main(int argc, char **argv)
 		}
 		CASES[k].fn();
 	}
-	pause_ms(getenv("LINGER_MS") ? atol(getenv("LINGER_MS")) : 300);
+	linger(300);
 	return 0;
 }

@@ -121,6 +121,6 @@ int main(int argc, char **argv)
 		close(r);
 
 	unlink(path);
-	usleep(getenv("LINGER_MS") ? atoi(getenv("LINGER_MS")) * 1000 : 300000);
+	linger(300);
 	return 0;
 }

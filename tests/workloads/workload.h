@@ -48,6 +48,15 @@ static inline int mapped(const volatile void *p)
 	return (int)(e >> 63);
 }
 
+/* Sleep LINGER_MS (else default_ms) before exiting: tracer explains addresses, dfds and cwds from
+ * /proc/PID when it decodes the events, not at the call. */
+static inline void linger(long default_ms)
+{
+	long ms = getenv("LINGER_MS") ? atol(getenv("LINGER_MS")) : default_ms;
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
 /* Wait until task `tid` (a thread, or another process) sleeps inside syscall `nr` (its /proc/TID/syscall line starts
  * with the number only while it is blocked in a call; "running" otherwise), then 20 ms more: the races
  * rewrite memory after the kernel has copied it and blocked, which a fixed sleep only hopes for. */
